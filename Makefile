@@ -1,0 +1,37 @@
+# Set-up and entry points. Everything runs inside .venv, created from scratch on first use.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch is pinned here, not in pyproject: 2.13.0 is the CPU build on this machine's disk (a bare `torch`
+# would pull a multi-GB CUDA build). GPU users install their own torch; pyproject keeps the range open.
+TORCH ?= torch==2.13.0
+
+.PHONY: install demo demo-quick test teacher clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH)
+	$(BIN)/python -m pip install -q -e ".[test]"
+	touch $@
+
+demo: install
+	$(BIN)/specdistill demo
+
+demo-quick: install
+	$(BIN)/specdistill demo --quick
+
+test: install
+	$(BIN)/python -m pytest
+
+# Retrain the built-in teacher and ship it in the package (see docs/benchmarks.md for time and scores).
+teacher: install
+	$(BIN)/specdistill sft configs/builtin/teacher.yaml
+	rm -rf src/specdistill/assets/builtin-teacher
+	mkdir -p src/specdistill/assets
+	cp -r runs/builtin/teacher-sft/final src/specdistill/assets/builtin-teacher
+
+clean:
+	rm -rf $(VENV) runs build dist src/*.egg-info

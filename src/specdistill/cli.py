@@ -1,0 +1,158 @@
+"""The `specdistill` command (DESIGN section 4). Each subcommand is a thin layer over the library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="YAML config file")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set train.max_steps=10 (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="specdistill", description="Distil students that their teachers accept as drafts.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="built-in end-to-end run: teacher, student, distillation, report")
+    p.add_argument("--quick", action="store_true", help="fewer steps and samples (about a minute)")
+    p.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
+    p.add_argument("--retrain", action="store_true", help="retrain the built-in teacher instead of using the shipped one")
+    p.add_argument("--seed", type=int, default=0)
+
+    for name, text in (("sft", "supervised fine-tuning (CE on response tokens)"), ("distill", "distil a student from a teacher")):
+        _add_config_args(sub.add_parser(name, help=text))
+
+    p = sub.add_parser("eval", help="score a model on a built-in task or a data file")
+    p.add_argument("--model", required=True, help="model folder, hub id or preset")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--task", help="built-in task: arith or facts")
+    src.add_argument("--data", help="data file (JSON, JSONL, CSV, parquet) with references")
+    p.add_argument("--split", default="test", choices=["train", "validation", "test"])
+    p.add_argument("--view", default="student", choices=["student", "teacher"], help="teacher = with knowledge")
+    p.add_argument("--limit", type=int, default=None, help="score the first N records only")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--json", dest="json_out", help="write the scores and samples to this JSON file")
+
+    p = sub.add_parser("generate", help="generate from a model")
+    p.add_argument("--model", required=True)
+    prompt = p.add_mutually_exclusive_group(required=True)
+    prompt.add_argument("--prompt", help="one prompt (a user message; the chat template is applied)")
+    prompt.add_argument("--prompts", help="a file with one prompt per line")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--json", dest="json_out", help="write texts, token ids and statistics to this JSON file")
+
+    p = sub.add_parser("data", help="dataset tools")
+    dsub = p.add_subparsers(dest="data_command", required=True)
+    c = dsub.add_parser("check", help="report every bad record with its line or index")
+    c.add_argument("file")
+    c.add_argument("--config", help="use the field mapping and views of this config")
+    c.add_argument("--format", default="auto", choices=["auto", "lupi", "json", "jsonl", "csv", "parquet"])
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .config import ConfigError
+    from .data.records import DataError
+
+    try:
+        return COMMANDS[args.command](args) or 0
+    except (ConfigError, DataError, FileNotFoundError) as exc:
+        print(f"specdistill {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def cmd_train(args) -> int:
+    from .config import load_config
+    from .train import run_training
+
+    cfg = load_config(args.config, args.overrides)
+    metrics = run_training(cfg, sft=args.command == "sft")
+    print(json.dumps({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, indent=1))
+    print(f"model saved to {Path(cfg.train.output_dir) / 'final'}")
+    return 0
+
+
+def _load_for_inference(spec: str, device: str, dtype: str):
+    from .models import load_model, load_tokenizer, resolve_device
+
+    tokenizer = load_tokenizer(spec)
+    model = load_model(spec, dtype, resolve_device(device), tokenizer).eval()
+    return model, tokenizer
+
+
+def cmd_eval(args) -> int:
+    from .config import DatasetConfig, ViewConfig
+    from .data.records import load_records
+    from .data.tasks import get_task, score_arith
+    from .evaluate.quality import evaluate_records
+
+    model, tokenizer = _load_for_inference(args.model, args.device, args.dtype)
+    ds = DatasetConfig(task=args.task, split=args.split) if args.task else DatasetConfig(path=args.data)
+    records = load_records(ds)[: args.limit]
+    scorer = get_task(args.task).scorer if args.task else score_arith
+    result = evaluate_records(model, tokenizer, records, ViewConfig(), scorer, args.view, args.max_new_tokens, args.batch_size)
+    summary = {"model": args.model, "task": args.task or args.data, "split": args.split, "view": args.view,
+               "exact_match": result["exact_match"], "n": result["n"]}
+    print(json.dumps(summary))
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps({**summary, "samples": result["samples"]}, indent=1))
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from .data.views import render_prompt
+    from .evaluate.quality import generate_texts
+
+    model, tokenizer = _load_for_inference(args.model, args.device, args.dtype)
+    texts = [args.prompt] if args.prompt else Path(args.prompts).read_text().splitlines()
+    prompts = [tokenizer(render_prompt(tokenizer, [{"role": "user", "content": t}]), add_special_tokens=False).input_ids
+               for t in texts if t.strip()]
+    outputs = generate_texts(model, tokenizer, prompts, args.max_new_tokens, temperature=args.temperature, seed=args.seed)
+    for text in outputs:
+        print(text)
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps([{"prompt": p, "text": o} for p, o in zip(texts, outputs)], indent=1))
+    return 0
+
+
+def cmd_data(args) -> int:
+    from .config import FieldMap, load_config
+    from .data.records import check_file, detect_format, is_lupi, read_rows
+
+    fields = load_config(args.config).data.train[0].fields if args.config else FieldMap()
+    n, problems = check_file(args.file, fields, args.format)
+    fmt = detect_format(args.file, args.format)
+    if not problems and fmt == "json" and is_lupi(read_rows(args.file, fmt)):
+        fmt = "lupi"
+    for p in problems:
+        print(p)
+    print(f"{args.file}: {n} records, {len(problems)} bad (format: {fmt})")
+    return 1 if problems else 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    run_demo(out=args.out, quick=args.quick, retrain=args.retrain, seed=args.seed)
+    return 0
+
+
+COMMANDS = {"sft": cmd_train, "distill": cmd_train, "eval": cmd_eval, "generate": cmd_generate, "data": cmd_data,
+            "demo": cmd_demo}
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,337 @@
+"""Configs: YAML files become dataclasses; `--set a.b=c` overrides any field; errors name the field.
+
+    cfg = load_config("configs/skd.yaml", overrides=["train.max_steps=10", "rollout.top_k=5"])
+
+Every field is typed. Loading checks types and allowed values, and an unknown key is an error that suggests
+the closest valid key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config value or key is not allowed. The message names the file, the field and what is allowed."""
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = False
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+
+
+@dataclass
+class ModelConfig:
+    """Teacher and student: a local folder, a hub id, or a built-in preset (`tiny-teacher`, `tiny-student`,
+    `builtin-teacher`)."""
+
+    teacher: Optional[str] = "builtin-teacher"
+    student: str = "tiny-student"
+    tokenizer: Optional[str] = None  # None: the student's own tokenizer
+    student_device: str = "auto"  # "auto" = cuda:<local rank> when CUDA is available, else cpu
+    teacher_device: str = "auto"  # "auto" = the student's device; "paired" = cuda:2r+1 with the student on cuda:2r
+    student_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    teacher_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    trust_remote_code: bool = False
+    gradient_checkpointing: bool = False
+    lora: LoraConfig = field(default_factory=LoraConfig)
+
+
+@dataclass
+class FieldMap:
+    """Which record keys hold the query, the knowledge and the response. Lists are tried in order."""
+
+    id: list[str] = field(default_factory=lambda: ["id"])
+    query: list[str] = field(default_factory=lambda: ["query", "prompt", "question", "instruction"])
+    knowledge: list[str] = field(default_factory=lambda: ["knowledge", "context"])
+    response: list[str] = field(default_factory=lambda: ["response", "answer", "output", "completion"])
+
+
+@dataclass
+class DatasetConfig:
+    """One dataset: a built-in task (`task: arith`) or a file (`path: data.jsonl`)."""
+
+    task: Optional[str] = None
+    path: Optional[str] = None
+    split: Literal["train", "validation", "test"] = "train"
+    format: Literal["auto", "lupi", "json", "jsonl", "csv", "parquet"] = "auto"
+    fields: FieldMap = field(default_factory=FieldMap)
+    limit: Optional[int] = None  # keep the first N records; None = all
+    weight: float = 1.0  # share in a mixture (normalised over the datasets of a stage)
+
+
+@dataclass
+class ViewConfig:
+    """How records become prompts. The teacher's view may hold knowledge; the student's never does."""
+
+    system_prompt: str = ""  # teacher view
+    student_system_prompt: str = ""
+    few_shot: list[dict] = field(default_factory=list)  # teacher view: [{query, response}, ...]
+    knowledge_template: str = "[Background Knowledge]\n{knowledge}\n\n{query}"
+    teacher_knowledge: bool = True  # False: the teacher sees the student's question only (plain KD)
+    use_chat_template: bool = True  # False, or a tokenizer without one: "Question: ...\nAnswer: "
+    sft_view: Literal["student", "teacher"] = "student"  # the view `specdistill sft` trains on
+    max_prompt_tokens: int = 512
+    max_response_tokens: int = 128
+
+
+@dataclass
+class MixtureStage:
+    """From `start` (a fraction of max_steps in [0, 1)) on, sample datasets with these weights."""
+
+    start: float = 0.0
+    weights: list[float] = field(default_factory=list)
+
+
+@dataclass
+class DataConfig:
+    train: list[DatasetConfig] = field(default_factory=lambda: [DatasetConfig(task="arith")])
+    validation: Optional[DatasetConfig] = None
+    schedule: list[MixtureStage] = field(default_factory=list)  # empty: the datasets' own weights throughout
+    views: ViewConfig = field(default_factory=ViewConfig)
+    seed: int = 0  # built-in task generation seed
+
+
+@dataclass
+class RolloutConfig:
+    strategy: Literal["dataset", "teacher", "student", "mixed", "skd"] = "dataset"
+    lam: float = 0.5  # mixed: probability that a sequence is the student's own sample
+    max_new_tokens: int = 64
+    temperature: float = 1.0  # student sampling; 0 = greedy
+    top_p: float = 1.0
+    teacher_temperature: float = 1.0
+    teacher_top_p: float = 1.0
+    policy: Literal["top_k", "adaptive_top_k"] = "top_k"
+    top_k: int = 25
+    min_prob: float = 0.0
+    bonus: bool = False
+    gamma: int = 4
+    gamma_schedule: Literal["constant", "lupi", "heuristic"] = "constant"
+    max_gamma: int = 16
+    k_min: int = 1
+    k_max: int = 50
+    r_plus: float = 0.8
+    r_minus: float = 0.5
+    ema: float = 0.9
+    entropy_gain: float = 2.0
+    verification: Literal["parallel", "sequential"] = "parallel"
+    compile: bool = False
+    trace: bool = False
+
+
+@dataclass
+class LossConfig:
+    name: Literal["fkl", "rkl", "jsd", "tvd", "skew_fkl", "skew_rkl", "ce", "hybrid", "rank"] = "ce"
+    temperature: float = 1.0
+    beta: float = 0.5
+    alpha: float = 0.1
+    ce_weight: float = 0.5
+    rank_top_k: int = 8
+    margin: float = 0.0
+    top_k: Optional[int] = None  # sparse KD: the teacher's top-k logits plus a tail bucket; None = dense
+    chunk_size: int = 1024
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = "runs/run"
+    max_steps: int = 100
+    batch_size: int = 16  # sequences per micro-batch per process
+    grad_accum: int = 1
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 10
+    min_lr_ratio: float = 0.1
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    log_every: int = 1
+    eval_every: int = 0  # 0 = only at the end
+    eval_samples: int = 64
+    save_every: int = 0  # 0 = only at the end
+    keep_last: int = 2
+    resume: Optional[str] = None  # "auto" (latest checkpoint in output_dir) or a checkpoint path
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    max_bad_steps: int = 5  # consecutive NaN/inf losses before the run stops
+    trackers: list[str] = field(default_factory=list)  # e.g. ["tensorboard"], ["wandb"]
+    progress: bool = True
+    threads: int = 0  # torch CPU threads; 0 = torch's default
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+# ---------------------------------------------------------------- building dataclasses from dicts
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _convert(value: Any, tp: Any, where: str) -> Any:
+    """Check `value` against the annotation `tp` and convert it (int -> float, dict -> dataclass)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(value, inner[0], where)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{where}: {value!r} is not allowed; allowed values: {', '.join(map(str, args))}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping of {tp.__name__} fields, got {value!r}")
+        return build(tp, value, where)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_convert(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)] if args else value
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):  # YAML 1.1 reads "3e-4" as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if tp in (int, float, str, bool) and not (isinstance(value, tp) and not (tp is int and isinstance(value, bool))):
+        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+    return value
+
+
+def build(cls: type, data: dict, where: str = "") -> Any:
+    """Make dataclass `cls` from a (nested) dict; unknown keys are errors that suggest the closest key."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else str(key)
+        if key not in hints:
+            close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.5)
+            hint = f"; did you mean {(where + '.' if where else '') + close[0]!r}?" if close else f"; valid keys: {', '.join(names)}"
+            raise ConfigError(f"unknown config key {path!r}{hint}")
+        kwargs[key] = _convert(value, hints[key], path)
+    return cls(**kwargs)
+
+
+def apply_override(data: dict, override: str) -> None:
+    """Apply one `a.b=c` override in place; the value is parsed as YAML (`x=3` is an int, `x=[1,2]` a list)."""
+    if "=" not in override:
+        raise ConfigError(f"override {override!r} must look like section.field=value")
+    key, raw = override.split("=", 1)
+    parts = key.strip().split(".")
+    node = data
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {override!r}: {part!r} is not a section")
+        node = child
+    node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+
+
+PACKAGED_CONFIGS = Path(__file__).parent / "configs"
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """A config file path as given, else the same name among the configs shipped with the package
+    (so `configs/builtin/teacher.yaml` works from any directory after a pip install)."""
+    path = Path(path)
+    if path.exists() or path.is_absolute():
+        return path
+    relative = path.parts[1:] if path.parts and path.parts[0] == "configs" else path.parts
+    packaged = PACKAGED_CONFIGS.joinpath(*relative) if relative else PACKAGED_CONFIGS
+    return packaged if packaged.is_file() else path
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), cls: type = Config) -> Any:
+    """Read a YAML file (or nothing: the defaults), apply `--set` overrides, check and build the dataclass."""
+    data: dict = {}
+    source = "defaults"
+    if path is not None:
+        path = resolve_config_path(path)
+        source = str(path)
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(data).__name__}")
+    for ov in overrides:
+        apply_override(data, ov)
+    try:
+        cfg = build(cls, data)
+        validate(cfg)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    return cfg
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def validate(cfg: Config) -> None:
+    """Range checks that types alone cannot express."""
+    r, t, l, d = cfg.rollout, cfg.train, cfg.loss, cfg.data
+    _check(0.0 <= r.lam <= 1.0, f"rollout.lam: {r.lam} is not allowed; allowed range [0, 1]")
+    _check(r.max_new_tokens >= 1, f"rollout.max_new_tokens: {r.max_new_tokens}; must be >= 1")
+    _check(r.temperature >= 0 and r.teacher_temperature >= 0, "rollout.temperature and teacher_temperature must be >= 0")
+    _check(0 < r.top_p <= 1 and 0 < r.teacher_top_p <= 1, "rollout.top_p and teacher_top_p must lie in (0, 1]")
+    _check(r.top_k >= 1, f"rollout.top_k: {r.top_k}; must be >= 1")
+    _check(r.min_prob >= 0, f"rollout.min_prob: {r.min_prob}; must be >= 0 (> 1 makes every token teacher-written)")
+    _check(1 <= r.gamma <= r.max_gamma, f"rollout.gamma: {r.gamma}; must lie in [1, rollout.max_gamma={r.max_gamma}]")
+    _check(1 <= r.k_min <= r.k_max, f"rollout.k_min/k_max: {r.k_min}/{r.k_max}; need 1 <= k_min <= k_max")
+    _check(0 <= r.r_minus <= r.r_plus <= 1, "rollout.r_minus <= rollout.r_plus, both in [0, 1]")
+    _check(0 <= l.beta <= 1, f"loss.beta: {l.beta} is not allowed; allowed range [0, 1]")
+    _check(0 <= l.alpha <= 1, f"loss.alpha: {l.alpha} is not allowed; allowed range [0, 1]")
+    _check(0 <= l.ce_weight <= 1, f"loss.ce_weight: {l.ce_weight} is not allowed; allowed range [0, 1]")
+    _check(l.temperature > 0, f"loss.temperature: {l.temperature}; must be > 0")
+    _check(l.top_k is None or l.top_k >= 1, f"loss.top_k: {l.top_k}; must be >= 1 or null")
+    _check(t.max_steps >= 1 and t.batch_size >= 1 and t.grad_accum >= 1, "train.max_steps, batch_size, grad_accum must be >= 1")
+    _check(t.lr > 0, f"train.lr: {t.lr}; must be > 0")
+    _check(t.keep_last >= 1, f"train.keep_last: {t.keep_last}; must be >= 1")
+    _check(t.resume in (None, "auto") or bool(t.resume), "train.resume: use 'auto', a checkpoint path, or null")
+    _check(len(d.train) >= 1, "data.train: give at least one dataset")
+    for i, ds in enumerate(d.train + ([d.validation] if d.validation else [])):
+        _check((ds.task is None) != (ds.path is None), f"data.train[{i}]: give exactly one of 'task' or 'path'")
+    for i, stage in enumerate(d.schedule):
+        _check(0 <= stage.start < 1, f"data.schedule[{i}].start: {stage.start}; allowed range [0, 1)")
+        _check(len(stage.weights) == len(d.train), f"data.schedule[{i}].weights: need {len(d.train)} weights, one per dataset in data.train")
+        _check(all(w >= 0 for w in stage.weights) and sum(stage.weights) > 0, f"data.schedule[{i}].weights must be >= 0 with a positive sum")
+    for tr in t.trackers:
+        _check(tr in ("tensorboard", "wandb"), f"train.trackers: {tr!r} is not allowed; allowed: tensorboard, wandb")
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Any, path: str | Path) -> None:
+    """Write the resolved config as YAML (it loads back to an equal config)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True))

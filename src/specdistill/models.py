@@ -1,0 +1,142 @@
+"""Load teacher, student and tokenizer; tiny presets; device and dtype placement; vocabulary checks.
+
+A model spec is a local folder or hub id (anything `from_pretrained` accepts), or a preset name:
+- `tiny-teacher`, `tiny-student`: randomly initialised Llama models with the built-in tokenizer;
+- `builtin-teacher`: the trained built-in teacher shipped with the package (`specdistill sft configs/builtin/teacher.yaml`
+  makes it; see docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
+
+from .data.tokenizer import build_tokenizer
+
+ASSETS = Path(__file__).parent / "assets"
+BUILTIN_TEACHER = ASSETS / "builtin-teacher"
+
+# Sizes chosen so that drafting pays on a CPU: at batch size 1 a forward pass costs a fixed overhead plus a
+# per-layer cost, so the 2-layer student costs about 0.3x the 6-layer teacher per token (docs/benchmarks.md).
+PRESETS = {
+    "tiny-teacher": dict(hidden_size=128, intermediate_size=384, num_hidden_layers=6, num_attention_heads=4),
+    "tiny-student": dict(hidden_size=128, intermediate_size=384, num_hidden_layers=2, num_attention_heads=4),
+}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def is_preset(spec: str) -> bool:
+    return spec in PRESETS or spec == "builtin-teacher"
+
+
+def preset_config(name: str, tokenizer: PreTrainedTokenizerBase) -> LlamaConfig:
+    size = PRESETS[name]
+    return LlamaConfig(
+        vocab_size=len(tokenizer),
+        num_key_value_heads=size["num_attention_heads"],
+        max_position_embeddings=1024,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+        tie_word_embeddings=False,
+        **size,
+    )
+
+
+def _builtin_path(spec: str) -> str:
+    if spec == "builtin-teacher":
+        if not (BUILTIN_TEACHER / "config.json").exists():
+            raise FileNotFoundError(
+                f"the built-in teacher is missing from {BUILTIN_TEACHER}; make it with "
+                "`specdistill sft configs/builtin/teacher.yaml` or run the demo with --retrain"
+            )
+        return str(BUILTIN_TEACHER)
+    return spec
+
+
+def load_tokenizer(spec: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    """The tokenizer of a folder/hub id, or the built-in one for presets. Padding is always on the left."""
+    if spec in PRESETS:
+        return build_tokenizer()
+    tok = AutoTokenizer.from_pretrained(_builtin_path(spec), trust_remote_code=trust_remote_code)
+    tok.padding_side = "left"
+    if tok.pad_token is None:  # many base models ship without one; the pad id is masked out everywhere
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def resolve_device(spec: str, role: str = "student", local_rank: int | None = None) -> torch.device:
+    """Map a device spec to a device. "auto": cuda:<local rank> if CUDA is available, else cpu.
+    "paired": rank r puts the student on cuda:2r and the teacher on cuda:2r+1."""
+    rank = int(os.environ.get("LOCAL_RANK", 0)) if local_rank is None else local_rank
+    if spec == "paired":
+        if not torch.cuda.is_available():
+            raise ValueError("device 'paired' needs CUDA: rank r uses cuda:2r (student) and cuda:2r+1 (teacher)")
+        return torch.device(f"cuda:{2 * rank + (role == 'teacher')}")
+    if spec == "auto":
+        return torch.device(f"cuda:{rank}" if torch.cuda.is_available() else "cpu")
+    return torch.device(spec)
+
+
+def load_model(
+    spec: str,
+    dtype: str = "float32",
+    device: str | torch.device = "cpu",
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    trust_remote_code: bool = False,
+    seed: int = 0,
+) -> torch.nn.Module:
+    """A causal LM from a preset (seeded random init) or through `AutoModelForCausalLM.from_pretrained`."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype!r} is not allowed; allowed: {', '.join(DTYPES)}")
+    if spec in PRESETS:
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(preset_config(spec, tokenizer or build_tokenizer()))
+        model = model.to(dtype=DTYPES[dtype])
+    else:
+        model = AutoModelForCausalLM.from_pretrained(
+            _builtin_path(spec), dtype=DTYPES[dtype], trust_remote_code=trust_remote_code
+        )
+    return model.to(device)
+
+
+def embedding_rows(model: torch.nn.Module) -> int:
+    return model.get_input_embeddings().weight.shape[0]
+
+
+def check_vocab(tokenizer: PreTrainedTokenizerBase, **models: torch.nn.Module) -> int:
+    """Check that every model can score every real token of the shared tokenizer; return that vocab size V.
+
+    Embedding matrices may be padded past the tokenizer (Qwen: 151936 vs 152064 rows): only ids < V are used,
+    so callers slice logits to [..., :V]. A model with fewer rows than the tokenizer has tokens is an error.
+    """
+    real = len(tokenizer)
+    for name, model in models.items():
+        rows = embedding_rows(model)
+        if rows < real:
+            raise ValueError(
+                f"the {name} has {rows} embedding rows but the tokenizer has {real} tokens: the models must share "
+                f"the tokenizer (an embedding may be larger, padded, but never smaller)"
+            )
+    return real
+
+
+def check_same_tokenizer(a: PreTrainedTokenizerBase, b: PreTrainedTokenizerBase, names=("teacher", "student")) -> None:
+    """Teacher and student must tokenize identically: same vocabulary, same token ids."""
+    va, vb = a.get_vocab(), b.get_vocab()
+    if va != vb:
+        only_a = sorted(set(va) - set(vb))[:5]
+        only_b = sorted(set(vb) - set(va))[:5]
+        moved = [t for t in set(va) & set(vb) if va[t] != vb[t]][:5]
+        raise ValueError(
+            f"the {names[0]} and {names[1]} tokenizers differ ({len(va)} vs {len(vb)} tokens; only in {names[0]}: "
+            f"{only_a}; only in {names[1]}: {only_b}; different ids: {moved}). specdistill needs a shared tokenizer."
+        )
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that skip left padding: [B, L] mask -> [B, L] ids (0 at each row's first real token)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
