@@ -1,12 +1,15 @@
 """Atomic checkpoints and exact resume.
 
 A checkpoint is a folder `checkpoints/step-00000042/` holding:
-- `model/`: the student as a Hugging Face folder (safetensors), usable as-is with `from_pretrained`;
-- `optimizer.pt`, `scheduler.pt`: state dicts (loaded with weights_only=True);
+- `model/`: the student as a Hugging Face folder (safetensors), usable as-is with `from_pretrained`
+  (with LoRA: the merged model);
+- `adapter/`: with LoRA only, the adapter (a PEFT folder); resuming loads it onto the base model;
+- `optimizer.pt` (or `optimizer-rank{r}.pt` when FSDP/DeepSpeed shard the optimizer), `scheduler.pt`;
 - `rng-rank{r}.pt`: python, numpy and torch (CPU and CUDA) RNG states of each rank;
 - `state.json`: step, data cursor and counters.
 It is written to a temporary folder and renamed into place, so a kill during a save leaves the previous
-checkpoint intact and no half-written one under a real name.
+checkpoint intact and no half-written one under a real name. Loading never unpickles: state files are read
+with `torch.load(weights_only=True)`, weights with safetensors, the rest is JSON.
 """
 
 from __future__ import annotations
@@ -15,12 +18,16 @@ import json
 import os
 import random
 import shutil
+import warnings
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 
 PREFIX = "step-"
+TMP_PREFIX = ".tmp-"  # a save in progress (or killed): never listed, removed by the next save
+OLD_PREFIX = ".old-"  # a checkpoint being replaced by a new save of the same step
 
 
 def checkpoint_dir(output_dir: str | Path) -> Path:
@@ -37,7 +44,11 @@ def list_checkpoints(output_dir: str | Path) -> list[Path]:
 
 
 def resolve_resume(resume: str | None, output_dir: str | Path) -> Path | None:
-    """`train.resume` (or $RESUME_CHECKPOINT): None, "auto" (latest checkpoint, if any) or a path."""
+    """The checkpoint to resume from, or None for a fresh start.
+
+    resume: `train.resume`, overridden by $RESUME_CHECKPOINT when set: None; "auto" (the latest checkpoint in
+    output_dir, or None when there is none); a checkpoint folder; or a run's output folder (its latest checkpoint).
+    """
     resume = os.environ.get("RESUME_CHECKPOINT") or resume
     if not resume:
         return None
@@ -45,18 +56,23 @@ def resolve_resume(resume: str | None, output_dir: str | Path) -> Path | None:
         found = list_checkpoints(output_dir)
         return found[-1] if found else None
     path = Path(resume)
+    if not (path / "state.json").exists() and list_checkpoints(path):
+        return list_checkpoints(path)[-1]
     if not (path / "state.json").exists():
-        raise FileNotFoundError(f"cannot resume from {path}: no complete checkpoint there (state.json missing)")
+        raise FileNotFoundError(f"cannot resume from {path}: no complete checkpoint there (state.json missing); "
+                                f"give a checkpoints/step-NNNNNNNN folder, a run's output_dir, or 'auto'")
     return path
 
 
+# ---------------------------------------------------------------- RNG states
 def rng_state() -> dict:
+    """This process's python, numpy and torch RNG states, as tensors and plain values (weights_only-loadable)."""
+    version, mt, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
     state = {
-        "python": list(random.getstate()[1]),
-        "python_version": random.getstate()[0],
-        "python_gauss": random.getstate()[2],
-        "numpy": {k: torch.as_tensor(v) if isinstance(v, np.ndarray) else v
-                  for k, v in zip(("kind", "keys", "pos", "has_gauss", "cached"), np.random.get_state())},
+        "python": list(mt), "python_version": version, "python_gauss": gauss,
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached": float(cached)},
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -67,42 +83,61 @@ def rng_state() -> dict:
 def set_rng_state(state: dict) -> None:
     random.setstate((state["python_version"], tuple(state["python"]), state["python_gauss"]))
     n = state["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy(), n["pos"], n["has_gauss"], n["cached"]))
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(output_dir, step: int, save_model, optimizer, scheduler, state: dict, rank: int,
-                    is_main: bool, barrier=lambda: None, keep_last: int = 2) -> Path:
-    """Write a checkpoint atomically. `save_model(path)` writes the student folder (main process only).
+# ---------------------------------------------------------------- saving
+def save_checkpoint(output_dir, step: int, write_model: Callable[[Path], None], optimizer, scheduler, state: dict,
+                    rank: int, is_main: bool, barrier: Callable[[], None] = lambda: None, keep_last: int = 2,
+                    sharded_optimizer: bool = False) -> Path:
+    """Write checkpoint `step` atomically and keep the newest `keep_last`; every rank calls this.
 
-    Every rank writes its RNG state into the temporary folder; the main process renames it into place after a
-    barrier, then deletes all but the newest `keep_last` checkpoints.
+    write_model(folder): writes the student into the temporary checkpoint folder; called on every rank (gathering
+    sharded weights is a collective), it writes files on the main process only. sharded_optimizer: each rank
+    saves its own optimizer shard (FSDP, DeepSpeed). The main process renames the folder into place after a
+    barrier, so the checkpoint appears complete or not at all.
     """
     root = checkpoint_dir(output_dir)
     final = root / f"{PREFIX}{step:08d}"
-    tmp = root / f".tmp-{PREFIX}{step:08d}"
+    tmp = root / f"{TMP_PREFIX}{PREFIX}{step:08d}"
     if is_main:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        root.mkdir(parents=True, exist_ok=True)
+        for stale in root.glob(f"{TMP_PREFIX}*"):  # left by a killed save
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp.mkdir()
     barrier()
+    write_model(tmp)
     torch.save(rng_state(), tmp / f"rng-rank{rank}.pt")
+    if sharded_optimizer:
+        torch.save(optimizer.state_dict(), tmp / f"optimizer-rank{rank}.pt")
     if is_main:
-        save_model(tmp / "model")
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        if not sharded_optimizer:
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        (tmp / "state.json").write_text(json.dumps({"step": step, **state}, indent=1))
-    barrier()
+    barrier()  # every rank's files are in tmp
     if is_main:
+        (tmp / "state.json").write_text(json.dumps({"step": step, **state}, indent=1))
         _fsync_tree(tmp)
-        if final.exists():  # the same step saved twice (e.g. stop after a save): replace it
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        replace_dir(tmp, final)
         for old in list_checkpoints(output_dir)[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)
     barrier()
     return final
+
+
+def replace_dir(src: Path, dst: Path) -> None:
+    """Rename folder src to dst atomically. An existing dst (the same step saved twice, or a model folder written
+    again) is moved aside first and deleted only after the new one is in place."""
+    old = dst.with_name(f"{OLD_PREFIX}{dst.name}")
+    if dst.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(dst, old)
+    os.replace(src, dst)
+    _fsync_dir(dst.parent)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _fsync_tree(path: Path) -> None:
@@ -112,12 +147,63 @@ def _fsync_tree(path: Path) -> None:
                 os.fsync(fh.fileno())
 
 
-def load_checkpoint(path: Path, optimizer, scheduler, rank: int) -> dict:
+def _fsync_dir(path: Path) -> None:
+    """Make a rename durable (no-op where directories cannot be opened, e.g. Windows)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# ---------------------------------------------------------------- loading
+def load_checkpoint(path: Path, optimizer, scheduler, rank: int, sharded_optimizer: bool = False) -> dict:
     """Restore optimizer, scheduler and this rank's RNG states; return state.json (step, cursor, ...).
-    The model weights are loaded by the caller from `path / "model"`."""
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+
+    The student's weights are loaded by the caller (`load_model_weights`, or the LoRA adapter)."""
+    opt_file = path / (f"optimizer-rank{rank}.pt" if sharded_optimizer else "optimizer.pt")
+    if not opt_file.exists():
+        raise FileNotFoundError(f"cannot resume from {path}: {opt_file.name} is missing (was the checkpoint written "
+                                f"with another distributed backend or number of processes?)")
+    optimizer.load_state_dict(torch.load(opt_file, weights_only=True))
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
     rng_file = path / f"rng-rank{rank}.pt"
     if rng_file.exists():
         set_rng_state(torch.load(rng_file, weights_only=True))
+    else:
+        warnings.warn(f"{path} has no RNG state for rank {rank} (saved with fewer processes?): this rank keeps its "
+                      f"seeded RNG, so the resumed run is not bit-exact")
     return json.loads((path / "state.json").read_text())
+
+
+def read_safetensors(folder: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of the *.safetensors files in `folder` (sharded or not)."""
+    from safetensors.torch import load_file
+
+    files = sorted(Path(folder).glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"no *.safetensors files in {folder}")
+    weights: dict[str, torch.Tensor] = {}
+    for f in files:
+        weights.update(load_file(str(f)))
+    return weights
+
+
+def load_model_weights(model: torch.nn.Module, folder: Path) -> None:
+    """Load a Hugging Face folder's safetensors weights into `model` in place.
+
+    A key may be missing only when it is tied to a loaded one (save_pretrained drops tied copies such as lm_head
+    when the embeddings are tied); anything else missing or unexpected is an error that names the keys."""
+    weights, current = read_safetensors(folder), model.state_dict()
+    loaded = {current[k].data_ptr() for k in weights if k in current}
+    missing = [k for k in current if k not in weights and current[k].data_ptr() not in loaded]
+    unexpected = [k for k in weights if k not in current]
+    reshaped = [f"{k} {tuple(v.shape)} vs {tuple(current[k].shape)}" for k, v in weights.items()
+                if k in current and v.shape != current[k].shape]
+    if missing or unexpected or reshaped:
+        raise ValueError(f"the weights in {folder} do not match the student: missing {missing[:5]}, unexpected "
+                         f"{unexpected[:5]}, other shapes {reshaped[:3]} (was it saved from another model.student?)")
+    model.load_state_dict(weights, strict=False)

@@ -41,8 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--json", dest="json_out", help="write the scores and samples to this JSON file")
 
-    p = sub.add_parser("generate", help="generate from a model")
-    p.add_argument("--model", required=True)
+    p = sub.add_parser("generate", help="generate from a model, alone or with a draft (speculative decoding)")
+    p.add_argument("--model", required=True, help="the target model")
+    p.add_argument("--draft", help="a draft model: speculative decoding (greedy at T=0, lossless sampling at T>0)")
+    p.add_argument("--gamma", type=int, default=4, help="drafted tokens per block (with --draft)")
+    p.add_argument("--gamma-schedule", default="constant", choices=["constant", "lupi", "heuristic"])
+    p.add_argument("--batch-size", type=int, default=16)
     prompt = p.add_mutually_exclusive_group(required=True)
     prompt.add_argument("--prompt", help="one prompt (a user message; the chat template is applied)")
     prompt.add_argument("--prompts", help="a file with one prompt per line")
@@ -53,6 +57,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--json", dest="json_out", help="write texts, token ids and statistics to this JSON file")
+
+    p = sub.add_parser("bench", help="measure a draft as the target's speculative drafter")
+    p.add_argument("--target", required=True)
+    p.add_argument("--draft", required=True)
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--task", default="arith", help="built-in task whose test prompts to use (default arith)")
+    src.add_argument("--prompts", help="a file with one prompt per line (user messages)")
+    p.add_argument("--limit", type=int, default=64, help="number of prompts (default 64)")
+    p.add_argument("--gamma", default="4", help="drafted tokens per block; a list sweeps: 1,2,4,8")
+    p.add_argument("--gamma-schedule", default="constant", choices=["constant", "lupi", "heuristic"])
+    p.add_argument("--batch-size", default="1", help="batch size; a list gives several: 1,8")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--draft-view", default="target", choices=["target", "student"],
+                   help="the draft reads the target's prompt (default) or the student view, without knowledge")
+    p.add_argument("--compare-hf", action="store_true", help="also run transformers' assisted generation (batch 1)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--json", dest="json_out", help="write every figure to this JSON file")
+    p.add_argument("--plot", help="write the acceptance-per-position and speedup-vs-gamma plot to this PNG")
 
     p = sub.add_parser("data", help="dataset tools")
     dsub = p.add_subparsers(dest="data_command", required=True)
@@ -76,13 +101,20 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_train(args) -> int:
+    import os
+
     from .config import load_config
-    from .train import run_training
+    from .train import TrainingDiverged, run_training
 
     cfg = load_config(args.config, args.overrides)
-    metrics = run_training(cfg, sft=args.command == "sft")
-    print(json.dumps({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, indent=1))
-    print(f"model saved to {Path(cfg.train.output_dir) / 'final'}")
+    try:
+        metrics = run_training(cfg, sft=args.command == "sft")
+    except TrainingDiverged as exc:
+        print(f"specdistill {args.command}: error: {exc}", file=sys.stderr)
+        return 3
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, indent=1))
+        print(f"model saved to {Path(cfg.train.output_dir) / 'final'}")
     return 0
 
 
@@ -115,17 +147,73 @@ def cmd_eval(args) -> int:
 
 def cmd_generate(args) -> int:
     from .data.views import render_prompt
-    from .evaluate.quality import generate_texts
+    from .evaluate.quality import generate_ids
+    from .evaluate.speculative import run_speculative
 
     model, tokenizer = _load_for_inference(args.model, args.device, args.dtype)
-    texts = [args.prompt] if args.prompt else Path(args.prompts).read_text().splitlines()
+    texts = [args.prompt] if args.prompt else [t for t in Path(args.prompts).read_text().splitlines() if t.strip()]
     prompts = [tokenizer(render_prompt(tokenizer, [{"role": "user", "content": t}]), add_special_tokens=False).input_ids
-               for t in texts if t.strip()]
-    outputs = generate_texts(model, tokenizer, prompts, args.max_new_tokens, temperature=args.temperature, seed=args.seed)
-    for text in outputs:
+               for t in texts]
+    stats = None
+    if args.draft:
+        draft, _ = _load_for_inference(args.draft, args.device, args.dtype)
+        outputs, gen_stats, _ = run_speculative(
+            model, draft, prompts, tokenizer, gamma=args.gamma, schedule=args.gamma_schedule, temperature=args.temperature,
+            top_p=args.top_p, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed)
+        stats = gen_stats.metrics() | {"rollout/per_position_acceptance": gen_stats.per_position_acceptance}
+    else:
+        outputs = generate_ids(model, tokenizer, prompts, args.max_new_tokens, args.batch_size, args.temperature,
+                               args.top_p, args.seed)
+    decoded = tokenizer.batch_decode(outputs, skip_special_tokens=True)
+    for text in decoded:
         print(text)
     if args.json_out:
-        Path(args.json_out).write_text(json.dumps([{"prompt": p, "text": o} for p, o in zip(texts, outputs)], indent=1))
+        rows = [{"prompt": p, "text": d, "token_ids": o} for p, d, o in zip(texts, decoded, outputs)]
+        Path(args.json_out).write_text(json.dumps({"outputs": rows, "stats": stats}, indent=1))
+    if stats:
+        print(json.dumps({k: v for k, v in stats.items() if not k.startswith("time/")}), file=sys.stderr)
+    return 0
+
+
+def _bench_prompts(args, tokenizer):
+    """(target prompts, draft prompts) as token-id lists."""
+    from .config import DatasetConfig, ViewConfig
+    from .data.records import load_records
+    from .data.views import encode_example, render_prompt
+
+    if args.prompts:
+        lines = [t for t in Path(args.prompts).read_text().splitlines() if t.strip()][: args.limit]
+        ids = [tokenizer(render_prompt(tokenizer, [{"role": "user", "content": t}]), add_special_tokens=False).input_ids
+               for t in lines]
+        return ids, ids
+    examples = [encode_example(r, tokenizer, ViewConfig()) for r in load_records(DatasetConfig(task=args.task, split="test"))]
+    examples = examples[: args.limit]
+    target = [e.teacher_prompt for e in examples]
+    return target, ([e.student_prompt for e in examples] if args.draft_view == "student" else target)
+
+
+def cmd_bench(args) -> int:
+    from .evaluate.plots import plot_bench
+    from .evaluate.speculative import bench_pair
+
+    target, tokenizer = _load_for_inference(args.target, args.device, args.dtype)
+    draft, _ = _load_for_inference(args.draft, args.device, args.dtype)
+    prompts, draft_prompts = _bench_prompts(args, tokenizer)
+    results = []
+    for bs in [int(x) for x in str(args.batch_size).split(",")]:
+        for gamma in [int(x) for x in str(args.gamma).split(",")]:
+            r = bench_pair(target, draft, prompts, tokenizer, gamma=gamma, schedule=args.gamma_schedule,
+                           temperature=args.temperature, max_new_tokens=args.max_new_tokens, batch_size=bs,
+                           seed=args.seed, draft_prompts=draft_prompts, compare_hf=args.compare_hf and bs == 1)
+            results.append(r)
+            print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()
+                              if k != "per_position_acceptance"}))
+    report = {"target": args.target, "draft": args.draft, "device": str(next(target.parameters()).device),
+              "task": None if args.prompts else args.task, "results": results}
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(report, indent=1))
+    if args.plot:
+        plot_bench(results, args.plot, f"draft {Path(args.draft).name} for target {Path(args.target).name}")
     return 0
 
 
@@ -151,8 +239,8 @@ def cmd_demo(args) -> int:
     return 0
 
 
-COMMANDS = {"sft": cmd_train, "distill": cmd_train, "eval": cmd_eval, "generate": cmd_generate, "data": cmd_data,
-            "demo": cmd_demo}
+COMMANDS = {"sft": cmd_train, "distill": cmd_train, "eval": cmd_eval, "generate": cmd_generate, "bench": cmd_bench,
+            "data": cmd_data, "demo": cmd_demo}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -315,6 +315,10 @@ def validate(cfg: Config) -> None:
     _check(t.max_steps >= 1 and t.batch_size >= 1 and t.grad_accum >= 1, "train.max_steps, batch_size, grad_accum must be >= 1")
     _check(t.lr > 0, f"train.lr: {t.lr}; must be > 0")
     _check(t.keep_last >= 1, f"train.keep_last: {t.keep_last}; must be >= 1")
+    _check(t.max_grad_norm >= 0, f"train.max_grad_norm: {t.max_grad_norm}; must be >= 0 (0 = no clipping)")
+    _check(t.max_bad_steps >= 1, f"train.max_bad_steps: {t.max_bad_steps}; must be >= 1")
+    _check(t.save_every >= 0 and t.eval_every >= 0, "train.save_every and train.eval_every must be >= 0 (0 = only at the end)")
+    _check(t.log_every >= 1, f"train.log_every: {t.log_every}; must be >= 1")
     _check(t.resume in (None, "auto") or bool(t.resume), "train.resume: use 'auto', a checkpoint path, or null")
     _check(len(d.train) >= 1, "data.train: give at least one dataset")
     for i, ds in enumerate(d.train + ([d.validation] if d.validation else [])):

@@ -13,11 +13,13 @@ Every strategy returns the same `RolloutBatch`: each view's own prompt followed 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import random
+from dataclasses import MISSING, dataclass, field, fields
 
 import torch
 
 from .data.views import PromptBatch, right_pad
+from .engine import Generation, GenerationStats, Sampling, generate, make_policy, make_schedule, sample
 
 
 @dataclass
@@ -38,7 +40,7 @@ class RolloutBatch:
     teacher_written: torch.Tensor
     student_prompt_len: int
     teacher_prompt_len: int
-    stats: dict = field(default_factory=dict)
+    stats: GenerationStats = field(default_factory=GenerationStats)
 
     @property
     def num_tokens(self) -> int:
@@ -46,7 +48,7 @@ class RolloutBatch:
 
 
 def assemble(prompts: PromptBatch, response: torch.Tensor, response_mask: torch.Tensor,
-             teacher_written: torch.Tensor | None = None, stats: dict | None = None) -> RolloutBatch:
+             teacher_written: torch.Tensor | None = None, stats: GenerationStats | None = None) -> RolloutBatch:
     """Append one response [B, T] to both views' left-padded prompts."""
     resp = response.masked_fill(~response_mask, 0)  # pad id is irrelevant: masked everywhere
 
@@ -57,7 +59,7 @@ def assemble(prompts: PromptBatch, response: torch.Tensor, response_mask: torch.
     t_ids, t_mask = join(prompts.teacher_ids, prompts.teacher_mask)
     written = teacher_written if teacher_written is not None else torch.zeros_like(response_mask)
     return RolloutBatch(s_ids, s_mask, t_ids, t_mask, resp, response_mask, written & response_mask,
-                        prompts.student_ids.shape[1], prompts.teacher_ids.shape[1], stats or {})
+                        prompts.student_ids.shape[1], prompts.teacher_ids.shape[1], stats or GenerationStats())
 
 
 def dataset_rollout(prompts: PromptBatch, pad_id: int) -> RolloutBatch:
@@ -67,24 +69,110 @@ def dataset_rollout(prompts: PromptBatch, pad_id: int) -> RolloutBatch:
     if missing:
         raise ValueError(f"rollout 'dataset' needs reference responses; records without one: {missing[:5]}")
     response, mask = right_pad(responses, pad_id)
-    return assemble(prompts, response, mask, stats={"tokens/generated": 0})
+    return assemble(prompts, response, mask)
 
 
-def rates_from_counts(counts: dict) -> dict:
-    """Rates from summed counters (so that they are exact over micro-batches and processes)."""
-    out = {}
-    drafted = counts.get("tokens/drafted", 0.0)
-    if drafted:
-        out["rollout/acceptance_rate"] = counts.get("tokens/accepted", 0.0) / drafted
-    blocks = counts.get("count/blocks", 0.0)
-    if blocks:
-        out["rollout/first_token_acceptance"] = counts.get("count/first_accepted", 0.0) / blocks
-        out["rollout/full_match_rate"] = counts.get("count/full_match", 0.0) / blocks
-    return out
+def _as_response(gen: Generation) -> tuple[torch.Tensor, torch.Tensor]:
+    """Engine output -> response [B, T] and its mask [B, T] (EOS included, padding excluded)."""
+    T = gen.tokens.shape[1]
+    mask = torch.arange(T, device=gen.lengths.device)[None, :] < gen.lengths[:, None]
+    return gen.tokens.cpu(), mask.cpu()
+
+
+def _decode_args(cfg, tokenizer, seeds: list[int]) -> dict:
+    return dict(max_new_tokens=cfg.max_new_tokens, eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id, seed=torch.tensor(seeds), compile=cfg.compile, trace=cfg.trace)
+
+
+def model_rollout(cfg, prompts: PromptBatch, model, tokenizer, seeds: list[int], who: str) -> RolloutBatch:
+    """One model samples every response from its own view: the teacher (SeqKD) or the student (on-policy)."""
+    teacher = who == "teacher"
+    ids, mask = (prompts.teacher_ids, prompts.teacher_mask) if teacher else (prompts.student_ids, prompts.student_mask)
+    sampling = Sampling(cfg.teacher_temperature, cfg.teacher_top_p) if teacher else Sampling(cfg.temperature, cfg.top_p)
+    dev = next(model.parameters()).device
+    gen = sample(model, ids.to(dev), mask.to(dev), sampling=sampling, **_decode_args(cfg, tokenizer, seeds))
+    response, resp_mask = _as_response(gen)
+    written = resp_mask.clone() if teacher else torch.zeros_like(resp_mask)
+    return assemble(prompts, response, resp_mask, written, gen.stats)
+
+
+def skd_rollout(cfg, prompts: PromptBatch, student, teacher, tokenizer, seeds: list[int]) -> RolloutBatch:
+    """SKD: the student drafts from its view, the teacher verifies on its own (maybe privileged) view and
+    replaces drafted tokens outside its top-K (policy `top_k` or `adaptive_top_k`)."""
+    target = Sampling(cfg.teacher_temperature, cfg.teacher_top_p)
+    if cfg.policy == "top_k":
+        policy = make_policy("top_k", k=cfg.top_k, min_prob=cfg.min_prob, target=target, bonus_token=cfg.bonus)
+    else:
+        policy = make_policy("adaptive_top_k", k_init=cfg.top_k, k_min=cfg.k_min, k_max=cfg.k_max, r_plus=cfg.r_plus,
+                             r_minus=cfg.r_minus, ema=cfg.ema, entropy_gain=cfg.entropy_gain, min_prob=cfg.min_prob,
+                             target=target, bonus_token=cfg.bonus)
+    s_dev, t_dev = next(student.parameters()).device, next(teacher.parameters()).device
+    gen = generate(student, prompts.student_ids.to(s_dev), prompts.student_mask.to(s_dev), teacher,
+                   prompts.teacher_ids.to(t_dev), prompts.teacher_mask.to(t_dev), policy=policy,
+                   gamma=make_schedule(cfg.gamma_schedule, cfg.gamma, cfg.max_gamma),
+                   draft_sampling=Sampling(cfg.temperature, cfg.top_p), verify=cfg.verification,
+                   **_decode_args(cfg, tokenizer, seeds))
+    response, resp_mask = _as_response(gen)
+    return assemble(prompts, response, resp_mask, gen.teacher_written.cpu(), gen.stats)
+
+
+def mixed_rollout(cfg, prompts: PromptBatch, student, tokenizer, seeds: list[int]) -> RolloutBatch:
+    """Per sequence: the student's own sample with probability lam, else the dataset's response (GKD, ImitKD).
+    The coin of each row comes from its seed, so it does not depend on the batch layout."""
+    own = [random.Random(s).random() < cfg.lam for s in seeds]
+    reference = dataset_rollout(prompts, tokenizer.pad_token_id)
+    if not any(own):
+        return reference
+    rows = [i for i, o in enumerate(own) if o]
+    sub = PromptBatch(prompts.student_ids[rows], prompts.student_mask[rows], prompts.teacher_ids[rows],
+                      prompts.teacher_mask[rows], [prompts.examples[i] for i in rows])
+    sampled = model_rollout(cfg, sub, student, tokenizer, [seeds[i] for i in rows], "student")
+    responses = [r[m].tolist() for r, m in zip(reference.response, reference.response_mask)]
+    for j, i in enumerate(rows):
+        responses[i] = sampled.response[j][sampled.response_mask[j]].tolist()
+    response, mask = right_pad(responses, tokenizer.pad_token_id)
+    return assemble(prompts, response, mask, stats=sampled.stats)
 
 
 def make_rollout(cfg, prompts: PromptBatch, student, teacher, tokenizer, seeds: list[int]) -> RolloutBatch:
     """Run the configured strategy (`cfg` is a RolloutConfig) on one micro-batch of prompts."""
     if cfg.strategy == "dataset":
         return dataset_rollout(prompts, tokenizer.pad_token_id)
-    raise ValueError(f"rollout strategy {cfg.strategy!r} needs the engine, which is not wired in yet")
+    if cfg.strategy == "mixed":
+        return mixed_rollout(cfg, prompts, student, tokenizer, seeds)
+    if cfg.strategy == "student":
+        return model_rollout(cfg, prompts, student, tokenizer, seeds, "student")
+    if teacher is None:
+        raise ValueError(f"rollout strategy {cfg.strategy!r} needs a teacher: set model.teacher")
+    if cfg.strategy == "teacher":
+        return model_rollout(cfg, prompts, teacher, tokenizer, seeds, "teacher")
+    return skd_rollout(cfg, prompts, student, teacher, tokenizer, seeds)
+
+
+# Fields of GenerationStats that add up over micro-batches and processes.
+_SUMMED = [f.name for f in fields(GenerationStats) if f.name not in ("gamma_min", "gamma_max") and f.default_factory is MISSING]
+
+
+def rollout_metrics(batches: list[RolloutBatch], gather=None) -> dict:
+    """Metrics of a step's rollouts, exact over micro-batches and (with `gather`, e.g. accelerator.gather)
+    over processes: counts are summed first and rates formed from the sums."""
+    stats = batches[0].stats
+    for b in batches[1:]:
+        stats = stats.combine(b.stats)
+    if gather is not None:
+        width = len(stats.position_reached)
+        local = torch.tensor([float(getattr(stats, k)) for k in _SUMMED] + [stats.gamma_min, -stats.gamma_max, width],
+                             dtype=torch.float64)
+        rows = gather(local[None]).reshape(-1, local.numel())  # [P, F]
+        merged = dict(zip(_SUMMED, rows[:, : len(_SUMMED)].sum(0).tolist()))
+        merged["gamma_min"], merged["gamma_max"] = rows[:, -3].min().item(), -rows[:, -2].min().item()
+        n = int(rows[:, -1].max())
+        pos = torch.tensor([_padded(stats.position_reached, n) + _padded(stats.position_accepted, n)], dtype=torch.float64)
+        pos = gather(pos).reshape(-1, 2 * n).sum(0).long().tolist() if n else []
+        stats = GenerationStats(**merged, position_reached=pos[:n], position_accepted=pos[n:])
+    # Timing and throughput are the trainer's own (time/rollout_s covers the whole rollout step).
+    return {k: v for k, v in stats.metrics().items() if k.startswith(("rollout/", "tokens/"))}
+
+
+def _padded(values: list[int], n: int) -> list[float]:
+    return [float(v) for v in values] + [0.0] * (n - len(values))

@@ -6,35 +6,52 @@
 The student is the only trained model. The teacher is frozen, in eval mode, and runs under no_grad on its own
 device. `specdistill sft` is this recipe with the `dataset` rollout and the `ce` loss, training one model on
 the view chosen by `data.views.sft_view` (the built-in teachers learn on the teacher view, with knowledge).
+
+Devices: the student lives on accelerate's device (cuda:<local rank>, or cpu) unless `model.student_device`
+says otherwise; the teacher on the student's device unless `model.teacher_device` says otherwise. "paired" puts
+rank r's student on cuda:2r and its teacher on cuda:2r+1. Processes and backends (DDP, FSDP, DeepSpeed) come
+from `accelerate launch` (configs/accelerate/, docs/training.md).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import importlib
 import inspect
 import json
+import math
+import os
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate import Accelerator, PartialState
+from accelerate.state import AcceleratorState, GradientState
+from accelerate.utils import DistributedType, set_seed
 from tqdm.auto import tqdm
-from transformers.optimization import get_cosine_with_min_lr_schedule_with_warmup
 
 from . import checkpoint, losses
-from .config import Config, save_config
+from .config import Config, ConfigError, save_config
 from .data.mixture import MixtureStream
 from .data.records import load_records
 from .data.tasks import get_task
 from .data.views import collate, encode_example
 from .evaluate.quality import evaluate_records
-from .models import check_same_tokenizer, check_vocab, load_model, load_tokenizer, position_ids_from_mask, resolve_device
-from .rollout import RolloutBatch, dataset_rollout, make_rollout
+from .models import (check_same_tokenizer, check_vocab, is_preset, load_model, load_tokenizer,
+                     position_ids_from_mask, resolve_device)
+from .rollout import RolloutBatch, dataset_rollout, make_rollout, rollout_metrics
 
 TEACHER_LOSSES = {"fkl", "rkl", "jsd", "tvd", "skew_fkl", "skew_rkl", "hybrid", "rank"}
+TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb"}
+SAMPLES_LOGGED = 4  # sample completions written to samples.jsonl per validation
+
+
+class TrainingDiverged(FloatingPointError):
+    """train.max_bad_steps steps in a row had a NaN or inf loss or gradient; a resumable checkpoint was saved."""
 
 
 @dataclass
@@ -42,63 +59,179 @@ class Run:
     cfg: Config
     accelerator: Accelerator
     tokenizer: object
-    student: torch.nn.Module
+    student: torch.nn.Module  # as prepared by accelerate (DDP/FSDP/DeepSpeed wrapper, or the model itself)
     teacher: torch.nn.Module | None
     optimizer: torch.optim.Optimizer
-    scheduler: object
+    scheduler: torch.optim.lr_scheduler.LRScheduler
     stream: MixtureStream
     vocab: int
     sft: bool
     out: Path
-    step: int = 0
-    bad_steps: int = 0
-    skipped_steps: int = 0
+    device: torch.device  # the student's
+    teacher_device: torch.device | None = None
+    step: int = 0  # optimizer steps done (skipped ones included)
+    bad_steps: int = 0  # NaN/inf steps in a row
+    skipped_steps: int = 0  # NaN/inf steps in all
     validation: list = field(default_factory=list)
 
 
 # ---------------------------------------------------------------- setup
 def setup(cfg: Config, sft: bool = False) -> Run:
-    """Models, data, optimizer and schedule; resume from a checkpoint when asked."""
+    """Models, data, optimizer and schedule; resume from a checkpoint when asked (train.resume, $RESUME_CHECKPOINT)."""
+    _check_trackers(cfg.train.trackers)
     acc = Accelerator(
-        gradient_accumulation_steps=1, mixed_precision=cfg.train.mixed_precision,
-        log_with=cfg.train.trackers or None, project_dir=cfg.train.output_dir,
+        gradient_accumulation_steps=1,  # micro-batches are accumulated by train_step, normalised by token count
+        mixed_precision=cfg.train.mixed_precision, log_with=cfg.train.trackers or None,
+        project_dir=cfg.train.output_dir,
     )
+    _check_launch(acc)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    set_seed(cfg.train.seed + acc.process_index)
-    out = Path(cfg.train.output_dir)
-    m = cfg.model
+    out, m = Path(cfg.train.output_dir), cfg.model
+    resume = checkpoint.resolve_resume(cfg.train.resume, out)
+    device = student_device(acc, m.student_device)
     tokenizer = load_tokenizer(m.tokenizer or m.student, m.trust_remote_code)
-    student_device = resolve_device(m.student_device, "student") if m.student_device != "auto" else acc.device
-    student = load_model(m.student, m.student_dtype, student_device, tokenizer, m.trust_remote_code, cfg.train.seed)
+    student = load_model(m.student, m.student_dtype, device, tokenizer, m.trust_remote_code, cfg.train.seed)
     student = _prepare_student(student, cfg)
-    teacher = None
-    if not sft and (cfg.loss.name in TEACHER_LOSSES or cfg.rollout.strategy in ("teacher", "skd")):
-        teacher = _load_teacher(cfg, tokenizer, student_device)
+    if resume is not None:  # into the plain model, before FSDP/DeepSpeed shard it
+        _load_student_weights(student, resume, m.lora.enabled)
+    teacher, t_device = None, None
+    if needs_teacher(cfg, sft):
+        t_device = teacher_device(acc, m.teacher_device, device)
+        teacher = _load_teacher(cfg, tokenizer, t_device)
     vocab = check_vocab(tokenizer, student=student, **({"teacher": teacher} if teacher is not None else {}))
-    params = [p for p in student.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    scheduler = get_cosine_with_min_lr_schedule_with_warmup(
-        optimizer, cfg.train.warmup_steps, cfg.train.max_steps, min_lr_rate=cfg.train.min_lr_ratio)
-    student, optimizer, scheduler = acc.prepare(student, optimizer, scheduler)
+    set_seed(cfg.train.seed + acc.process_index)  # after the models, which seed their own initialisation
+    optimizer, scheduler = build_optimizer(student, cfg)
+    _configure_deepspeed(acc, cfg)
+    student, optimizer = _prepare(acc, student, optimizer, device)
     datasets = [load_records(d, cfg.data.seed) for d in cfg.data.train]
-    stream = MixtureStream(datasets, [d.weight for d in cfg.data.train], cfg.data.schedule, cfg.train.max_steps, cfg.train.seed)
-    run = Run(cfg, acc, tokenizer, student, teacher, optimizer, scheduler, stream, vocab, sft, out)
+    stream = MixtureStream(datasets, [d.weight for d in cfg.data.train], cfg.data.schedule, cfg.train.max_steps,
+                           cfg.train.seed)
+    run = Run(cfg, acc, tokenizer, student, teacher, optimizer, scheduler, stream, vocab, sft, out, device, t_device)
     if cfg.data.validation is not None:
         run.validation = load_records(cfg.data.validation, cfg.data.seed)[: cfg.train.eval_samples]
+    if resume is not None:
+        _restore_state(run, resume)
+    _start_logs(run)
+    return run
+
+
+def build_optimizer(student, cfg: Config):
+    """AdamW over the trainable parameters, and its warmup + cosine schedule (stepped once per optimizer step)."""
+    t = cfg.train
+    optimizer = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=t.lr,
+                                  weight_decay=t.weight_decay)
+    # Not passed to accelerate: its scheduler wrapper steps once per process per step (it assumes the data
+    # shrinks with the number of processes); here the global batch is fixed and max_steps counts optimizer steps.
+    schedule = functools.partial(warmup_cosine, warmup=t.warmup_steps, total=t.max_steps, min_ratio=t.min_lr_ratio)
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+
+def _start_logs(run: Run) -> None:
+    """The resolved config, the JSONL logs cut back to the resumed step, and the trackers."""
+    acc, cfg, out = run.accelerator, run.cfg, run.out
     if acc.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
+        _truncate_logs(out, run.step)  # rows a killed run logged after its last checkpoint
+    acc.wait_for_everyone()
     if cfg.train.trackers:
-        acc.init_trackers(out.name, config=_flat(cfg))
-    _maybe_resume(run)
-    return run
+        if "wandb" in cfg.train.trackers:
+            os.environ.setdefault("WANDB_MODE", "offline")  # offline by default; WANDB_MODE=online to sync
+        acc.init_trackers(out.name, config=_flat(cfg), init_kwargs={"wandb": {"dir": str(out)}})
+
+
+def needs_teacher(cfg: Config, sft: bool) -> bool:
+    return not sft and (cfg.loss.name in TEACHER_LOSSES or cfg.rollout.strategy in ("teacher", "skd"))
+
+
+def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    """LR multiplier at optimizer step `step` (0-based): linear warmup from 0 over `warmup` steps, then a cosine
+    from 1 down to `min_ratio` at step `total` (the schedule of transformers' cosine-with-min-lr)."""
+    if step < warmup:
+        return step / max(1, warmup)
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _check_trackers(trackers: list[str]) -> None:
+    for name in trackers:
+        try:
+            importlib.import_module(TRACKER_PACKAGES[name])
+        except ImportError:
+            raise ConfigError(f"train.trackers: {name!r} needs the {TRACKER_PACKAGES[name]!r} package, which is not "
+                              f"installed: pip install 'specdistill[tracking]', or remove {name!r} from "
+                              f"train.trackers") from None
+
+
+def _check_launch(acc: Accelerator) -> None:
+    """Refuse N launched processes that accelerate left unconnected: each would train alone into output_dir."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and acc.num_processes == 1:
+        raise ConfigError(
+            f"launched as one of {world} processes, but accelerate found no distributed backend, so every process "
+            f"would train alone into the same train.output_dir. Without GPUs, launch with ACCELERATE_USE_CPU=1 "
+            f"(gloo): ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes {world} -m specdistill ... "
+            f"(docs/training.md)")
+
+
+def student_device(acc, spec: str) -> torch.device:
+    """The student's device: accelerate's for "auto" (cuda:<local rank>, or cpu), else `model.student_device`
+    ("paired": cuda:2r on rank r; or any torch device such as "cuda:1")."""
+    if spec == "auto":
+        return acc.device
+    return resolve_device(spec, "student", acc.local_process_index)
+
+
+def teacher_device(acc, spec: str, student: torch.device) -> torch.device:
+    """The teacher's device: the student's for "auto", else `model.teacher_device` ("paired": cuda:2r+1)."""
+    if spec == "auto":
+        return student
+    return resolve_device(spec, "teacher", acc.local_process_index)
+
+
+def _prepare(acc: Accelerator, student, optimizer, device: torch.device):
+    """Wrap the student and its optimizer for the launch's backend (none, DDP, FSDP or DeepSpeed).
+
+    accelerate assumes the student lives on cuda:<local rank>. A student placed elsewhere (model.student_device,
+    the paired layout) makes its device the process's device: autocast, collectives and batches follow it, and
+    DDP takes the device from the module instead of the local rank."""
+    if device == acc.device:
+        return acc.prepare(student, optimizer)
+    if acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        raise ConfigError(f"model.student_device={acc.device}: FSDP and DeepSpeed place the student themselves; "
+                          f"use model.student_device=auto with them")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # NCCL collectives run on the current device
+    acc.state.device = PartialState().device = device
+    previous = os.environ.get("ACCELERATE_BYPASS_DEVICE_MAP")
+    os.environ["ACCELERATE_BYPASS_DEVICE_MAP"] = "true"  # DDP(device_ids=None): the module's own device
+    try:
+        return acc.prepare(student, optimizer)
+    finally:
+        if previous is None:
+            os.environ.pop("ACCELERATE_BYPASS_DEVICE_MAP")
+        else:
+            os.environ["ACCELERATE_BYPASS_DEVICE_MAP"] = previous
+
+
+def _configure_deepspeed(acc: Accelerator, cfg: Config) -> None:
+    """DeepSpeed wants the micro-batch size, which accelerate reads from a dataloader; this recipe has none.
+    Its gradient_accumulation_steps stays 1: train_step marks the last micro-batch as the boundary itself."""
+    plugin = getattr(acc.state, "deepspeed_plugin", None)
+    if acc.distributed_type == DistributedType.DEEPSPEED and plugin is not None:
+        if plugin.is_auto("train_micro_batch_size_per_gpu"):
+            plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = cfg.train.batch_size
 
 
 def _prepare_student(student, cfg: Config):
     if cfg.model.gradient_checkpointing:
-        student.gradient_checkpointing_enable()
-        student.config.use_cache = False
+        # Non-reentrant: gradients reach LoRA weights even though the (frozen) embeddings' outputs need none.
+        kwargs = {"use_reentrant": False}
+        if hasattr(student, "activation_checkpointing_enable"):  # transformers >= 5.x's name
+            student.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            student.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     if cfg.model.lora.enabled:
         from peft import LoraConfig as PeftLora, get_peft_model
 
@@ -109,32 +242,77 @@ def _prepare_student(student, cfg: Config):
     return student
 
 
-def _load_teacher(cfg: Config, tokenizer, student_device):
+def _load_teacher(cfg: Config, tokenizer, device: torch.device):
     m = cfg.model
     if not m.teacher:
-        raise ValueError(f"loss {cfg.loss.name!r} / rollout {cfg.rollout.strategy!r} needs a teacher: set model.teacher")
-    if m.teacher_device == "auto":
-        device = student_device
-    else:
-        device = resolve_device(m.teacher_device, "teacher")
+        raise ConfigError(f"loss {cfg.loss.name!r} / rollout {cfg.rollout.strategy!r} needs a teacher: "
+                          f"set model.teacher")
     teacher = load_model(m.teacher, m.teacher_dtype, device, tokenizer, m.trust_remote_code, cfg.train.seed + 1)
-    if not m.tokenizer:  # each model's own tokenizer must match the shared one
-        from .models import is_preset
-
-        if not is_preset(m.teacher) or m.teacher == "builtin-teacher":
-            check_same_tokenizer(load_tokenizer(m.teacher, m.trust_remote_code), tokenizer)
+    if not m.tokenizer and (not is_preset(m.teacher) or m.teacher == "builtin-teacher"):
+        check_same_tokenizer(load_tokenizer(m.teacher, m.trust_remote_code), tokenizer)  # same ids in both
     teacher.eval().requires_grad_(False)
     return teacher
 
 
 def _flat(cfg) -> dict:
-    import dataclasses
-
     flat = {}
     for section, values in dataclasses.asdict(cfg).items():
         for k, v in values.items():
             flat[f"{section}.{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
     return flat
+
+
+# ---------------------------------------------------------------- distributed helpers
+def params_sharded(acc) -> bool:
+    """True when each rank holds only a shard of the student's parameters (FSDP, DeepSpeed ZeRO-3)."""
+    return acc.distributed_type == DistributedType.FSDP or _zero_stage(acc) == 3
+
+
+def optimizer_sharded(acc) -> bool:
+    """True when each rank holds only a shard of the optimizer state (FSDP, DeepSpeed ZeRO-1/2/3)."""
+    return acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+
+
+def _zero_stage(acc) -> int:
+    plugin = getattr(acc.state, "deepspeed_plugin", None)
+    return plugin.zero_stage if acc.distributed_type == DistributedType.DEEPSPEED and plugin is not None else 0
+
+
+@contextmanager
+def gathered_for_generation(accelerator, model, enabled: bool = True):
+    """Full student parameters while it generates (rollouts, validation); every rank must enter together.
+
+    DeepSpeed ZeRO-3: deepspeed.zero.GatheredParameters over all parameters (deepspeed is imported here only).
+    FSDP (v1): FSDP.summon_full_params on the wrapped root (recurse=False, as TRL does; nested FSDP units still
+    gather during their forward, so every rank must run the same number of forwards). FSDP2 gathers in each
+    forward by itself; DDP and one process hold full parameters: nothing to do.
+    model: the prepared student (the wrapper, not the unwrapped module)."""
+    if not enabled:
+        yield
+    elif _zero_stage(accelerator) == 3:
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None):
+            yield
+    elif accelerator.distributed_type == DistributedType.FSDP and not accelerator.is_fsdp2:
+        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+        with FSDP.summon_full_params(model, recurse=False, writeback=False):
+            yield
+    else:
+        yield
+
+
+@contextmanager
+def eval_mode(model):
+    """Generation runs in eval mode: no dropout, and gradient checkpointing (active only in training mode)
+    would otherwise turn the KV cache off."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 # ---------------------------------------------------------------- one step
@@ -164,14 +342,18 @@ def loss_params(lc) -> dict:
     return {k: getattr(lc, k) for k, p in sig.items() if p.kind is p.KEYWORD_ONLY and hasattr(lc, k)}
 
 
-def micro_loss(run: Run, rb: RolloutBatch) -> torch.Tensor:
-    """Summed loss over the response tokens of one micro-batch (a scalar with grad)."""
-    lc, T = run.cfg.loss, rb.response.shape[1]
-    dev = run.accelerator.device
-    s_logits = response_logits(run.student, rb.student_ids.to(dev), rb.student_mask.to(dev), rb.student_prompt_len, T, run.vocab)
+def micro_loss(run: Run, rb: RolloutBatch, student=None) -> torch.Tensor:
+    """Summed loss over the response tokens of one micro-batch (a scalar on the student's device).
+
+    student: the model to score (default: the prepared student). Each view goes to its model's device; the
+    teacher's logits come back to the student's."""
+    lc, T, dev = run.cfg.loss, rb.response.shape[1], run.device
+    student = run.student if student is None else student
+    s_logits = response_logits(student, rb.student_ids.to(dev), rb.student_mask.to(dev), rb.student_prompt_len, T,
+                               run.vocab)
     t_logits = None
     if lc.name in TEACHER_LOSSES:
-        tdev = next(run.teacher.parameters()).device
+        tdev = run.teacher_device
         with torch.no_grad():
             t_logits = response_logits(run.teacher, rb.teacher_ids.to(tdev), rb.teacher_mask.to(tdev),
                                        rb.teacher_prompt_len, T, run.vocab).to(dev)
@@ -185,16 +367,20 @@ def rollout_step(run: Run) -> list[RolloutBatch]:
     cfg, acc = run.cfg, run.accelerator
     bs, accum = cfg.train.batch_size, cfg.train.grad_accum
     groups = run.stream.next_batch(run.step, accum * acc.num_processes, bs)
+    generates = not run.sft and cfg.rollout.strategy != "dataset"
+    student = acc.unwrap_model(run.student)
     batches = []
-    for i in range(accum):
-        g = acc.process_index * accum + i  # this rank's i-th micro-batch in the global batch
-        prompts = collate(encode(run, groups[g]), run.tokenizer.pad_token_id)
-        # Rows draw their noise from (seed, step, global row index): independent of batch layout and rank.
-        seeds = [row_seed(cfg.train.seed, run.step, g * bs + r) for r in range(bs)]
-        if run.sft:
-            batches.append(dataset_rollout(prompts, run.tokenizer.pad_token_id))
-        else:
-            batches.append(make_rollout(cfg.rollout, prompts, acc.unwrap_model(run.student), run.teacher, run.tokenizer, seeds))
+    sampling_mode = eval_mode(student) if generates else nullcontext()
+    with gathered_for_generation(acc, run.student, enabled=generates), sampling_mode:
+        for i in range(accum):
+            g = acc.process_index * accum + i  # this rank's i-th micro-batch in the global batch
+            prompts = collate(encode(run, groups[g]), run.tokenizer.pad_token_id)
+            # Rows draw their noise from (seed, step, global row index): independent of batch layout and rank.
+            seeds = [row_seed(cfg.train.seed, run.step, g * bs + r) for r in range(bs)]
+            if run.sft:
+                batches.append(dataset_rollout(prompts, run.tokenizer.pad_token_id))
+            else:
+                batches.append(make_rollout(cfg.rollout, prompts, student, run.teacher, run.tokenizer, seeds))
     return batches
 
 
@@ -204,132 +390,209 @@ def row_seed(seed: int, step: int, row: int) -> int:
 
 
 def train_step(run: Run) -> dict:
-    """One optimizer step; returns the step's global metrics."""
-    acc, cfg = run.accelerator, run.cfg
+    """One optimizer step (or a skipped one, when the loss or gradient is NaN/inf); returns global metrics."""
+    acc, cfg = run.accelerator, run.cfg.train
     t0 = time.perf_counter()
     batches = rollout_step(run)
     t_rollout = time.perf_counter() - t0
-    count = losses.global_token_count([b.response_mask for b in batches], acc)
-    total = torch.zeros((), device=acc.device)
+    # Collectives run on the student's device (NCCL takes no CPU tensors); rollouts return CPU tensors.
+    count = losses.global_token_count([b.response_mask.to(run.device) for b in batches], acc)
+    lr = run.optimizer.param_groups[0]["lr"]  # the rate this step applies
+    total = torch.zeros((), dtype=torch.float32, device=run.device)
     for i, rb in enumerate(batches):
         last = i == len(batches) - 1
-        with acc.autocast(), (acc.no_sync(run.student) if not last else nullcontext()):
-            loss_sum = micro_loss(run, rb)
+        acc.sync_gradients = last  # DeepSpeed steps its engine inside backward, only at the boundary
+        with nullcontext() if last else acc.no_sync(run.student):  # DDP all-reduces once, at the last micro-batch
+            with acc.autocast():
+                loss_sum = micro_loss(run, rb)
             acc.backward(losses.micro_batch_loss(loss_sum, count, acc.num_processes))
-        total += loss_sum.detach()
-    total = acc.reduce(total, reduction="sum")
-    finite = bool(torch.isfinite(total))
-    grad_norm = acc.clip_grad_norm_(run.student.parameters(), cfg.train.max_grad_norm) if finite else torch.tensor(float("nan"))
-    if finite:
-        run.optimizer.step()
+        total += loss_sum.detach().float()
+    total = acc.reduce(total, reduction="sum") if acc.num_processes > 1 else total
+    max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf
+    norm = acc.clip_grad_norm_(run.student.parameters(), max_norm)
+    grad_norm = float("nan") if norm is None else float(norm)
+    if apply_update(run, bool(torch.isfinite(total)) and math.isfinite(grad_norm)):
         run.bad_steps = 0
     else:
         run.bad_steps += 1
         run.skipped_steps += 1
-    run.scheduler.step()
-    run.optimizer.zero_grad(set_to_none=True)
     elapsed = time.perf_counter() - t0
     n = float(count)
     metrics = {
-        "train/loss": float(total) / max(n, 1.0), "train/lr": run.scheduler.get_last_lr()[0],
-        "train/grad_norm": float(grad_norm), "train/skipped_steps": run.skipped_steps,
-        "tokens/trained": n, "time/rollout_s": t_rollout, "time/loss_s": elapsed - t_rollout,
-        "throughput/tokens_per_s": n / elapsed,
+        "train/loss": float(total) / max(n, 1.0), "train/lr": lr, "train/grad_norm": grad_norm,
+        "train/skipped_steps": run.skipped_steps, "tokens/trained": n,
+        "time/rollout_s": t_rollout, "time/loss_s": elapsed - t_rollout, "throughput/tokens_per_s": n / elapsed,
     }
-    metrics.update(_global_rollout_stats(acc, batches))
+    metrics.update(_global_rollout_stats(run, batches))
     return metrics
 
 
-def _global_rollout_stats(acc, batches: list[RolloutBatch]) -> dict:
-    """Sum the rollouts' counters over micro-batches and ranks, then form the rates from the sums."""
-    keys = sorted({k for b in batches for k, v in b.stats.items() if k.startswith(("tokens/", "count/"))})
-    if not keys:
-        return {}
-    sums = torch.tensor([[float(b.stats.get(k, 0.0)) for k in keys] for b in batches]).sum(0).to(acc.device)
-    sums = acc.reduce(sums, reduction="sum")
-    out = {k: float(v) for k, v in zip(keys, sums) if k.startswith("tokens/")}
-    from .rollout import rates_from_counts
+def apply_update(run: Run, finite: bool) -> bool:
+    """Step the optimizer when the loss and gradient are finite, and the schedule always; True if it stepped.
 
-    out.update(rates_from_counts(dict(zip(keys, sums.tolist()))))
-    return out
+    fp16: the grad scaler sees overflows itself (it skips and lowers its scale), so it always gets the step.
+    DeepSpeed already stepped inside backward; a NaN step there is counted but cannot be undone."""
+    acc = run.accelerator
+    if finite or acc.scaler is not None:
+        run.optimizer.step()
+        finite = finite and not getattr(run.optimizer, "step_was_skipped", False)
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    return finite
 
 
-# ---------------------------------------------------------------- validation, saving, the loop
+def _global_rollout_stats(run: Run, batches: list[RolloutBatch]) -> dict:
+    """Rollout counters summed over micro-batches and ranks, and the rates formed from those sums."""
+    acc = run.accelerator
+    if acc.num_processes == 1:
+        return rollout_metrics(batches)
+    return rollout_metrics(batches, lambda t: acc.gather(t.to(run.device)).cpu())  # NCCL gathers device tensors
+
+
+# ---------------------------------------------------------------- validation
 @torch.no_grad()
 def validate(run: Run) -> dict:
-    """val/loss on the validation records' reference responses, and the task metric on greedy answers."""
+    """val/loss on the validation records' reference responses, and the task metric on greedy answers.
+
+    With full parameters on every rank the records are split over the ranks and the sums reduced; with sharded
+    parameters every rank scores them all (its forwards are collectives). The training RNG is left untouched."""
     if not run.validation:
         return {}
     acc, cfg = run.accelerator, run.cfg
+    split = acc.num_processes > 1 and not params_sharded(acc)
+    records = run.validation[acc.process_index :: acc.num_processes] if split else run.validation
+    task = get_task(cfg.data.validation.task) if cfg.data.validation.task else None
+    with_loss = all(r.response is not None for r in run.validation)
+    sums = torch.zeros(4, dtype=torch.float64, device=run.device)  # loss sum, tokens, score sum, records
     student = acc.unwrap_model(run.student)
-    student.eval()
+    fork = torch.random.fork_rng(devices=[run.device] if run.device.type == "cuda" else [])
+    with fork, gathered_for_generation(acc, run.student), eval_mode(student):
+        examples = encode(run, records)
+        for i in range(0, len(examples) if with_loss else 0, cfg.train.batch_size):
+            rb = dataset_rollout(collate(examples[i : i + cfg.train.batch_size], run.tokenizer.pad_token_id),
+                                 run.tokenizer.pad_token_id)
+            with acc.autocast():
+                sums[0] += float(micro_loss(run, rb, student))
+            sums[1] += rb.num_tokens
+        if task is not None and records:
+            view = "teacher" if run.sft and cfg.data.views.sft_view == "teacher" else "student"
+            result = evaluate_records(student, run.tokenizer, records, cfg.data.views, task.scorer, view,
+                                      max_new_tokens=cfg.rollout.max_new_tokens, batch_size=cfg.train.batch_size)
+            sums[2] += result["exact_match"] * result["n"]
+            sums[3] += result["n"]
+            if acc.is_main_process:
+                _log_samples(run, result["samples"][:SAMPLES_LOGGED])
+    if split:
+        sums = acc.reduce(sums, reduction="sum")
     metrics = {}
-    examples = encode(run, run.validation)
-    if all(e.response is not None for e in examples):
-        total, count = 0.0, 0
-        for i in range(0, len(examples), cfg.train.batch_size):
-            rb = dataset_rollout(collate(examples[i : i + cfg.train.batch_size], run.tokenizer.pad_token_id), run.tokenizer.pad_token_id)
-            total += float(micro_loss(run, rb))
-            count += rb.num_tokens
-        metrics["val/loss"] = total / max(count, 1)
-    task = cfg.data.validation.task
+    if with_loss:
+        metrics["val/loss"] = float(sums[0] / sums[1].clamp_min(1))
     if task is not None:
-        view = "teacher" if run.sft and cfg.data.views.sft_view == "teacher" else "student"
-        result = evaluate_records(student, run.tokenizer, run.validation, cfg.data.views, get_task(task).scorer,
-                                  view, max_new_tokens=cfg.rollout.max_new_tokens, batch_size=cfg.train.batch_size)
-        metrics[f"val/{get_task(task).metric}"] = result["exact_match"]
-        if acc.is_main_process:
-            with open(run.out / "samples.jsonl", "a") as fh:
-                for sample in result["samples"][:4]:
-                    fh.write(json.dumps({"step": run.step, **sample}) + "\n")
-    student.train()
+        metrics[f"val/{task.metric}"] = float(sums[2] / sums[3].clamp_min(1))
     return metrics
 
 
+def _log_samples(run: Run, samples: list[dict]) -> None:
+    with open(run.out / "samples.jsonl", "a") as fh:
+        for sample in samples:
+            fh.write(json.dumps({"step": run.step, **sample}) + "\n")
+    if run.cfg.train.trackers:
+        text = "\n\n".join(f"Q: {s['query']}\nA: {s['prediction']}\nref: {s['reference']}" for s in samples)
+        run.accelerator.log({"val/samples": text}, step=run.step)
+
+
+# ---------------------------------------------------------------- saving and resuming
 def save_model(run: Run, path: Path) -> None:
-    """The student (merged LoRA when used) and the tokenizer as a Hugging Face folder."""
-    model = run.accelerator.unwrap_model(run.student)
+    """The student (merged LoRA when used) and the tokenizer as a Hugging Face folder. Every rank calls this
+    (gathering sharded weights is a collective); the main process writes."""
+    acc = run.accelerator
+    model = acc.unwrap_model(run.student)
     if run.cfg.model.lora.enabled:  # a plain folder that from_pretrained / assistant_model= / vLLM load as-is
-        model = _merged_copy(model)
-    model.save_pretrained(path, safe_serialization=True)
-    run.tokenizer.save_pretrained(path)
+        state = None
+        model = _merged_copy(model) if acc.is_main_process else None
+    else:
+        state = acc.get_state_dict(run.student)
+    if acc.is_main_process:
+        model.save_pretrained(path, state_dict=state, safe_serialization=True)
+        run.tokenizer.save_pretrained(path)
 
 
 def _merged_copy(peft_model):
+    """The LoRA weights merged into a copy of the base model (the training model is left as it is)."""
     import copy
 
     return copy.deepcopy(peft_model).merge_and_unload()
 
 
+def write_student(run: Run, folder: Path) -> None:
+    """A checkpoint's student: `model/` (Hugging Face folder) and, with LoRA, `adapter/` (what resuming loads)."""
+    save_model(run, folder / "model")
+    if run.cfg.model.lora.enabled and run.accelerator.is_main_process:
+        run.accelerator.unwrap_model(run.student).save_pretrained(folder / "adapter", safe_serialization=True)
+
+
 def save(run: Run) -> Path:
+    """A checkpoint of the current step in <output_dir>/checkpoints (atomic; the last train.keep_last are kept)."""
     acc = run.accelerator
-    state = {"cursor": run.stream.state_dict()["cursor"], "bad_steps": run.bad_steps, "skipped_steps": run.skipped_steps}
+    state = {"cursor": run.stream.state_dict()["cursor"], "bad_steps": run.bad_steps,
+             "skipped_steps": run.skipped_steps}
     return checkpoint.save_checkpoint(
-        run.out, run.step, lambda p: save_model(run, p), run.optimizer, run.scheduler, state,
-        acc.process_index, acc.is_main_process, acc.wait_for_everyone, run.cfg.train.keep_last)
+        run.out, run.step, lambda folder: write_student(run, folder), run.optimizer, run.scheduler, state,
+        acc.process_index, acc.is_main_process, acc.wait_for_everyone, run.cfg.train.keep_last,
+        sharded_optimizer=optimizer_sharded(acc))
 
 
-def _maybe_resume(run: Run) -> None:
-    path = checkpoint.resolve_resume(run.cfg.train.resume, run.out)
-    if path is None:
+def save_final(run: Run) -> Path:
+    """The trained student in <output_dir>/final, written to a temporary folder and renamed into place."""
+    acc, final = run.accelerator, run.out / "final"
+    tmp = run.out / f"{checkpoint.TMP_PREFIX}final"
+    save_model(run, tmp)
+    if acc.is_main_process:
+        checkpoint.replace_dir(tmp, final)
+    acc.wait_for_everyone()
+    return final
+
+
+def _load_student_weights(student, path: Path, lora: bool) -> None:
+    """Checkpoint weights into the (not yet prepared) student: the full model, or with LoRA the adapter on top
+    of the base model, which setup has loaded from model.student as in the original run."""
+    if not lora:
+        checkpoint.load_model_weights(student, path / "model")
         return
-    from safetensors.torch import load_file
+    from peft import set_peft_model_state_dict
 
-    model = run.accelerator.unwrap_model(run.student)
-    weights = {}
-    for f in sorted((path / "model").glob("*.safetensors")):
-        weights.update(load_file(str(f)))
-    if run.cfg.model.lora.enabled:
-        raise NotImplementedError("resuming a LoRA run is not supported yet; start from the merged checkpoint model")
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    if unexpected or [k for k in missing if "lm_head" not in k]:
-        raise ValueError(f"checkpoint {path} does not match the student: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    state = checkpoint.load_checkpoint(path, run.optimizer, run.scheduler, run.accelerator.process_index)
+    adapter = path / "adapter"
+    if not adapter.exists():
+        raise FileNotFoundError(f"cannot resume a LoRA run from {path}: it has no adapter/ folder (it was saved "
+                                f"without LoRA; start from its model/ folder with model.student instead)")
+    result = set_peft_model_state_dict(student, checkpoint.read_safetensors(adapter))
+    missing = [k for k in result.missing_keys if "lora_" in k]
+    if result.unexpected_keys or missing:
+        raise ValueError(f"the adapter in {adapter} does not match model.lora: missing {missing[:5]}, "
+                         f"unexpected {list(result.unexpected_keys)[:5]}")
+
+
+def _restore_state(run: Run, path: Path) -> None:
+    state = checkpoint.load_checkpoint(path, run.optimizer, run.scheduler, run.accelerator.process_index,
+                                       optimizer_sharded(run.accelerator))
     run.step, run.bad_steps, run.skipped_steps = state["step"], state["bad_steps"], state["skipped_steps"]
     run.stream.load_state_dict(state)
     run.accelerator.print(f"resumed from {path} at step {run.step}")
 
 
+def _truncate_logs(out: Path, step: int) -> None:
+    """Drop the metrics and samples rows after `step`: a resumed run logs those steps again."""
+    for name in ("metrics.jsonl", "samples.jsonl"):
+        path = out / name
+        if not path.exists():
+            continue
+        lines = path.read_text().splitlines(keepends=True)
+        kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
+        if len(kept) != len(lines):
+            path.write_text("".join(kept))
+
+
+# ---------------------------------------------------------------- the loop
 def log_metrics(run: Run, metrics: dict) -> None:
     if run.accelerator.is_main_process:
         with open(run.out / "metrics.jsonl", "a") as fh:
@@ -346,36 +609,43 @@ def train(run: Run) -> dict:
     while run.step < cfg.max_steps:
         metrics = train_step(run)
         run.step += 1
-        if cfg.eval_every and run.step % cfg.eval_every == 0 and run.step < cfg.max_steps:
+        due_eval = run.step == cfg.max_steps or (cfg.eval_every > 0 and run.step % cfg.eval_every == 0)
+        if due_eval:
             metrics.update(validate(run))
-        if run.step % cfg.log_every == 0 or run.step == cfg.max_steps:
+        if due_eval or run.step % cfg.log_every == 0:
             log_metrics(run, metrics)
         last = metrics
         bar.update(1)
-        bar.set_postfix(loss=f"{metrics['train/loss']:.3f}", acc=f"{metrics.get('rollout/acceptance_rate', float('nan')):.2f}",
-                        tok_s=f"{metrics['throughput/tokens_per_s']:.0f}")
+        bar.set_postfix(_bar_fields(metrics), refresh=False)
         if run.bad_steps >= cfg.max_bad_steps:
             path = save(run)
-            raise FloatingPointError(
-                f"{run.bad_steps} steps in a row had a NaN or inf loss (step {run.step}); stopped. Lower train.lr or "
-                f"check the data, then resume from {path} with train.resume={path}")
+            raise TrainingDiverged(
+                f"{run.bad_steps} steps in a row (up to step {run.step}) had a NaN or inf loss or gradient "
+                f"(train.max_bad_steps={cfg.max_bad_steps}); stopped. Lower train.lr, set train.max_grad_norm or "
+                f"check the data, then resume with train.resume=auto (or {path}).")
         if cfg.save_every and run.step % cfg.save_every == 0 and run.step < cfg.max_steps:
             save(run)
     bar.close()
-    final = validate(run)
-    if final:
-        log_metrics(run, final)
-        last.update(final)
     save(run)
-    if run.accelerator.is_main_process:
-        save_model(run, run.out / "final")
-    run.accelerator.wait_for_everyone()
+    save_final(run)
     return last
+
+
+def _bar_fields(metrics: dict) -> dict:
+    fields = {"loss": f"{metrics['train/loss']:.3f}"}
+    if "rollout/acceptance_rate" in metrics:
+        fields["acc"] = f"{metrics['rollout/acceptance_rate']:.2f}"
+    fields["tok/s"] = f"{metrics['throughput/tokens_per_s']:.0f}"
+    return fields
 
 
 def cleanup(run: Run) -> None:
     if run.cfg.train.trackers:
         run.accelerator.end_training()
+    # accelerate keeps its settings process-wide; forget them (not the process group) so that a later run in this
+    # process (the demo, a sweep, a notebook) may choose another train.mixed_precision.
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
 
 
 def run_training(cfg: Config, sft: bool = False) -> dict:

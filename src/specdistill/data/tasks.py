@@ -17,20 +17,21 @@ SPLIT_SIZES = {"arith": {"validation": 200, "test": 500}, "facts": {"validation"
 
 # ---------------------------------------------------------------- arith
 def _arith_items() -> list[dict]:
-    """Every two-step problem of four templates; the multiplications stay inside the 2..12 times table."""
+    """Every two-step problem of four templates: a one-digit multiplication (2..9) and an addition or
+    subtraction with a number up to 30, each step written out, then `#### N`."""
     items = []
-    table = range(2, 13)
-    for a in range(1, 100):
-        for b in table:
-            for c in table:
+    digits = range(2, 10)
+    for a in range(1, 31):
+        for b in digits:
+            for c in digits:
                 p = b * c
                 items.append((f"{a}+{b}*{c}", [f"{b}*{c}={p}", f"{a}+{p}={a + p}"], a + p))
                 items.append((f"{b}*{c}+{a}", [f"{b}*{c}={p}", f"{p}+{a}={p + a}"], p + a))
                 if a <= p:
                     items.append((f"{b}*{c}-{a}", [f"{b}*{c}={p}", f"{p}-{a}={p - a}"], p - a))
-    for a in range(1, 12):
-        for b in range(1, 13 - a):
-            for c in table:
+    for a in range(1, 9):
+        for b in range(1, 10 - a):
+            for c in digits:
                 s = a + b
                 items.append((f"({a}+{b})*{c}", [f"{a}+{b}={s}", f"{s}*{c}={s * c}"], s * c))
     return [

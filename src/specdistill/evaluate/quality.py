@@ -6,27 +6,34 @@ import torch
 
 from ..data.records import Record
 from ..data.views import encode_example, left_pad
+from ..engine import GREEDY, Sampling, sample
 
 
 @torch.no_grad()
-def generate_texts(model, tokenizer, prompts: list[list[int]], max_new_tokens: int = 64, batch_size: int = 32,
-                   temperature: float = 0.0, seed: int = 0) -> list[str]:
-    """Decode a continuation of each prompt (token ids) until EOS; temperature 0 = greedy."""
+def generate_ids(model, tokenizer, prompts: list[list[int]], max_new_tokens: int = 64, batch_size: int = 32,
+                 temperature: float = 0.0, top_p: float = 1.0, seed: int = 0) -> list[list[int]]:
+    """Decode each prompt (token ids) with the engine until EOS or max_new_tokens; temperature 0 = greedy.
+    Row i draws its noise from seed + i, so results do not depend on batch_size."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    texts = []
-    torch.manual_seed(seed)
+    sampling = Sampling(temperature, top_p) if temperature > 0 else GREEDY
+    outputs = []
     for i in range(0, len(prompts), batch_size):
         ids, mask = left_pad(prompts[i : i + batch_size], tokenizer.pad_token_id)
-        out = model.generate(
-            input_ids=ids.to(device), attention_mask=mask.long().to(device), max_new_tokens=max_new_tokens,
-            do_sample=temperature > 0, temperature=temperature if temperature > 0 else None, top_p=None, top_k=None,
-            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-        )
-        texts += tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
+        gen = sample(model, ids.to(device), mask.to(device), sampling=sampling, max_new_tokens=max_new_tokens,
+                     eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                     seed=torch.arange(i, i + ids.shape[0]) + seed)
+        outputs += gen.rows()
     model.train(was_training)
-    return texts
+    return outputs
+
+
+def generate_texts(model, tokenizer, prompts: list[list[int]], max_new_tokens: int = 64, batch_size: int = 32,
+                   temperature: float = 0.0, seed: int = 0) -> list[str]:
+    """Like generate_ids, decoded without special tokens."""
+    ids = generate_ids(model, tokenizer, prompts, max_new_tokens, batch_size, temperature, seed=seed)
+    return tokenizer.batch_decode(ids, skip_special_tokens=True)
 
 
 def evaluate_records(model, tokenizer, records: list[Record], views, scorer, view: str = "student",

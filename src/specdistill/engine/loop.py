@@ -1,0 +1,340 @@
+"""The draft / verify / decide / commit loop (DESIGN section 1).
+
+    repeat until every row is finished:
+        draft   the student proposes g tokens from its own view, continuing its KV cache
+        verify  the teacher scores the g drafts plus one more position in ONE forward over its own view
+                (or one forward per token with verify="sequential", the reference mode)
+        decide  the policy accepts n drafts per row and writes the next token (a correction or a bonus)
+        commit  append them, stop rows at EOS / stop sequences / the budget, roll both caches back to the
+                committed tokens, update the gamma schedule and the statistics
+
+Without a teacher the same loop is plain decoding: every drafted token is committed (`sample`).
+One host sync per block reads the few integers the next block needs (its length, cache crops).
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from .compiling import maybe_compile
+from .output import FINISH_REASONS, Generation, GenerationStats, StatsAccumulator
+from .policies import Block, Settled, make_policy, settle
+from .sampling import ACCEPT, DRAFT, GREEDY, TARGET, Sampling, row_seeds, sample_tokens, uniforms, warp_logits
+from .schedules import ConstantGamma
+from .stopping import LENGTH, RUNNING, Stopping, make_stopping, stop_codes
+from .views import ForwardClock, ModelView
+
+
+def pick_token(logits: torch.Tensor, sampling: Sampling, u: torch.Tensor | None, keep_warped: bool):
+    """One drafted token per row: logits [B, V] -> token [B], and the warped logits [B, V] if keep_warped."""
+    if sampling.greedy and not keep_warped:
+        return logits.argmax(-1), None
+    warped = warp_logits(logits, sampling)
+    return sample_tokens(warped, u), warped
+
+
+def draft_block(view: ModelView, pending, pending_valid, gamma: int, sampling: Sampling, u, keep_warped: bool,
+                pick=pick_token):  # fmt: skip
+    """The student proposes gamma tokens per row, feeding its pending token(s) and then its own drafts.
+
+    pending [B, w] (holes marked False in pending_valid [B, w], or None); u [B, gamma] uniforms of stream DRAFT
+    at the drafted positions (None when greedy). Returns drafts [B, gamma] and, with keep_warped, the warped
+    logits [B, gamma, V] they came from. The last draft is not fed: the cache only holds judged, kept tokens.
+    """
+    tokens, warped_all = [], []
+    x, x_valid = pending, pending_valid
+    for i in range(gamma):
+        logits = view.feed(x, x_valid, last_only=True)[:, -1]  # [B, V]
+        token, warped = pick(logits, sampling, None if u is None else u[:, i], keep_warped)
+        tokens.append(token)
+        warped_all.append(warped)
+        x, x_valid = token[:, None], None
+    drafts = torch.stack(tokens, 1)  # [B, gamma]
+    return drafts, (torch.stack(warped_all, 1) if keep_warped else None)
+
+
+def verify_block(view: ModelView, pending: torch.Tensor, drafts: torch.Tensor, sequential: bool) -> torch.Tensor:
+    """Teacher logits [B, g+1, V] for pending [B, 1] followed by drafts [B, g]: one forward, or g+1 forwards.
+    The logits come back on the drafts' device (the teacher may live on another one)."""
+    tokens = torch.cat([pending, drafts], 1).to(view.device)  # [B, g+1]
+    if not sequential:
+        return view.feed(tokens).to(drafts.device)
+    return torch.cat([view.feed(tokens[:, i : i + 1]) for i in range(tokens.shape[1])], 1).to(drafts.device)
+
+
+class Responses:
+    """The batch's response buffer and per-row progress (all on the device)."""
+
+    def __init__(self, batch_size: int, max_new_tokens: int, pad_token_id: int, device):
+        self.width = max_new_tokens + 1  # the last column is scratch for writes past the budget
+        self.tokens = torch.full((batch_size, self.width), pad_token_id, dtype=torch.long, device=device)
+        self.written = torch.zeros(batch_size, self.width, dtype=torch.bool, device=device)
+        self.lengths = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.reason = torch.zeros(batch_size, dtype=torch.long, device=device)  # stopping.RUNNING, EOS, ...
+        self.pad_token_id = pad_token_id
+
+    def last(self, count: int) -> torch.Tensor:
+        """The last `count` committed tokens of each row: [B, count] (clamped at the response start)."""
+        idx = self.lengths[:, None] + torch.arange(-count, 0, device=self.lengths.device)
+        return self.tokens.gather(1, idx.clamp_min(0))
+
+
+def commit(resp: Responses, drafts: torch.Tensor, settled: Settled, active: torch.Tensor, stopping: Stopping):
+    """Append each running row's n accepted drafts and its next token, then stop rows at an EOS, a stop sequence
+    or the budget. Returns k [B]: tokens committed per row (0 for rows not running)."""
+    g = drafts.shape[1]
+    slot = torch.arange(g + 1, device=drafts.device)
+    n = settled.n[:, None]
+    new = torch.cat([drafts, drafts[:, :1]], 1).scatter_(1, n, settled.next_token[:, None])  # [B, g+1]
+    k = torch.where(active, settled.n + settled.has_next, 0)
+    at = resp.lengths[:, None] + slot  # [B, g+1] response index of each new slot
+    column = at.clamp_max(resp.width - 1)  # past the budget: the scratch column
+    resp.tokens.scatter_(1, column, new)
+    resp.written.scatter_(1, column, (slot == n) & settled.has_next[:, None])
+    room = stopping.max_new_tokens - resp.lengths
+    reason = torch.where(k >= room, LENGTH, RUNNING)
+    if stopping.eos is not None or stopping.sequences:
+        code = stop_codes(resp.tokens, new, at, stopping)  # [B, g+1]
+        hit = (code != RUNNING) & (slot < k[:, None])
+        first = hit.long().argmax(1)
+        stopped = hit.any(1)
+        k = torch.where(stopped, first + 1, k)
+        early = stopped & (k <= room)  # an EOS or stop sequence within the budget wins over the budget
+        reason = torch.where(early, code.gather(1, first[:, None]).squeeze(1), torch.where(k >= room, LENGTH, RUNNING))
+    k = torch.minimum(k, room)
+    resp.reason = torch.where(active, reason, resp.reason)
+    resp.lengths = resp.lengths + k
+    return k
+
+
+def generate(
+    draft,
+    draft_ids: torch.Tensor,
+    draft_mask: torch.Tensor,
+    target=None,
+    target_ids: torch.Tensor | None = None,
+    target_mask: torch.Tensor | None = None,
+    *,
+    policy="greedy",
+    gamma=4,
+    draft_sampling: Sampling = GREEDY,
+    max_new_tokens: int = 64,
+    eos_token_id: int | list[int] | None = None,
+    stop: list | None = None,
+    tokenizer=None,
+    pad_token_id: int | None = None,
+    seed: int | torch.Tensor = 0,
+    verify: str = "parallel",
+    compile: bool | str = False,
+    trace: bool = False,
+) -> Generation:
+    """Generate responses with a drafter and (optionally) a teacher that verifies it.
+
+    draft, target: causal LMs called as model(input_ids, attention_mask, position_ids, past_key_values, use_cache)
+        returning .logits and .past_key_values (any Hugging Face causal LM). target=None: plain decoding of draft.
+    draft_ids/draft_mask [B, Ls], target_ids/target_mask [B, Lt]: each model's own LEFT-padded prompt view;
+        the teacher's may hold privileged text. Both continue with the same response tokens.
+    policy: "speculative" | "greedy" | "top_k" | "adaptive_top_k" or a policy object (policies.py).
+    gamma: drafts per block, an int (constant) or a schedule object (schedules.py).
+    draft_sampling: the student's own temperature / top-p for drafting (the teacher's is in the policy).
+    eos_token_id: id(s) that end a row (included in the response); None = never.
+    stop: token-id sequences, or strings with `tokenizer`, that end a row (included in the response).
+    seed: int (row b uses seed + b) or [B] per-row seeds; noise is keyed by (row seed, response position).
+    verify: "parallel" (one teacher forward per block) or "sequential" (one per drafted token; the reference).
+    compile: torch.compile the per-token functions (True = inductor, or a backend name); falls back to eager.
+    trace: record every block (drafts, teacher top-K ids, decisions, gamma) in Generation.trace.
+    """
+    began = time.perf_counter()
+    with torch.no_grad():
+        run = _Run(
+            draft, draft_ids, draft_mask, target, target_ids, target_mask,
+            policy=policy, gamma=gamma, draft_sampling=draft_sampling, max_new_tokens=max_new_tokens,
+            eos_token_id=eos_token_id, stop=stop, tokenizer=tokenizer, pad_token_id=pad_token_id, seed=seed,
+            verify=verify, compile=compile, trace=trace,
+        )  # fmt: skip
+        run.loop()
+        return run.result(time.perf_counter() - began)
+
+
+def sample(
+    model,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    sampling: Sampling = GREEDY,
+    max_new_tokens: int = 64,
+    eos_token_id: int | list[int] | None = None,
+    stop: list | None = None,
+    tokenizer=None,
+    pad_token_id: int | None = None,
+    seed: int | torch.Tensor = 0,
+    chunk: int = 8,
+    compile: bool | str = False,
+    trace: bool = False,
+) -> Generation:
+    """Plain decoding of one model (no teacher): the engine's draft path, committing every token.
+
+    chunk: tokens decoded per block (one host sync per block; up to chunk-1 tokens are wasted after a row ends).
+    """
+    return generate(model, ids, mask, policy="greedy", gamma=ConstantGamma(chunk), draft_sampling=sampling,
+                    max_new_tokens=max_new_tokens, eos_token_id=eos_token_id, stop=stop, tokenizer=tokenizer,
+                    pad_token_id=pad_token_id, seed=seed, compile=compile, trace=trace)  # fmt: skip
+
+
+def noise_tables(seeds: torch.Tensor, width: int) -> dict[int, torch.Tensor]:
+    """Uniforms for every (row, response position < width) of each stream: {stream: [B, width] float64}."""
+    positions = torch.arange(width, device=seeds.device).expand(seeds.shape[0], -1)
+    return {stream: uniforms(seeds, positions, stream) for stream in (DRAFT, ACCEPT, TARGET)}
+
+
+def _check_inputs(draft_ids, draft_mask, target, target_ids, target_mask, verify: str) -> None:
+    _check_view("draft", draft_ids, draft_mask)
+    if target is not None:
+        _check_view("target", target_ids, target_mask)
+        if target_ids.shape[0] != draft_ids.shape[0]:
+            raise ValueError(f"batch sizes differ: draft {draft_ids.shape[0]}, target {target_ids.shape[0]}")
+    if verify not in ("parallel", "sequential"):
+        raise ValueError(f"verify must be 'parallel' or 'sequential', got {verify!r}")
+
+
+def _check_view(name: str, ids, mask):
+    if ids is None or mask is None:
+        raise ValueError(f"{name}_ids and {name}_mask are required")
+    if ids.ndim != 2 or ids.shape != mask.shape or ids.shape[1] == 0:
+        raise ValueError(f"{name}_ids and {name}_mask must both be [B, L] with L >= 1; got {tuple(ids.shape)}, "
+                         f"{tuple(mask.shape)}")  # fmt: skip
+    if not bool(mask[:, -1].all()):
+        rows = (~mask[:, -1].bool()).nonzero().flatten().tolist()
+        raise ValueError(f"{name}_mask: prompts must be left-padded with a real last token; rows {rows} end in padding")
+
+
+class _Run:
+    """State of one generate call; `loop` runs blocks until every row is finished."""
+
+    def __init__(self, draft, draft_ids, draft_mask, target, target_ids, target_mask, *, policy, gamma,
+                 draft_sampling, max_new_tokens, eos_token_id, stop, tokenizer, pad_token_id, seed, verify, compile,
+                 trace):  # fmt: skip
+        _check_inputs(draft_ids, draft_mask, target, target_ids, target_mask, verify)
+        self.policy = make_policy(policy) if isinstance(policy, str) else policy
+        self.schedule = ConstantGamma(gamma) if isinstance(gamma, int) else gamma
+        self.sampling = draft_sampling
+        self.sequential = verify == "sequential"
+        self.trace = [] if trace else None
+        device = draft_ids.device
+        batch = draft_ids.shape[0]
+        if pad_token_id is None:
+            pad_token_id = getattr(getattr(draft, "config", None), "pad_token_id", None) or 0
+        self.stopping = make_stopping(max_new_tokens, eos_token_id, stop, tokenizer, device)
+        self.resp = Responses(batch, max_new_tokens, pad_token_id, device)
+        self.noise = noise_tables(row_seeds(seed, batch, device), self.resp.width)
+        self.clock = ForwardClock()
+        spare = max_new_tokens + 2 * self.schedule.max_gamma + 4
+        self.student = ModelView(draft, self.clock, batch, draft_ids.shape[1] + spare, device)
+        self.teacher = None
+        if target is not None:
+            self.teacher = ModelView(target, self.clock, batch, target_ids.shape[1] + spare, target_ids.device)
+        self.pick = maybe_compile(pick_token, compile, "pick_token")
+        self.judge = maybe_compile(self.policy.judge, compile, f"{self.policy.name}.judge")
+        self.settle = maybe_compile(settle, compile, "settle")
+        self.stats = StatsAccumulator(min(self.schedule.max_gamma, max_new_tokens))
+        self.gamma_rows = torch.full((batch,), self.schedule.gamma, dtype=torch.long, device=device)
+        self.policy_state = self.policy.init_state(batch, device)
+        self.s_pending, self.s_valid = self.student.prefill(draft_ids, draft_mask), None
+        self.t_pending = self.teacher.prefill(target_ids, target_mask) if self.teacher else None
+        self.block_gamma = min(self.schedule.gamma, max_new_tokens)
+        self.active = torch.ones(batch, dtype=torch.bool, device=device)
+        self.block_rows = torch.full((batch,), self.block_gamma, dtype=torch.long, device=device)  # [B] row gammas
+
+    def loop(self) -> None:
+        while self.block_gamma > 0:
+            self.step(self.block_gamma)
+
+    def step(self, g: int) -> None:
+        """One block of length g for the whole batch: draft, verify, decide, commit."""
+        active, gamma_rows, start = self.active, self.block_rows, self.resp.lengths  # [B] each
+        at = (start[:, None] + torch.arange(g + 1, device=start.device)).clamp_max(self.resp.width - 1)  # [B, g+1]
+        self.student.mark()
+        u_draft = None if self.sampling.greedy else self.noise[DRAFT].gather(1, at[:, :g])
+        keep_warped = self.teacher is not None and self.policy.needs_draft_logits
+        drafts, warped = draft_block(self.student, self.s_pending, self.s_valid, g, self.sampling, u_draft,
+                                     keep_warped, self.pick)  # fmt: skip
+        if self.teacher is None:  # plain decoding: every draft is committed
+            verdict, target_logits = None, None
+            settled = Settled(n=gamma_rows, full=torch.ones_like(active), next_token=drafts[:, 0],
+                              has_next=torch.zeros_like(active))  # fmt: skip
+        else:
+            verdict, target_logits = self._verify_and_judge(drafts, warped, at)
+            settled = self.settle(verdict, gamma_rows, self.policy.bonus_token)
+        k = commit(self.resp, drafts, settled, active, self.stopping)
+        top_k = None if verdict is None else verdict.top_k
+        self.stats.record(active, gamma_rows, settled.n, settled.full, settled.has_next, top_k, verdict is not None)
+        if verdict is not None:
+            self.policy_state = self.policy.update(self.policy_state, verdict, settled.n, gamma_rows, active)
+        schedule = self.schedule.update(self.gamma_rows, settled.n, settled.full)
+        self.gamma_rows = torch.where(active, schedule, self.gamma_rows)
+        if self.trace is not None:
+            self._record(start, gamma_rows, drafts, target_logits, settled, k, top_k)
+        self._roll_back(g, k)
+
+    def _verify_and_judge(self, drafts: torch.Tensor, warped: torch.Tensor | None, at: torch.Tensor):
+        """The teacher scores the block; the policy judges it. Returns the verdict and the teacher logits."""
+        g = drafts.shape[1]
+        self.teacher.mark()
+        target_logits = verify_block(self.teacher, self.t_pending, drafts, self.sequential)  # [B, g+1, V]
+        u_accept, u_target = self.noise[ACCEPT].gather(1, at[:, :g]), self.noise[TARGET].gather(1, at)
+        block = Block(drafts, warped, target_logits, u_accept, u_target)
+        return self.judge(block, self.policy_state), target_logits
+
+    def _roll_back(self, g: int, k: torch.Tensor) -> None:
+        """Keep each model's cache to the committed tokens minus the new pending ones; read the next block length."""
+        resp = self.resp
+        running = resp.reason == RUNNING
+        kept = (k - 1).clamp(0, g - 1)  # drafts the student fed and keeps
+        width = self.s_pending.shape[1]
+        s_keep = torch.where(running, kept + width, 0)
+        t_keep = torch.where(running, k, 0)  # the teacher's pending token plus k - 1 drafts
+        s_count = torch.where(running, k - kept, 0)  # student tokens pending: 2 after a full block with a bonus
+        rows = torch.where(running, torch.minimum(self.gamma_rows, self.stopping.max_new_tokens - resp.lengths), 0)
+        s_max, t_max, s_width, g_next = torch.stack([s_keep, t_keep, s_count, rows]).amax(1).tolist()  # the sync
+        self.student.roll_back(s_keep, s_max)
+        s_width = max(s_width, 1)
+        self.s_pending = resp.last(s_width)  # [B, s_width]
+        self.s_valid = None
+        if s_width > 1:
+            self.s_valid = torch.arange(s_width, device=k.device) >= s_width - s_count[:, None]
+        if self.teacher is not None:
+            self.teacher.roll_back(t_keep, t_max)
+            self.t_pending = self.s_pending[:, -1:]
+        self.active, self.block_rows, self.block_gamma = running, rows, g_next
+
+    def _record(self, start, gamma_rows, drafts, target_logits, settled, k, top_k) -> None:
+        entry = {
+            "start": start.cpu(),  # [B] response index of the block's first draft
+            "gamma": gamma_rows.cpu(),  # [B] each row's draft length (0 = finished)
+            "draft": drafts.cpu(),  # [B, g]
+            "accepted": settled.n.cpu(),  # [B]
+            "next_token": torch.where(settled.has_next, settled.next_token, -1).cpu(),  # [B], -1 = none
+            "committed": k.cpu(),  # [B]
+        }
+        if target_logits is not None:
+            width = min(int(top_k.max()) if top_k is not None else 5, target_logits.shape[-1])
+            entry["teacher_top"] = target_logits.topk(width, dim=-1).indices.cpu()  # [B, g+1, K]
+            entry["top_k"] = None if top_k is None else top_k.cpu()  # [B, g+1]
+        self.trace.append(entry)
+
+    def result(self, wall_s: float) -> Generation:
+        resp = self.resp
+        length = int(resp.lengths.max())
+        inside = torch.arange(length, device=resp.lengths.device) < resp.lengths[:, None]
+        tokens = resp.tokens[:, :length].masked_fill(~inside, resp.pad_token_id)
+        written = resp.written[:, :length] & inside
+        stats = GenerationStats(rows=resp.lengths.shape[0], new_tokens=int(resp.lengths.sum()))
+        self.stats.finish(stats)
+        stats.draft_calls, stats.draft_tokens_fed = self.student.calls, self.student.tokens_fed
+        if self.teacher is not None:
+            stats.target_calls, stats.target_tokens_fed = self.teacher.calls, self.teacher.tokens_fed
+        stats.model_time_s, stats.wall_time_s = self.clock.seconds, wall_s
+        reasons = [FINISH_REASONS[c] for c in resp.reason.tolist()]
+        return Generation(tokens, resp.lengths.clone(), written, reasons, stats, self.trace)

@@ -1,0 +1,210 @@
+"""What a generation returns: the response tokens, who wrote them, why each row stopped, and statistics."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+
+import torch
+
+FINISH_REASONS = ("running", "eos", "stop", "length")  # index = the engine's reason code
+
+
+@dataclass
+class GenerationStats:
+    """Counts over (row, block) pairs of the rows still running at the block's start.
+
+    A block of a row is one draft/verify/decide round; `gamma` is that row's own draft length in it.
+    Counts of drafts are policy decisions: drafts the policy accepted are counted even if an EOS, a stop
+    sequence or max_new_tokens cut them from the response.
+    """
+
+    rows: int = 0
+    new_tokens: int = 0  # committed response tokens
+    steps: int = 0  # loop iterations (batch-level blocks)
+    blocks: int = 0  # (row, block) pairs
+    drafted: int = 0  # drafted tokens offered to the teacher (0 without a teacher)
+    accepted: int = 0  # drafted tokens the teacher accepted
+    replaced: int = 0  # teacher corrections after a rejection
+    bonus: int = 0  # teacher bonus tokens after a fully accepted block
+    first_accepted: int = 0  # blocks whose first drafted token was accepted
+    full_matches: int = 0  # blocks fully accepted
+    gamma_sum: float = 0.0
+    gamma_sq_sum: float = 0.0
+    gamma_min: float = math.inf
+    gamma_max: float = -math.inf
+    top_k_sum: float = 0.0  # K over judged positions (accepted drafts and the first rejection)
+    top_k_count: int = 0
+    position_reached: list[int] = field(default_factory=list)  # [i]: blocks that judged draft position i
+    position_accepted: list[int] = field(default_factory=list)  # [i]: ... and accepted it
+    target_calls: int = 0  # teacher forward passes, prefill included
+    draft_calls: int = 0  # student forward passes, prefill included
+    target_tokens_fed: int = 0
+    draft_tokens_fed: int = 0
+    model_time_s: float = 0.0  # seconds inside the models' forward calls
+    wall_time_s: float = 0.0  # seconds of the whole generate call
+
+    @property
+    def acceptance_rate(self) -> float:
+        return _ratio(self.accepted, self.drafted)
+
+    @property
+    def first_token_acceptance(self) -> float:
+        return _ratio(self.first_accepted, self.blocks if self.drafted else 0)
+
+    @property
+    def full_match_rate(self) -> float:
+        return _ratio(self.full_matches, self.blocks if self.drafted else 0)
+
+    @property
+    def gamma_mean(self) -> float:
+        return _ratio(self.gamma_sum, self.blocks)
+
+    @property
+    def gamma_std(self) -> float:
+        if not self.blocks:
+            return math.nan
+        return math.sqrt(max(self.gamma_sq_sum / self.blocks - self.gamma_mean**2, 0.0))
+
+    @property
+    def top_k_mean(self) -> float:
+        return _ratio(self.top_k_sum, self.top_k_count)
+
+    @property
+    def per_position_acceptance(self) -> list[float]:
+        return [_ratio(a, r) for a, r in zip(self.position_accepted, self.position_reached) if r]
+
+    @property
+    def mean_accepted_length(self) -> float:
+        """Tokens committed per row-block, i.e. per teacher verification of a row (vLLM's mean acceptance length)."""
+        return _ratio(self.new_tokens, self.blocks)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return _ratio(self.new_tokens, self.wall_time_s)
+
+    @property
+    def model_time_fraction(self) -> float:
+        return _ratio(self.model_time_s, self.wall_time_s)
+
+    def combine(self, other: GenerationStats) -> GenerationStats:
+        """Statistics of two generations together (e.g. several batches of one training step)."""
+        merged = {}
+        for f in fields(self):
+            a, b = getattr(self, f.name), getattr(other, f.name)
+            if f.name == "gamma_min":
+                merged[f.name] = min(a, b)
+            elif f.name == "gamma_max":
+                merged[f.name] = max(a, b)
+            elif isinstance(a, list):
+                n = max(len(a), len(b))
+                merged[f.name] = [(a[i] if i < len(a) else 0) + (b[i] if i < len(b) else 0) for i in range(n)]
+            else:
+                merged[f.name] = a + b
+        return GenerationStats(**merged)
+
+    def metrics(self) -> dict[str, float]:
+        """Flat metrics with the project's names (DESIGN section 5). Rates that need drafts appear only with them."""
+        out = {
+            "tokens/new": float(self.new_tokens),
+            "time/rollout_s": self.wall_time_s,
+            "time/model_s": self.model_time_s,
+            "throughput/tokens_per_s": self.tokens_per_s,
+        }
+        if self.drafted:
+            out.update(
+                {
+                    "rollout/acceptance_rate": self.acceptance_rate,
+                    "rollout/first_token_acceptance": self.first_token_acceptance,
+                    "rollout/full_match_rate": self.full_match_rate,
+                    "rollout/gamma_mean": self.gamma_mean,
+                    "rollout/gamma_min": float(self.gamma_min),
+                    "rollout/gamma_max": float(self.gamma_max),
+                    "rollout/gamma_std": self.gamma_std,
+                    "rollout/mean_accepted_length": self.mean_accepted_length,
+                    "rollout/target_calls": float(self.target_calls),
+                    "tokens/drafted": float(self.drafted),
+                    "tokens/accepted": float(self.accepted),
+                    "tokens/replaced": float(self.replaced),
+                    "tokens/bonus": float(self.bonus),
+                }
+            )
+        if self.top_k_count:
+            out["rollout/top_k_mean"] = self.top_k_mean
+        return out
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b else math.nan
+
+
+@dataclass
+class Generation:
+    """Responses of a batch.
+
+    tokens: [B, T] long, right-padded with the pad id; T = max(lengths) (EOS and stop tokens are included).
+    lengths: [B] long.
+    teacher_written: [B, T] bool, tokens the teacher wrote (corrections, replacements, bonus tokens).
+    finish_reasons: per row, "eos", "stop" or "length" (max_new_tokens reached).
+    trace: with trace=True, one dict per block (see docs/engine.md), tensors on the CPU.
+    """
+
+    tokens: torch.Tensor
+    lengths: torch.Tensor
+    teacher_written: torch.Tensor
+    finish_reasons: list[str]
+    stats: GenerationStats
+    trace: list[dict] | None = None
+
+    def metrics(self) -> dict[str, float]:
+        return self.stats.metrics()
+
+    def rows(self) -> list[list[int]]:
+        """Each row's response as a list of token ids (without padding)."""
+        return [self.tokens[b, : int(n)].tolist() for b, n in enumerate(self.lengths)]
+
+
+class StatsAccumulator:
+    """Keeps each block's per-row outcome (a few [B] tensors, no host sync) and computes the statistics once,
+    vectorised over all blocks, in `finish`."""
+
+    def __init__(self, max_gamma: int):
+        self.max_gamma = max_gamma
+        self.blocks: list[tuple[torch.Tensor, ...]] = []  # (active, gamma_rows, n, full, has_next) per block
+        self.top_k: list[torch.Tensor] = []  # [2] (sum of K over judged positions, their count) per block
+        self.steps = 0
+
+    def record(self, active, gamma_rows, n, full, has_next, top_k, verified: bool) -> None:
+        """One block. active [B] bool, gamma_rows/n [B] long, full/has_next [B] bool, top_k [B, g+1] or None."""
+        self.steps += 1
+        if not verified:
+            return
+        self.blocks.append((active, gamma_rows, n, full, has_next))
+        if top_k is not None:
+            judged = torch.where(active, torch.minimum(n + 1, gamma_rows), 0)  # [B]
+            on = torch.arange(top_k.shape[1], device=n.device) < judged[:, None]  # [B, g+1]
+            self.top_k.append(torch.stack([(top_k * on).sum(), on.sum()]))
+
+    def finish(self, stats: GenerationStats) -> GenerationStats:
+        stats.steps = self.steps
+        if not self.blocks:
+            return stats
+        active, gamma, n, full, has_next = (torch.stack(x).flatten() for x in zip(*self.blocks))  # [S*B] each
+        gamma, n, full, has_next = gamma[active], n[active], full[active], has_next[active]
+        g = gamma.double()
+        stats.blocks = int(active.sum())
+        stats.drafted, stats.accepted = int(gamma.sum()), int(n.sum())
+        stats.replaced, stats.bonus = int((~full).sum()), int((full & has_next).sum())
+        stats.first_accepted, stats.full_matches = int((n > 0).sum()), int(full.sum())
+        stats.gamma_sum, stats.gamma_sq_sum = float(g.sum()), float((g * g).sum())
+        stats.gamma_min, stats.gamma_max = float(g.min()), float(g.max())
+        if self.top_k:
+            k_sum, k_count = torch.stack(self.top_k).sum(0).tolist()
+            stats.top_k_sum, stats.top_k_count = float(k_sum), int(k_count)
+        i = torch.arange(self.max_gamma, device=n.device)
+        inside = i < gamma[:, None]  # [blocks, G]
+        reached = (inside & (i <= n[:, None])).sum(0).tolist()
+        accepted = (inside & (i < n[:, None])).sum(0).tolist()
+        last = max((j + 1 for j, r in enumerate(reached) if r), default=0)
+        stats.position_reached, stats.position_accepted = reached[:last], accepted[:last]
+        return stats

@@ -1,0 +1,177 @@
+"""How well a draft serves its target: speculative decoding through the engine, timed against the target alone
+and against transformers' assisted generation. Every figure is defined in docs/metrics.md.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+
+from ..data.views import left_pad
+from ..engine import GREEDY, GenerationStats, Sampling, generate, make_policy, make_schedule, sample
+
+
+def spec_policy(temperature: float, top_p: float = 1.0):
+    """Lossless policy: greedy (argmax match) at T=0, Leviathan's speculative sampling at T>0; bonus on."""
+    if temperature == 0:
+        return make_policy("greedy")
+    return make_policy("speculative", target=Sampling(temperature, top_p), bonus_token=True)
+
+
+def _batches(prompts: list[list[int]], batch_size: int):
+    for i in range(0, len(prompts), batch_size):
+        yield i, prompts[i : i + batch_size]
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run_speculative(target, draft, prompts, tokenizer, *, gamma=4, schedule="constant", temperature=0.0, top_p=1.0,
+                    max_new_tokens=64, batch_size=1, seed=0, draft_prompts=None, verify="parallel"):
+    """Speculative decoding of every prompt; returns (list of token-id lists, merged GenerationStats, seconds).
+
+    draft_prompts: the draft's own view of each prompt (default: the target's prompt).
+    """
+    tdev, ddev = _device(target), _device(draft)
+    draft_prompts = draft_prompts or prompts
+    outputs, stats, seconds = [], GenerationStats(), 0.0
+    for i, chunk in _batches(prompts, batch_size):
+        t_ids, t_mask = left_pad(chunk, tokenizer.pad_token_id)
+        d_ids, d_mask = left_pad(draft_prompts[i : i + batch_size], tokenizer.pad_token_id)
+        _sync(tdev)
+        start = time.perf_counter()
+        gen = generate(draft, d_ids.to(ddev), d_mask.to(ddev), target, t_ids.to(tdev), t_mask.to(tdev),
+                       policy=spec_policy(temperature, top_p), gamma=make_schedule(schedule, gamma),
+                       draft_sampling=Sampling(temperature, top_p) if temperature > 0 else GREEDY,
+                       max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id,
+                       pad_token_id=tokenizer.pad_token_id, seed=torch.arange(i, i + len(chunk)) + seed, verify=verify)
+        _sync(tdev)
+        seconds += time.perf_counter() - start
+        outputs += gen.rows()
+        stats = stats.combine(gen.stats)
+    return outputs, stats, seconds
+
+
+def run_target_alone(target, prompts, tokenizer, *, temperature=0.0, top_p=1.0, max_new_tokens=64, batch_size=1, seed=0):
+    """The target decoding on its own through the same engine (its draft path, one token per forward)."""
+    dev = _device(target)
+    outputs, seconds = [], 0.0
+    for i, chunk in _batches(prompts, batch_size):
+        ids, mask = left_pad(chunk, tokenizer.pad_token_id)
+        _sync(dev)
+        start = time.perf_counter()
+        gen = sample(target, ids.to(dev), mask.to(dev), sampling=Sampling(temperature, top_p) if temperature > 0 else GREEDY,
+                     max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id,
+                     pad_token_id=tokenizer.pad_token_id, seed=torch.arange(i, i + len(chunk)) + seed, chunk=1)
+        _sync(dev)
+        seconds += time.perf_counter() - start
+        outputs += gen.rows()
+    return outputs, seconds
+
+
+@torch.no_grad()
+def run_hf_assisted(target, draft, prompts, tokenizer, *, gamma=4, max_new_tokens=64):
+    """transformers' assisted generation, greedy, batch size 1 (all it supports): constant schedule with
+    `gamma` assistant tokens and the confidence threshold off. Returns (token-id lists, seconds)."""
+    dev = _device(target)
+    cfg = draft.generation_config
+    saved = (cfg.num_assistant_tokens, cfg.num_assistant_tokens_schedule, cfg.assistant_confidence_threshold)
+    cfg.num_assistant_tokens, cfg.num_assistant_tokens_schedule, cfg.assistant_confidence_threshold = gamma, "constant", 0.0
+    outputs, seconds = [], 0.0
+    try:
+        for p in prompts:
+            ids = torch.tensor([p], device=dev)
+            _sync(dev)
+            start = time.perf_counter()
+            out = target.generate(input_ids=ids, attention_mask=torch.ones_like(ids), assistant_model=draft,
+                                  do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id,
+                                  pad_token_id=tokenizer.pad_token_id, top_p=None, top_k=None, temperature=None)
+            _sync(dev)
+            seconds += time.perf_counter() - start
+            outputs.append(out[0, len(p):].tolist())
+    finally:
+        cfg.num_assistant_tokens, cfg.num_assistant_tokens_schedule, cfg.assistant_confidence_threshold = saved
+    return outputs, seconds
+
+
+@torch.no_grad()
+def forward_cost_ratio(target, draft, prompt: list[int], repeats: int = 20) -> float:
+    """c = (time of one draft forward) / (time of one target forward), each decoding one token with a cache."""
+
+    def per_call(model) -> float:
+        dev = _device(model)
+        ids = torch.tensor([prompt], device=dev)
+        out = model(input_ids=ids, use_cache=True)
+        cache, last = out.past_key_values, ids[:, -1:]
+        model(input_ids=last, past_key_values=cache, use_cache=True)  # warm-up
+        cache.crop(-1)  # transformers 5: a negative n removes n tokens
+        _sync(dev)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            model(input_ids=last, past_key_values=cache, use_cache=True)
+            cache.crop(-1)
+        _sync(dev)
+        return (time.perf_counter() - start) / repeats
+
+    return per_call(draft) / per_call(target)
+
+
+def leviathan_speedup(alpha: float, gamma: float, c: float) -> float:
+    """Expected walltime improvement (Leviathan et al. 2023, Thm 3.8): (1 - a^(g+1)) / ((1 - a)(g c + 1))."""
+    if alpha >= 1:
+        return (gamma + 1) / (gamma * c + 1)
+    return (1 - alpha ** (gamma + 1)) / ((1 - alpha) * (gamma * c + 1))
+
+
+def count_tokens(outputs: list[list[int]]) -> int:
+    return sum(len(o) for o in outputs)
+
+
+def bench_pair(target, draft, prompts, tokenizer, *, gamma=4, schedule="constant", temperature=0.0, top_p=1.0,
+               max_new_tokens=64, batch_size=1, seed=0, draft_prompts=None, compare_hf=False, warmup=2) -> dict:
+    """One benchmark point: speculative decoding vs the target alone (and vs HF assisted generation)."""
+    kw = dict(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed)
+    warm = prompts[: max(warmup, 1)]
+    run_speculative(target, draft, warm, tokenizer, gamma=gamma, schedule=schedule, **kw)
+    run_target_alone(target, warm, tokenizer, **kw)
+    spec_out, stats, spec_s = run_speculative(target, draft, prompts, tokenizer, gamma=gamma, schedule=schedule,
+                                              draft_prompts=draft_prompts, **kw)
+    base_out, base_s = run_target_alone(target, prompts, tokenizer, **kw)
+    c = forward_cost_ratio(target, draft, prompts[0])
+    alpha = stats.acceptance_rate
+    result = {
+        "gamma": gamma, "schedule": schedule, "temperature": temperature, "batch_size": batch_size,
+        "prompts": len(prompts), "new_tokens": count_tokens(spec_out),
+        "acceptance_rate": alpha, "mean_accepted_length": stats.mean_accepted_length,
+        "per_position_acceptance": stats.per_position_acceptance, "target_calls": stats.target_calls,
+        "tokens_per_s": count_tokens(spec_out) / spec_s, "target_tokens_per_s": count_tokens(base_out) / base_s,
+        "cost_ratio_c": c, "predicted_speedup": leviathan_speedup(alpha, stats.gamma_mean, c),
+    }
+    result["speedup_vs_target"] = result["tokens_per_s"] / result["target_tokens_per_s"]
+    if temperature == 0:
+        result["matches_target_greedy"] = spec_out == base_out
+    if compare_hf:
+        run_hf_assisted(target, draft, warm, tokenizer, gamma=gamma, max_new_tokens=max_new_tokens)
+        hf_out, hf_s = run_hf_assisted(target, draft, prompts, tokenizer, gamma=gamma, max_new_tokens=max_new_tokens)
+        b1_out, _, b1_s = (spec_out, stats, spec_s) if batch_size == 1 else run_speculative(
+            target, draft, prompts, tokenizer, gamma=gamma, schedule=schedule, **{**kw, "batch_size": 1})
+        result["hf_assisted_tokens_per_s"] = count_tokens(hf_out) / hf_s
+        result["tokens_per_s_b1"] = count_tokens(b1_out) / b1_s
+        result["speedup_vs_hf_assisted"] = result["tokens_per_s_b1"] / result["hf_assisted_tokens_per_s"]
+        result["matches_hf_assisted"] = [_strip(o, tokenizer) for o in hf_out] == [_strip(o, tokenizer) for o in b1_out]
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in result.items()}
+
+
+def _strip(ids: list[int], tokenizer) -> list[int]:
+    """HF pads finished rows and stops after EOS; compare up to and including the first EOS."""
+    if tokenizer.eos_token_id in ids:
+        ids = ids[: ids.index(tokenizer.eos_token_id) + 1]
+    return [i for i in ids if i != tokenizer.pad_token_id]

@@ -1,0 +1,268 @@
+"""Policies, schedules and sampling on hand-made distributions (no models except a context-free stub)."""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from scipy.stats import chisquare
+
+from specdistill.engine import (
+    AdaptiveTopKPolicy,
+    Block,
+    ConstantGamma,
+    GreedyPolicy,
+    HeuristicGamma,
+    LupiGamma,
+    Sampling,
+    SpeculativePolicy,
+    TopKPolicy,
+    generate,
+    make_policy,
+    make_schedule,
+    sample_tokens,
+    settle,
+    uniforms,
+    warp_logits,
+)
+from specdistill.engine.policies import Verdict
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from threads, and a shared 2-core machine loses a lot to oversubscription."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+
+
+def logits_of(probs):
+    """Logits whose softmax is probs (zeros become -inf)."""
+    return torch.tensor(probs, dtype=torch.float).log()
+
+
+def chi2_pvalue(counts, probs):
+    """Chi-square p-value of observed counts against probabilities (zero-probability cells must be empty)."""
+    counts = counts.double().numpy()
+    probs = torch.tensor(probs, dtype=torch.double).numpy()
+    keep = probs > 0
+    assert counts[~keep].sum() == 0
+    return chisquare(counts[keep], probs[keep] / probs[keep].sum() * counts[keep].sum()).pvalue
+
+
+def block(drafts, target_probs, draft_probs=None, u_accept=None, u_target=None):
+    """A one-row Block from Python lists: drafts [g], target_probs [g+1][V], draft_probs [g][V]."""
+    g = len(drafts)
+    return Block(
+        draft_tokens=torch.tensor([drafts]),
+        draft_logits=None if draft_probs is None else logits_of(draft_probs)[None],
+        target_logits=logits_of(target_probs)[None],
+        u_accept=torch.tensor([u_accept if u_accept is not None else [0.5] * g], dtype=torch.double),
+        u_target=torch.tensor([u_target if u_target is not None else [0.5] * (g + 1)], dtype=torch.double),
+    )
+
+
+# ---------------------------------------------------------------- sampling
+
+
+def test_warp_greedy_is_one_hot_on_first_argmax():
+    z = warp_logits(torch.tensor([[1.0, 3.0, 3.0, 0.0]]), Sampling())
+    assert z.softmax(-1).tolist() == [[0.0, 1.0, 0.0, 0.0]]
+
+
+def test_warp_filters():
+    logits = logits_of([0.5, 0.3, 0.15, 0.05])
+    kept = lambda s: torch.isfinite(warp_logits(logits, s)).tolist()  # noqa: E731
+    assert kept(Sampling(1.0, top_p=0.5)) == [True, False, False, False]  # 0.5 reaches 0.5
+    assert kept(Sampling(1.0, top_p=0.6)) == [True, True, False, False]
+    assert kept(Sampling(1.0, top_p=0.99)) == [True, True, True, True]
+    assert kept(Sampling(1.0, top_k=3)) == [True, True, True, False]
+    assert kept(Sampling(1.0, min_p=0.5)) == [True, True, False, False]  # 0.15 < 0.5 * 0.5
+    hot = warp_logits(logits, Sampling(2.0)).softmax(-1)
+    expected = torch.tensor([0.5, 0.3, 0.15, 0.05]).sqrt()
+    torch.testing.assert_close(hot, expected / expected.sum())
+
+
+def test_sampling_settings_are_validated():
+    with pytest.raises(ValueError, match="top_p"):
+        Sampling(1.0, top_p=0.0)
+    with pytest.raises(ValueError, match="temperature"):
+        Sampling(-1.0)
+
+
+def test_uniforms_are_keyed_by_seed_position_and_stream():
+    seeds = torch.tensor([5, 6, 5])
+    positions = torch.tensor([[0, 1, 2], [0, 1, 2], [7, 1, 0]])
+    u = uniforms(seeds, positions, stream=1)
+    assert u.shape == (3, 3) and bool(((u > 0) & (u < 1)).all())
+    assert u[0, 1] == u[2, 1] and u[0, 0] == u[2, 2]  # same (seed, position): same number, whatever the row
+    assert u[0, 0] != u[1, 0]  # another seed
+    assert not torch.equal(u, uniforms(seeds, positions, stream=2))  # another stream
+    many = uniforms(torch.tensor([1]), torch.arange(20000)[None], stream=3)[0]
+    assert abs(float(many.mean()) - 0.5) < 0.01
+    assert chi2_pvalue(torch.histc(many.float(), bins=10, min=0, max=1), [0.1] * 10) > 1e-3
+
+
+def test_inverse_cdf_sampling_matches_distribution_and_skips_zero_mass():
+    probs = [0.1, 0.0, 0.6, 0.3]
+    u = uniforms(torch.tensor([3]), torch.arange(6000)[None], stream=1)[0]
+    tokens = sample_tokens(logits_of(probs).expand(6000, -1), u)
+    assert chi2_pvalue(torch.bincount(tokens, minlength=4), probs) > 1e-3
+    assert sample_tokens(logits_of(probs)[None], None).tolist() == [2]
+
+
+# ---------------------------------------------------------------- policies
+
+
+def test_greedy_policy():
+    p = [[0.1, 0.7, 0.2], [0.5, 0.2, 0.3], [0.1, 0.1, 0.8]]
+    v = GreedyPolicy().judge(block([1, 2], p))
+    assert v.accept.tolist() == [[True, False]]
+    assert v.correction.tolist() == [[1, 0]]
+    assert v.bonus.tolist() == [[1, 0, 2]]
+
+
+def test_speculative_accepts_when_u_below_p_over_q():
+    p = [[0.2, 0.6, 0.2], [0.5, 0.25, 0.25], [0.0, 0.0, 1.0]]
+    q = [[0.1, 0.3, 0.6], [0.0, 0.5, 0.5]]
+    # position 0: x=1, p/q = 2 -> always; position 1: x=2, p/q = 0.5 -> accept iff u < 0.5
+    policy = SpeculativePolicy(target=Sampling(1.0))
+    v = policy.judge(block([1, 2], p, q, u_accept=[0.99, 0.49]))
+    assert v.accept.tolist() == [[True, True]]
+    v = policy.judge(block([1, 2], p, q, u_accept=[0.99, 0.51]))
+    assert v.accept.tolist() == [[True, False]]
+    # Rejected at 1: the residual max(0, p - q) = [0.5, 0, 0] has only token 0.
+    assert v.correction[0, 1] == 0
+    assert v.bonus[0, 2] == 2  # p_{g+1} has all its mass on token 2
+    # A greedy teacher (p one-hot on its argmax) accepts only its argmax, whatever u.
+    greedy = SpeculativePolicy().judge(block([1, 2], p, q, u_accept=[0.0, 0.0]))
+    assert greedy.accept.tolist() == [[True, False]] and greedy.correction[0, 1] == 0
+
+
+def test_speculative_rejects_tokens_the_teacher_never_writes():
+    p = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]
+    q = [[0.0, 0.0, 1.0]]
+    v = SpeculativePolicy(target=Sampling(1.0)).judge(block([2], p, q, u_accept=[1e-9]))
+    assert v.accept.tolist() == [[False]] and v.correction.tolist() == [[0]]
+
+
+def test_top_k_uses_rank_support_and_min_prob():
+    p = [[0.5, 0.3, 0.15, 0.05]] * 4
+    drafts = [1, 2, 3]
+    hot = Sampling(1.0)
+    assert TopKPolicy(k=2, target=hot).judge(block(drafts, p)).accept.tolist() == [[True, False, False]]
+    assert TopKPolicy(k=4, target=hot).judge(block(drafts, p)).accept.tolist() == [[True, True, True]]
+    assert TopKPolicy(k=4, min_prob=0.1, target=hot).judge(block(drafts, p)).accept.tolist() == [[True, True, False]]
+    assert TopKPolicy(k=4, min_prob=1.5, target=hot).judge(block(drafts, p)).accept.tolist() == [[False] * 3]
+    # The teacher's top-p is applied before the test: token 2 (rank 2) is outside the 0.8 nucleus.
+    nucleus = Sampling(1.0, top_p=0.8)
+    assert TopKPolicy(k=4, target=nucleus).judge(block(drafts, p)).accept.tolist() == [[True, False, False]]
+    # A greedy teacher ranks by its raw logits.
+    assert TopKPolicy(k=3, target=Sampling()).judge(block(drafts, p)).accept.tolist() == [[True, True, False]]
+
+
+def test_top_k_replacement_samples_the_warped_teacher():
+    p = [[0.5, 0.3, 0.15, 0.05], [0.25, 0.25, 0.25, 0.25]]
+    # u = 0.6 falls in token 1 of p; with temperature -> 0 the teacher writes its argmax instead.
+    v = TopKPolicy(k=1, target=Sampling(1.0)).judge(block([3], p, u_target=[0.6, 0.9]))
+    assert v.correction.tolist() == [[1]] and v.bonus.tolist() == [[1, 3]] and v.top_k.tolist() == [[1, 1]]
+    v = TopKPolicy(k=1, target=Sampling()).judge(block([3], p, u_target=[0.6, 0.9]))
+    assert v.correction.tolist() == [[0]]
+
+
+def test_adaptive_top_k_entropy_offset():
+    policy = AdaptiveTopKPolicy(k_init=10, k_min=1, k_max=40, entropy_gain=4.0, target=Sampling(1.0))
+    state = policy.init_state(1, "cpu")
+    uniform = torch.zeros(1, 1, 16)  # H_norm = 1 -> +g
+    peaked = logits_of([1.0] + [0.0] * 15)[None, None]  # H_norm = 0 -> -g
+    assert policy.effective_k(uniform, state.k_base).tolist() == [[14]]
+    assert policy.effective_k(peaked, state.k_base).tolist() == [[6]]
+    low = AdaptiveTopKPolicy(k_init=2, k_min=1, k_max=40, entropy_gain=4.0)
+    assert low.effective_k(peaked, low.init_state(1, "cpu").k_base).tolist() == [[1]]  # clipped to k_min
+
+
+def test_adaptive_top_k_moves_its_baseline_with_the_success_ema():
+    policy = AdaptiveTopKPolicy(k_init=5, k_min=1, k_max=9, r_plus=0.8, r_minus=0.5, ema=0.5, step=1.0)
+    state = policy.init_state(3, "cpu")  # EMA starts at (r_plus + r_minus) / 2 = 0.65
+    verdict = Verdict(
+        accept=torch.tensor([[True, True, True], [False, True, True], [True, False, True]]),
+        correction=torch.zeros(3, 3, dtype=torch.long),
+        bonus=torch.zeros(3, 4, dtype=torch.long),
+    )
+    n = torch.tensor([3, 0, 1])
+    gamma_rows = torch.tensor([3, 3, 3])
+    state = policy.update(state, verdict, n, gamma_rows, torch.tensor([True, True, False]))
+    # row 0 judged 3 successes: 0.65 -> 0.825 -> 0.9125 -> 0.95625; row 1 judged one failure: 0.325.
+    torch.testing.assert_close(state.success[:2], torch.tensor([0.95625, 0.325]))
+    assert state.k_base.tolist() == [4.0, 6.0, 5.0]  # down, up, and row 2 (not running) unchanged
+
+
+@pytest.mark.parametrize("name", ["speculative", "greedy", "top_k", "adaptive_top_k"])
+def test_make_policy_by_name(name):
+    assert make_policy(name).name == name
+    with pytest.raises(ValueError, match="unknown policy"):
+        make_policy("nope")
+
+
+def test_settle_takes_leading_accepts_within_each_rows_gamma():
+    verdict = Verdict(
+        accept=torch.tensor([[True, False, True], [True, True, True], [True, True, True], [False, True, True]]),
+        correction=torch.tensor([[10, 11, 12], [10, 11, 12], [10, 11, 12], [10, 11, 12]]),
+        bonus=torch.tensor([[20, 21, 22, 23]] * 4),
+    )
+    gamma_rows = torch.tensor([3, 3, 2, 3])
+    out = settle(verdict, gamma_rows, bonus_token=True)
+    assert out.n.tolist() == [1, 3, 2, 0]
+    assert out.full.tolist() == [False, True, True, False]
+    assert out.next_token.tolist() == [11, 23, 22, 10]  # row 2's bonus comes after its own 2 drafts
+    assert out.has_next.tolist() == [True] * 4
+    assert settle(verdict, gamma_rows, bonus_token=False).has_next.tolist() == [True, False, False, True]
+
+
+# ---------------------------------------------------------------- schedules
+
+
+def test_gamma_schedules():
+    gamma = torch.tensor([4, 4, 15, 1])
+    n = torch.tensor([4, 2, 15, 0])
+    full = n == gamma
+    assert ConstantGamma(4).update(gamma, n, full).tolist() == [4, 4, 15, 1]
+    assert LupiGamma(4, max_gamma=16).update(gamma, n, full).tolist() == [6, 3, 16, 1]
+    assert HeuristicGamma(4, max_gamma=32).update(gamma, n, full).tolist() == [6, 3, 17, 1]
+    assert make_schedule("lupi", 2, 8) == LupiGamma(2, 8)
+    with pytest.raises(ValueError, match="unknown gamma schedule"):
+        make_schedule("fast")
+
+
+# ---------------------------------------------------------------- distribution of speculative sampling
+
+
+class FixedLM(torch.nn.Module):
+    """A context-free model: the same next-token logits everywhere."""
+
+    def __init__(self, probs):
+        super().__init__()
+        self.logits = logits_of(probs)
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, past_key_values=None, **kwargs):
+        fake_kv = input_ids[:, None, :, None].float()
+        past_key_values.update(fake_kv, fake_kv, 0)
+        logits = self.logits.expand(*input_ids.shape, -1)
+        return SimpleNamespace(logits=logits, past_key_values=past_key_values)
+
+
+def test_speculative_sampling_reproduces_the_teacher_distribution():
+    """Leviathan sampling is lossless: every response position follows p, whatever the draft q."""
+    p = [0.05, 0.4, 0.1, 0.3, 0.15]
+    q = [0.4, 0.1, 0.3, 0.1, 0.1]
+    rows = 3000
+    ids = torch.full((rows, 2), 1)
+    mask = torch.ones_like(ids)
+    out = generate(FixedLM(q), ids, mask, FixedLM(p), ids, mask, policy=SpeculativePolicy(target=Sampling(1.0)),
+                   draft_sampling=Sampling(1.0), gamma=2, max_new_tokens=3, seed=torch.arange(rows))  # fmt: skip
+    assert 0.2 < out.stats.acceptance_rate < 0.9
+    for position in range(3):
+        counts = torch.bincount(out.tokens[:, position], minlength=5)
+        assert chi2_pvalue(counts, p) > 1e-3, (position, counts)

@@ -1,0 +1,117 @@
+import pytest
+import torch
+
+from specdistill.config import RolloutConfig, ViewConfig
+from specdistill.data import collate, encode_example, load_task
+from specdistill.data.records import Record
+from specdistill.data.tokenizer import build_tokenizer
+from specdistill.models import load_model
+from specdistill.rollout import make_rollout, rollout_metrics
+
+TOK = build_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def pair():
+    return load_model("tiny-student", tokenizer=TOK, seed=1).eval(), load_model("tiny-student", tokenizer=TOK, seed=2).eval()
+
+
+def prompts(n=3):
+    rows = load_task("facts", "train")[:n]
+    records = [Record(id=r["id"], query=r["query"], knowledge=r["knowledge"], response=r["response"]) for r in rows]
+    return collate([encode_example(r, TOK, ViewConfig()) for r in records], TOK.pad_token_id)
+
+
+def check_views(rb, batch):
+    """Each view is that model's own prompt followed by the same response."""
+    P, Q = batch.student_ids.shape[1], batch.teacher_ids.shape[1]
+    assert torch.equal(rb.student_ids[:, :P], batch.student_ids) and torch.equal(rb.teacher_ids[:, :Q], batch.teacher_ids)
+    assert torch.equal(rb.student_ids[:, P:][rb.response_mask], rb.teacher_ids[:, Q:][rb.response_mask])
+    assert torch.equal(rb.student_mask[:, P:], rb.response_mask) and torch.equal(rb.teacher_mask[:, Q:], rb.response_mask)
+    assert (rb.student_prompt_len, rb.teacher_prompt_len) == (P, Q)
+    assert not (rb.teacher_written & ~rb.response_mask).any()
+
+
+@pytest.mark.parametrize("strategy", ["dataset", "teacher", "student", "mixed", "skd"])
+def test_every_strategy_returns_the_same_batch_object(pair, strategy):
+    student, teacher = pair
+    batch = prompts()
+    cfg = RolloutConfig(strategy=strategy, max_new_tokens=6, temperature=1.0, lam=0.5, top_k=3)
+    rb = make_rollout(cfg, batch, student, teacher, TOK, seeds=[11, 12, 13])
+    check_views(rb, batch)
+    assert rb.num_tokens > 0
+    if strategy == "dataset":
+        refs = [TOK(e.record.response, add_special_tokens=False).input_ids + [TOK.eos_token_id] for e in batch.examples]
+        assert [r[m].tolist() for r, m in zip(rb.response, rb.response_mask)] == refs
+    if strategy == "teacher":
+        assert torch.equal(rb.teacher_written, rb.response_mask)
+    if strategy in ("dataset", "student"):
+        assert not rb.teacher_written.any()
+    if strategy == "skd":
+        m = rollout_metrics([rb])
+        assert m["tokens/drafted"] > 0 and 0 <= m["rollout/acceptance_rate"] <= 1
+        assert rb.teacher_written.sum() == m["tokens/replaced"] + m.get("tokens/bonus", 0)
+
+
+def test_mixed_lambda_endpoints(pair):
+    student, teacher = pair
+    batch = prompts()
+    seeds = [1, 2, 3]
+    args = dict(max_new_tokens=6, temperature=1.0)
+    none = make_rollout(RolloutConfig(strategy="mixed", lam=0.0, **args), batch, student, teacher, TOK, seeds)
+    data = make_rollout(RolloutConfig(strategy="dataset", **args), batch, student, teacher, TOK, seeds)
+    assert torch.equal(none.student_ids, data.student_ids)
+    every = make_rollout(RolloutConfig(strategy="mixed", lam=1.0, **args), batch, student, teacher, TOK, seeds)
+    own = make_rollout(RolloutConfig(strategy="student", **args), batch, student, teacher, TOK, seeds)
+    assert torch.equal(every.student_ids, own.student_ids) and torch.equal(every.response_mask, own.response_mask)
+
+
+def test_skd_teacher_verifies_against_the_view_with_knowledge(pair):
+    student, teacher = pair
+    batch = prompts(2)
+    seen = {}
+
+    def spy(name, model):
+        forward = model.forward
+
+        def wrapped(*args, **kwargs):
+            ids = kwargs.get("input_ids", args[0] if args else None)
+            seen.setdefault(name, ids.clone())  # the first call is the prefill of the prompt view
+            return forward(*args, **kwargs)
+
+        return wrapped
+
+    student.forward, teacher.forward = spy("student", student), spy("teacher", teacher)
+    try:
+        make_rollout(RolloutConfig(strategy="skd", max_new_tokens=4, top_k=2), batch, student, teacher, TOK, [5, 6])
+    finally:
+        del student.forward, teacher.forward
+    for row, example in enumerate(batch.examples):
+        assert example.record.knowledge in TOK.decode(seen["teacher"][row])
+        assert example.record.knowledge not in TOK.decode(seen["student"][row])
+        assert example.record.query in TOK.decode(seen["student"][row])
+
+
+def test_rollouts_are_seeded_per_row(pair):
+    student, teacher = pair
+    batch = prompts(3)
+    cfg = RolloutConfig(strategy="skd", max_new_tokens=6, temperature=1.0, top_k=2)
+    a = make_rollout(cfg, batch, student, teacher, TOK, [7, 8, 9])
+    b = make_rollout(cfg, batch, student, teacher, TOK, [7, 8, 9])
+    assert torch.equal(a.student_ids, b.student_ids)
+    sub = collate(batch.examples[1:2], TOK.pad_token_id)  # row 1 alone, with its own seed
+    alone = make_rollout(cfg, sub, student, teacher, TOK, [8])
+    assert a.response[1][a.response_mask[1]].tolist() == alone.response[0][alone.response_mask[0]].tolist()
+
+
+def test_metrics_sum_counts_over_micro_batches_and_processes(pair):
+    student, teacher = pair
+    cfg = RolloutConfig(strategy="skd", max_new_tokens=6, temperature=1.0, top_k=2)
+    rbs = [make_rollout(cfg, prompts(2), student, teacher, TOK, [1, 2]), make_rollout(cfg, prompts(3), student, teacher, TOK, [3, 4, 5])]
+    one = rollout_metrics(rbs)
+    assert one["tokens/drafted"] == sum(rollout_metrics([r])["tokens/drafted"] for r in rbs)
+    # two "processes" holding the same stats: counts double, rates stay
+    two = rollout_metrics(rbs, gather=lambda t: torch.cat([t, t]))
+    assert two["tokens/drafted"] == 2 * one["tokens/drafted"]
+    assert two["rollout/acceptance_rate"] == pytest.approx(one["rollout/acceptance_rate"])
+    assert two["rollout/gamma_max"] == one["rollout/gamma_max"]

@@ -1,0 +1,174 @@
+"""Speculative decoding with a draft: lossless under greedy decoding and under sampling, and the bench command."""
+
+import json
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
+
+from conftest import ARCHS, tiny_config
+from specdistill.cli import main
+from specdistill.data.tokenizer import build_tokenizer
+from specdistill.engine import SpeculativePolicy, Verdict, generate, Sampling
+from specdistill.evaluate.speculative import leviathan_speedup, run_speculative
+
+TOK = build_tokenizer()
+ALL_ARCHS = {**ARCHS, "qwen3": (Qwen3Config, Qwen3ForCausalLM)}
+
+
+def tiny(arch: str, seed: int, layers: int = 2):
+    torch.manual_seed(seed)
+    cfg_cls, model_cls = ALL_ARCHS[arch]
+    if arch == "qwen3":
+        cfg = cfg_cls(vocab_size=len(TOK), hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
+                      num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=512,
+                      pad_token_id=TOK.pad_token_id, eos_token_id=TOK.eos_token_id, bos_token_id=None)
+    else:
+        cfg = tiny_config(arch, len(TOK), layers=layers)
+    return model_cls(cfg).eval()
+
+
+def perturbed(model, scale: float, seed: int):
+    """A draft close to the target: the target's weights plus noise, so that it is accepted some of the time."""
+    draft = type(model)(model.config).eval()
+    draft.load_state_dict(model.state_dict())
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in draft.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * scale * p.std().clamp_min(1e-3))
+    return draft
+
+
+PROMPTS = ["What is 2+3*4?", "Hi", "Where does Kato Rimi live? Tell me.", "7*8-9"]
+
+
+def prompt_ids(n):
+    return [TOK(TOK.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True),
+                add_special_tokens=False).input_ids for p in PROMPTS[:n]]
+
+
+def hf_greedy(model, prompt, max_new_tokens):
+    ids = torch.tensor([prompt])
+    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                         max_new_tokens=max_new_tokens, eos_token_id=TOK.eos_token_id, pad_token_id=TOK.pad_token_id,
+                         top_p=None, top_k=None, temperature=None)
+    return out[0, len(prompt):].tolist()
+
+
+@pytest.mark.parametrize("arch", list(ALL_ARCHS))
+def test_greedy_speculative_equals_the_targets_own_greedy_generate(arch):
+    target = tiny(arch, seed=0)
+    drafts = {"close": perturbed(target, 0.3, seed=1), "other": tiny(arch, seed=5, layers=1)}
+    prompts = prompt_ids(4)
+    expected = [hf_greedy(target, p, 16) for p in prompts]
+    accepted = 0
+    for name, draft in drafts.items():
+        for gamma in (1, 3, 8):
+            for schedule in ("constant", "heuristic", "lupi"):
+                for batch_size in (1, 4):
+                    out, stats, _ = run_speculative(target, draft, prompts, TOK, gamma=gamma, schedule=schedule,
+                                                    max_new_tokens=16, batch_size=batch_size)
+                    assert out == expected, (name, gamma, schedule, batch_size)
+                    accepted += stats.accepted
+    assert accepted > 0  # the close draft was accepted at times: both accept and reject paths ran
+
+
+def test_leviathan_formula():
+    assert leviathan_speedup(0.0, 4, 0.25) == pytest.approx(1 / 2)
+    assert leviathan_speedup(1.0, 4, 0.25) == pytest.approx(5 / 2)
+    assert leviathan_speedup(0.8, 4, 0.1) == pytest.approx((1 - 0.8**5) / (0.2 * 1.4))
+
+
+# ---------------------------------------------------------------- lossless sampling: a chi-square test
+V = 6
+
+
+def tiny_vocab_model(seed: int, sharpness: float):
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=V, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                      num_key_value_heads=2, max_position_embeddings=64, bos_token_id=None, eos_token_id=None, pad_token_id=0)
+    model = LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():  # random models are nearly uniform: sharpen so that draft and target clearly differ
+        model.lm_head.weight.mul_(sharpness)
+    return model
+
+
+@torch.no_grad()
+def exact_two_token_distribution(target, prompt):
+    """p(t1, t2 | prompt) [V, V] from the target's own forward passes."""
+    p1 = target(torch.tensor([prompt])).logits[0, -1].softmax(-1)  # [V]
+    seqs = torch.tensor([prompt + [t] for t in range(V)])
+    p2 = target(seqs).logits[:, -1].softmax(-1)  # [V, V]
+    return p1[:, None] * p2
+
+
+class AlwaysAccept(SpeculativePolicy):
+    """A deliberately wrong rule: accept every drafted token (the output then follows the draft)."""
+
+    def judge(self, block, state=None):
+        v = super().judge(block, state)
+        return Verdict(accept=torch.ones_like(v.accept), correction=v.correction, bonus=v.bonus)
+
+
+def empirical_two_token_counts(target, draft, prompt, policy, n, gamma):
+    ids = torch.tensor([prompt] * n)
+    gen = generate(draft, ids, torch.ones_like(ids, dtype=torch.bool), target, ids, torch.ones_like(ids, dtype=torch.bool),
+                   policy=policy, gamma=gamma, draft_sampling=Sampling(temperature=1.0), max_new_tokens=2,
+                   pad_token_id=0, seed=torch.arange(n))
+    assert (gen.lengths == 2).all()
+    pairs = gen.tokens[:, 0] * V + gen.tokens[:, 1]
+    return torch.bincount(pairs, minlength=V * V).double()
+
+
+@pytest.mark.parametrize("gamma", [1, 2])
+def test_speculative_sampling_reproduces_the_target_distribution(gamma):
+    scipy_stats = pytest.importorskip("scipy.stats")
+    target, draft = tiny_vocab_model(0, 6.0), tiny_vocab_model(1, 6.0)
+    prompt = [1, 2, 3]
+    n = 20000
+    exact = exact_two_token_distribution(target, prompt).flatten().double()
+    expected = exact / exact.sum() * n
+    keep = expected > 5  # the usual validity rule for chi-square cells; merge the rest into one cell
+
+    def chi2_pvalue(counts):
+        obs, exp = counts[keep], expected[keep]
+        if not keep.all():
+            obs, exp = torch.cat([obs, counts[~keep].sum()[None]]), torch.cat([exp, expected[~keep].sum()[None]])
+        return scipy_stats.chisquare(obs.numpy(), exp.numpy()).pvalue
+
+    right = SpeculativePolicy(target=Sampling(temperature=1.0), bonus_token=True)
+    assert chi2_pvalue(empirical_two_token_counts(target, draft, prompt, right, n, gamma)) > 1e-3
+    wrong = AlwaysAccept(target=Sampling(temperature=1.0), bonus_token=True)
+    assert chi2_pvalue(empirical_two_token_counts(target, draft, prompt, wrong, n, gamma)) < 1e-6
+
+
+# ---------------------------------------------------------------- the commands
+def test_bench_and_generate_commands(tmp_path, capsys):
+    target, draft = tiny("llama", 0), None
+    target.save_pretrained(tmp_path / "target")
+    TOK.save_pretrained(tmp_path / "target")
+    perturbed(target, 0.3, 1).save_pretrained(tmp_path / "draft")
+    TOK.save_pretrained(tmp_path / "draft")
+    out, plot = tmp_path / "bench.json", tmp_path / "bench.png"
+    assert main(["bench", "--target", str(tmp_path / "target"), "--draft", str(tmp_path / "draft"), "--limit", "3",
+                 "--gamma", "1,3", "--batch-size", "1,2", "--max-new-tokens", "8", "--compare-hf",
+                 "--json", str(out), "--plot", str(plot)]) == 0
+    report = json.loads(out.read_text())
+    assert [(r["batch_size"], r["gamma"]) for r in report["results"]] == [(1, 1), (1, 3), (2, 1), (2, 3)]
+    for r in report["results"]:
+        assert r["matches_target_greedy"] is True
+        for key in ("acceptance_rate", "mean_accepted_length", "per_position_acceptance", "target_calls",
+                    "tokens_per_s", "target_tokens_per_s", "speedup_vs_target", "cost_ratio_c", "predicted_speedup"):
+            assert key in r
+        assert r["target_calls"] > 0 and r["tokens_per_s"] > 0
+    b1 = report["results"][0]
+    assert b1["matches_hf_assisted"] is True and b1["speedup_vs_hf_assisted"] > 0
+    assert "speedup_vs_hf_assisted" not in report["results"][2]  # HF assisted generation is batch size 1 only
+    assert plot.stat().st_size > 10_000
+    capsys.readouterr()
+    gen_json = tmp_path / "gen.json"
+    assert main(["generate", "--model", str(tmp_path / "target"), "--draft", str(tmp_path / "draft"),
+                 "--prompt", "What is 2+3*4?", "--max-new-tokens", "8", "--json", str(gen_json)]) == 0
+    gen = json.loads(gen_json.read_text())
+    assert gen["outputs"][0]["token_ids"] == hf_greedy(target, prompt_ids(1)[0], 8)
+    assert gen["stats"]["rollout/target_calls"] > 0

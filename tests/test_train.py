@@ -1,0 +1,483 @@
+"""The training recipe: exact resume, LoRA, the NaN guard, the frozen teacher, devices, trackers, gathering.
+
+Tiny models (the `tiny-student` preset, `tiny-teacher` with random weights), a few steps of batch 4, short
+responses: every test here runs in seconds on one CPU thread.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+import yaml
+from accelerate.utils import DistributedType
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from specdistill import checkpoint, train
+from specdistill.config import Config, ConfigError, build, validate
+from specdistill.models import load_model, load_tokenizer
+
+UNTIMED = ("time/", "throughput/")  # wall-clock metrics differ between runs by nature
+
+
+def make_config(out: Path, teacher: str | None = None, loss: str = "ce", validation: bool = True,
+                **train_overrides) -> Config:
+    """A tiny run: the tiny-student preset on 64 arith records, 4 steps of 2 micro-batches of 4 sequences."""
+    data = {
+        "model": {"student": "tiny-student", "teacher": teacher},
+        "data": {"train": [{"task": "arith", "limit": 64}],
+                 "validation": {"task": "arith", "split": "validation"} if validation else None,
+                 "views": {"max_response_tokens": 24}},
+        "rollout": {"max_new_tokens": 6},
+        "loss": {"name": loss},
+        "train": {"output_dir": str(out), "max_steps": 4, "batch_size": 4, "grad_accum": 2, "lr": 3e-3,
+                  "warmup_steps": 1, "eval_every": 2, "eval_samples": 4, "save_every": 2, "keep_last": 3,
+                  "progress": False, **train_overrides},
+    }
+    cfg = build(Config, data)
+    validate(cfg)
+    return cfg
+
+
+def read_rows(out: Path) -> dict[int, dict]:
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    by_step = {r["step"]: r for r in rows}
+    assert len(by_step) == len(rows), "a step was logged twice"
+    return by_step
+
+
+def assert_rows_match(a: dict, b: dict, tol: float = 1e-6) -> None:
+    keys = {k for k in a if not k.startswith(UNTIMED)}
+    assert keys == {k for k in b if not k.startswith(UNTIMED)}
+    for k in keys:
+        assert math.isclose(a[k], b[k], rel_tol=tol, abs_tol=tol), (k, a[k], b[k])
+
+
+def assert_same_weights(a: Path, b: Path, tol: float = 1e-6) -> None:
+    wa, wb = checkpoint.read_safetensors(a), checkpoint.read_safetensors(b)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=tol)
+
+
+# ---------------------------------------------------------------- exact resume
+@pytest.mark.parametrize("method", ["sft", "kd"])
+def test_resume_continues_exactly_as_the_uninterrupted_run(tmp_path, method):
+    """2N steps in one run == N steps, a resume from the step-N checkpoint in a fresh process state, N more:
+    every logged metric (validation included, grad_accum=2) and the final weights agree to 1e-6."""
+    kd = dict(teacher="tiny-teacher", loss="jsd") if method == "kd" else {}
+    sft = method == "sft"
+    full = train.run_training(make_config(tmp_path / "full", **kd), sft=sft)
+    ref = read_rows(tmp_path / "full")
+    assert sorted(ref) == [1, 2, 3, 4] and "val/loss" in ref[2] and "val/exact_match" in ref[4]
+    assert ref[4]["train/loss"] == full["train/loss"]
+    half = checkpoint.list_checkpoints(tmp_path / "full")[0]
+    assert half.name == "step-00000002"
+
+    resumed = make_config(tmp_path / "resumed", **kd, resume=str(half))
+    train.run_training(resumed, sft=sft)
+    rows = read_rows(tmp_path / "resumed")
+    assert sorted(rows) == [3, 4]
+    for step in (3, 4):
+        assert_rows_match(ref[step], rows[step])
+    assert_same_weights(tmp_path / "full" / "final", tmp_path / "resumed" / "final")
+
+
+def test_checkpoint_holds_every_state_and_loads_without_pickle(tmp_path):
+    train.run_training(make_config(tmp_path, validation=False, max_steps=2, save_every=1, keep_last=1), sft=True)
+    found = checkpoint.list_checkpoints(tmp_path)
+    assert [p.name for p in found] == ["step-00000002"]  # keep_last=1 pruned step 1
+    ckpt = found[0]
+    assert {p.name for p in ckpt.iterdir()} == {"model", "optimizer.pt", "scheduler.pt", "rng-rank0.pt", "state.json"}
+    state = json.loads((ckpt / "state.json").read_text())
+    assert state["step"] == 2 and state["cursor"] == [2 * 2 * 4] and state["skipped_steps"] == 0
+    for name in ("optimizer.pt", "scheduler.pt", "rng-rank0.pt"):
+        torch.load(ckpt / name, weights_only=True)  # raises on anything that would need unpickling
+    assert AutoModelForCausalLM.from_pretrained(ckpt / "model").config.num_hidden_layers == 2
+    assert not list((tmp_path / "checkpoints").glob(".*")), "a temporary folder was left behind"
+
+
+def test_rng_state_round_trip():
+    import random
+
+    import numpy as np
+
+    state = checkpoint.rng_state()
+    first = (random.random(), np.random.rand(), torch.rand(1).item())
+    checkpoint.set_rng_state(torch.load(_saved(state), weights_only=True))
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == first
+
+
+def _saved(obj) -> "io.BytesIO":
+    import io
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    buf.seek(0)
+    return buf
+
+
+def test_resume_sources(tmp_path, monkeypatch):
+    assert checkpoint.resolve_resume(None, tmp_path) is None
+    assert checkpoint.resolve_resume("auto", tmp_path) is None  # nothing yet: a fresh start
+    for step in (3, 10):
+        (tmp_path / "checkpoints" / f"step-{step:08d}").mkdir(parents=True)
+        (tmp_path / "checkpoints" / f"step-{step:08d}" / "state.json").write_text("{}")
+    (tmp_path / "checkpoints" / ".tmp-step-00000020").mkdir()  # a killed save is never picked
+    latest = tmp_path / "checkpoints" / "step-00000010"
+    assert checkpoint.resolve_resume("auto", tmp_path) == latest
+    assert checkpoint.resolve_resume(str(tmp_path), "elsewhere") == latest  # a run folder: its latest
+    monkeypatch.setenv("RESUME_CHECKPOINT", str(tmp_path / "checkpoints" / "step-00000003"))
+    assert checkpoint.resolve_resume(None, "elsewhere").name == "step-00000003"
+    monkeypatch.setenv("RESUME_CHECKPOINT", str(tmp_path / "nothing"))
+    with pytest.raises(FileNotFoundError, match="state.json"):
+        checkpoint.resolve_resume("auto", tmp_path)
+
+
+# ---------------------------------------------------------------- LoRA
+def test_lora_trains_saves_a_merged_folder_and_resumes_exactly(tmp_path, monkeypatch):
+    lora = {"enabled": True, "r": 4, "alpha": 8, "dropout": 0.1}  # dropout: resuming must restore the RNG
+    cfg = make_config(tmp_path / "full", validation=False)
+    cfg.model.lora = build(type(cfg.model.lora), lora)
+    train.run_training(cfg, sft=True)
+    ckpt = checkpoint.list_checkpoints(tmp_path / "full")[0]
+    assert (ckpt / "adapter" / "adapter_model.safetensors").exists()
+
+    final = tmp_path / "full" / "final"
+    merged = AutoModelForCausalLM.from_pretrained(final)  # a plain folder: no peft needed
+    assert not any("lora" in k for k in load_file(str(final / "model.safetensors")))
+    base = load_model("tiny-student", tokenizer=load_tokenizer("tiny-student"), seed=0)
+    q = "model.layers.0.self_attn.q_proj.weight"
+    mlp = "model.layers.0.mlp.up_proj.weight"
+    assert not torch.equal(merged.state_dict()[q], base.state_dict()[q])  # the adapter was merged in
+    assert torch.equal(merged.state_dict()[mlp], base.state_dict()[mlp])  # untargeted weights stay the base's
+
+    # Resume from the step-2 checkpoint through $RESUME_CHECKPOINT: steps 3-4 as in the uninterrupted run.
+    monkeypatch.setenv("RESUME_CHECKPOINT", str(ckpt))
+    cfg2 = make_config(tmp_path / "resumed", validation=False)
+    cfg2.model.lora = build(type(cfg.model.lora), lora)
+    train.run_training(cfg2, sft=True)
+    ref, rows = read_rows(tmp_path / "full"), read_rows(tmp_path / "resumed")
+    assert sorted(rows) == [3, 4]
+    for step in (3, 4):
+        assert_rows_match(ref[step], rows[step])
+    assert_same_weights(final, tmp_path / "resumed" / "final")
+
+
+# ---------------------------------------------------------------- NaN guard
+def test_nan_steps_are_skipped_counted_and_stop_the_run_resumably(tmp_path, monkeypatch):
+    """NaN at step 2 (skipped, counted), then at steps 4 and 5: max_bad_steps=2 in a row stops the run with a
+    checkpoint; resuming without the fault finishes the run."""
+    bad = {2, 4, 5}
+    cfg = make_config(tmp_path, validation=False, max_steps=6, save_every=0, max_bad_steps=2, grad_accum=1,
+                      warmup_steps=0)  # (warmup starts at lr 0: step 1 would not move the weights)
+    real_loss, real_step = train.micro_loss, train.train_step
+
+    def nan_loss(run, rb, student=None):
+        loss = real_loss(run, rb, student)
+        return loss * float("nan") if run.step + 1 in bad else loss
+
+    def checked_step(run):
+        before = [p.detach().clone() for p in run.student.parameters()]
+        metrics = real_step(run)
+        after = list(run.student.parameters())
+        unchanged = all(torch.equal(a, b) for a, b in zip(before, after))
+        assert unchanged == (run.step + 1 in bad), f"step {run.step + 1}: a skipped step must not change weights"
+        return metrics
+
+    monkeypatch.setattr(train, "micro_loss", nan_loss)
+    monkeypatch.setattr(train, "train_step", checked_step)
+    with pytest.raises(train.TrainingDiverged, match=r"2 steps in a row .*step 5.*train.resume=auto"):
+        train.run_training(cfg, sft=True)
+    rows = read_rows(tmp_path)
+    assert [rows[s]["train/skipped_steps"] for s in range(1, 6)] == [0, 1, 1, 2, 3]
+    assert math.isnan(rows[2]["train/loss"]) and math.isnan(rows[2]["train/grad_norm"])
+    assert math.isfinite(rows[3]["train/loss"])
+    assert [p.name for p in checkpoint.list_checkpoints(tmp_path)] == ["step-00000005"]
+
+    monkeypatch.undo()
+    cfg.train.resume = "auto"
+    last = train.run_training(cfg, sft=True)
+    rows = read_rows(tmp_path)
+    assert sorted(rows) == [1, 2, 3, 4, 5, 6]
+    assert last["train/skipped_steps"] == 3 and math.isfinite(last["train/loss"])
+    assert (tmp_path / "final" / "model.safetensors").exists()
+
+
+# ---------------------------------------------------------------- the teacher, devices, gathering
+def test_teacher_is_frozen_and_rollouts_run_gathered_in_eval_mode(tmp_path, monkeypatch):
+    cfg = make_config(tmp_path, teacher="tiny-teacher", loss="jsd", validation=False, warmup_steps=0)
+    run = train.setup(cfg, sft=False)
+    try:
+        teacher, student = run.teacher, run.accelerator.unwrap_model(run.student)
+        assert not teacher.training and student.training
+        assert not any(p.requires_grad for p in teacher.parameters())
+        t_before = {k: v.clone() for k, v in teacher.state_dict().items()}
+        s_before = {k: v.clone() for k, v in student.state_dict().items()}
+        metrics = train.train_step(run)
+        assert math.isfinite(metrics["train/loss"]) and metrics["train/loss"] > 0
+        assert all(p.grad is None for p in teacher.parameters())
+        assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in t_before.items())
+        assert not all(torch.equal(v, student.state_dict()[k]) for k, v in s_before.items())
+        assert not teacher.training and student.training
+
+        # Generating strategies call make_rollout inside gathered_for_generation, with the student in eval mode.
+        seen = []
+
+        @contextmanager
+        def gathered(acc, model, enabled=True):
+            seen.append(("enter", enabled))
+            yield
+            seen.append(("exit", enabled))
+
+        def fake_rollout(rcfg, prompts, model, teacher, tokenizer, seeds):
+            seen.append(("rollout", model.training, len(seeds)))
+            return train.dataset_rollout(prompts, tokenizer.pad_token_id)
+
+        monkeypatch.setattr(train, "gathered_for_generation", gathered)
+        monkeypatch.setattr(train, "make_rollout", fake_rollout)
+        run.cfg.rollout.strategy = "student"
+        train.rollout_step(run)
+        assert seen == [("enter", True), ("rollout", False, 4), ("rollout", False, 4), ("exit", True)]
+        assert student.training
+    finally:
+        train.cleanup(run)
+
+
+def test_device_choice_including_the_paired_layout(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("LOCAL_RANK", "0")  # the accelerator's local rank is what counts
+    rank1 = SimpleNamespace(local_process_index=1, device=torch.device("cuda:1"))
+    s = train.student_device(rank1, "paired")
+    assert s == torch.device("cuda:2")
+    assert train.teacher_device(rank1, "paired", s) == torch.device("cuda:3")
+    assert train.student_device(rank1, "auto") == torch.device("cuda:1")
+    assert train.teacher_device(rank1, "auto", torch.device("cuda:1")) == torch.device("cuda:1")
+    assert train.teacher_device(rank1, "cuda:7", torch.device("cuda:1")) == torch.device("cuda:7")
+    assert train.student_device(rank1, "cpu") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="paired"):
+        train.student_device(rank1, "paired")
+
+
+def _fake_accelerator(distributed_type, zero_stage=None, fsdp2=False):
+    plugin = SimpleNamespace(zero_stage=zero_stage) if zero_stage is not None else None
+    return SimpleNamespace(distributed_type=distributed_type, state=SimpleNamespace(deepspeed_plugin=plugin),
+                           is_fsdp2=fsdp2)
+
+
+def test_gathered_for_generation_picks_the_backend(monkeypatch):
+    model = torch.nn.Linear(2, 2)
+    calls = []
+
+    @contextmanager
+    def gathered_parameters(params, modifier_rank=None):
+        calls.append(("zero3", [id(p) for p in params], modifier_rank))
+        yield
+
+    fake_deepspeed = SimpleNamespace(zero=SimpleNamespace(GatheredParameters=gathered_parameters))
+    monkeypatch.setitem(sys.modules, "deepspeed", fake_deepspeed)
+    with train.gathered_for_generation(_fake_accelerator(DistributedType.DEEPSPEED, zero_stage=3), model):
+        assert calls == [("zero3", [id(p) for p in model.parameters()], None)]
+    calls.clear()
+    with train.gathered_for_generation(_fake_accelerator(DistributedType.DEEPSPEED, zero_stage=2), model):
+        pass  # ZeRO-2 keeps full parameters on every rank
+    zero3 = _fake_accelerator(DistributedType.DEEPSPEED, zero_stage=3)
+    with train.gathered_for_generation(zero3, model, enabled=False):
+        pass
+    assert calls == []
+
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    @contextmanager
+    def summon(module, **kwargs):
+        calls.append(("fsdp", module, kwargs))
+        yield
+
+    monkeypatch.setattr(FullyShardedDataParallel, "summon_full_params", staticmethod(summon))
+    with train.gathered_for_generation(_fake_accelerator(DistributedType.FSDP), model):
+        assert calls == [("fsdp", model, {"recurse": False, "writeback": False})]
+    calls.clear()
+    for acc in (_fake_accelerator(DistributedType.FSDP, fsdp2=True), _fake_accelerator(DistributedType.MULTI_GPU),
+                _fake_accelerator(DistributedType.NO)):
+        with train.gathered_for_generation(acc, model):
+            pass
+    assert calls == []
+    assert train.params_sharded(_fake_accelerator(DistributedType.DEEPSPEED, zero_stage=3))
+    assert not train.params_sharded(_fake_accelerator(DistributedType.DEEPSPEED, zero_stage=2))
+    assert train.optimizer_sharded(_fake_accelerator(DistributedType.DEEPSPEED, zero_stage=2))
+    assert not train.optimizer_sharded(_fake_accelerator(DistributedType.MULTI_CPU))
+
+
+# ---------------------------------------------------------------- schedule, trackers, shipped launch configs
+def test_schedule_warms_up_then_decays_to_the_floor():
+    f = [train.warmup_cosine(s, warmup=4, total=20, min_ratio=0.1) for s in range(22)]
+    assert f[0] == 0 and f[2] == 0.5 and f[4] == 1.0
+    assert all(a >= b for a, b in zip(f[4:], f[5:]))
+    assert f[20] == pytest.approx(0.1) and f[21] == pytest.approx(0.1)
+
+
+def test_a_missing_tracker_package_names_the_extra(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorboard", None)  # makes `import tensorboard` fail
+    cfg = make_config(tmp_path, validation=False, trackers=["tensorboard"])
+    with pytest.raises(ConfigError, match=r"specdistill\[tracking\]"):
+        train.setup(cfg, sft=True)
+
+
+def test_tensorboard_tracker_receives_the_metrics(tmp_path):
+    pytest.importorskip("tensorboard")
+    cfg = make_config(tmp_path, validation=False, max_steps=2, save_every=0, grad_accum=1, trackers=["tensorboard"])
+    train.run_training(cfg, sft=True)
+    assert list(tmp_path.rglob("events.out.tfevents.*"))
+    assert sorted(read_rows(tmp_path)) == [1, 2]
+
+
+CONFIGS = Path(train.__file__).parent / "configs" / "accelerate"
+
+
+@pytest.mark.parametrize("name, kind, extra", [
+    ("ddp.yaml", "MULTI_GPU", {}),
+    ("fsdp.yaml", "FSDP", {"fsdp_version": 2}),
+    ("deepspeed_zero2.yaml", "DEEPSPEED", {"zero_stage": 2}),
+    ("deepspeed_zero3.yaml", "DEEPSPEED", {"zero_stage": 3}),
+])
+def test_shipped_accelerate_configs_load(name, kind, extra):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    cfg = load_config_from_file(str(CONFIGS / name))
+    assert cfg.distributed_type == kind
+    section = {**(cfg.fsdp_config or {}), **(cfg.deepspeed_config or {})}
+    for k, v in extra.items():
+        assert section[k] == v
+    raw = yaml.safe_load((CONFIGS / name).read_text())
+    assert raw.get("mixed_precision", "no") == "no"  # precision comes from train.mixed_precision
+
+
+# ---------------------------------------------------------------- a kill during a save
+KILLED_RUN = r"""
+import os, sys, time
+from pathlib import Path
+
+import specdistill.train as train
+from specdistill.cli import main
+
+real_save_model = train.save_model
+
+
+def save_model_then_hang(run, path):  # the save of PAUSE_IN stops after model/, as if killed mid-save
+    real_save_model(run, path)
+    if Path(path).parent.name == os.environ["PAUSE_IN"]:
+        Path(os.environ["MARKER"]).write_text(str(path))
+        time.sleep(600)
+
+
+train.save_model = save_model_then_hang
+sys.exit(main(["sft", sys.argv[1]]))
+"""
+
+
+def test_a_kill_during_a_save_keeps_the_previous_checkpoint_and_auto_resume_finishes(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from specdistill.config import save_config
+
+    out = tmp_path / "run"
+    cfg = make_config(out, save_every=2, keep_last=2)
+    save_config(cfg, tmp_path / "run.yaml")
+    marker = tmp_path / "paused"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PAUSE_IN": ".tmp-step-00000004", "MARKER": str(marker)}
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_RUN, str(tmp_path / "run.yaml")], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 180
+        while not marker.exists():
+            assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+            assert time.monotonic() < deadline, "the run never reached the save of step 4"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+
+    # The half-written save sits under a temporary name; the step-2 checkpoint is intact and loads.
+    partial = out / "checkpoints" / ".tmp-step-00000004"
+    assert (partial / "model").exists() and not (partial / "state.json").exists()
+    (previous,) = checkpoint.list_checkpoints(out)
+    assert previous.name == "step-00000002"
+    AutoModelForCausalLM.from_pretrained(previous / "model")
+    for name in ("optimizer.pt", "scheduler.pt", "rng-rank0.pt"):
+        torch.load(previous / name, weights_only=True)
+    before_kill = read_rows(out)
+    assert sorted(before_kill) == [1, 2, 3, 4]  # steps 3-4 were logged before the kill
+
+    cfg.train.resume = "auto"
+    train.run_training(cfg, sft=True)
+    rows = read_rows(out)  # steps 3-4 logged once again, not twice
+    assert sorted(rows) == [1, 2, 3, 4]
+    for step in (3, 4):
+        assert_rows_match(before_kill[step], rows[step])
+    assert [p.name for p in checkpoint.list_checkpoints(out)] == ["step-00000002", "step-00000004"]
+    assert not partial.exists() and (out / "final" / "model.safetensors").exists()
+
+
+# ---------------------------------------------------------------- options: precision, checkpointing, launch check
+def test_gradient_checkpointing_with_lora_gives_the_same_steps(tmp_path):
+    """Non-reentrant checkpointing still reaches the LoRA weights (frozen embeddings need no input grads)."""
+    runs = {}
+    for gc in (False, True):
+        cfg = make_config(tmp_path / str(gc), validation=False, max_steps=2, save_every=0, warmup_steps=0)
+        cfg.model.gradient_checkpointing = gc
+        cfg.model.lora.enabled = True
+        train.run_training(cfg, sft=True)
+        runs[gc] = read_rows(tmp_path / str(gc))
+    for step in (1, 2):
+        assert_rows_match(runs[False][step], runs[True][step], tol=1e-5)
+    assert runs[True][2]["train/grad_norm"] > 0
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "True" / "final").config.use_cache  # not saved as off
+
+
+def test_bf16_mixed_precision_trains_fp32_weights(tmp_path):
+    cfg = make_config(tmp_path, validation=False, max_steps=2, save_every=0, mixed_precision="bf16")
+    last = train.run_training(cfg, sft=True)  # CPU autocast here; CUDA autocast on GPUs
+    assert math.isfinite(last["train/loss"])
+    assert all(v.dtype == torch.float32 for v in checkpoint.read_safetensors(tmp_path / "final").values())
+    train.run_training(make_config(tmp_path / "fp32", validation=False, max_steps=1, save_every=0), sft=True)
+
+
+def test_processes_that_accelerate_left_unconnected_are_refused(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="ACCELERATE_USE_CPU=1"):
+        train._check_launch(SimpleNamespace(num_processes=1))
+    train._check_launch(SimpleNamespace(num_processes=2))
+    monkeypatch.delenv("WORLD_SIZE")
+    train._check_launch(SimpleNamespace(num_processes=1))
+
+
+def test_resume_of_a_student_with_tied_embeddings(tmp_path):
+    """save_pretrained drops lm_head when it is tied to the embeddings; resuming must accept that, nothing else."""
+    from conftest import save_tiny_model
+
+    student = save_tiny_model(tmp_path / "tied", arch="qwen2", tie_word_embeddings=True)
+    cfg = make_config(tmp_path / "full", validation=False, max_steps=2, save_every=1, grad_accum=1, warmup_steps=0)
+    cfg.model.student = str(student)
+    train.run_training(cfg, sft=True)
+    ckpt = checkpoint.list_checkpoints(tmp_path / "full")[0]
+    assert "lm_head.weight" not in checkpoint.read_safetensors(ckpt / "model")
+    cfg.train.output_dir, cfg.train.resume = str(tmp_path / "resumed"), str(ckpt)
+    train.run_training(cfg, sft=True)
+    assert_rows_match(read_rows(tmp_path / "full")[2], read_rows(tmp_path / "resumed")[2])
+
+    other = save_tiny_model(tmp_path / "other", arch="llama", hidden=64)
+    with pytest.raises(ValueError, match="do not match the student"):
+        checkpoint.load_model_weights(AutoModelForCausalLM.from_pretrained(other), ckpt / "model")
