@@ -84,3 +84,9 @@ def test_score_arith_falls_back_to_the_reference_response():
 ])
 def test_score_facts(prediction, gold, expected):
     assert score_facts(prediction, {"answer": gold}) == expected
+
+
+def test_score_arith_reads_a_gsm8k_solution_as_the_answer():
+    gsm8k = {"answer": "Natalia sold 48/2 = <<48/2=24>>24 clips in May.\n#### 72"}
+    assert score_arith("so #### 72", gsm8k) == 1.0
+    assert score_arith("#### 24", gsm8k) == 0.0

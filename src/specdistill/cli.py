@@ -19,10 +19,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("demo", help="built-in end-to-end run: teacher, student, distillation, report")
-    p.add_argument("--quick", action="store_true", help="fewer steps and samples (about a minute)")
+    p.add_argument("--quick", action="store_true", help="fewer steps and samples (under 3 minutes on 2 CPU cores)")
     p.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
     p.add_argument("--retrain", action="store_true", help="retrain the built-in teacher instead of using the shipped one")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
+    p.add_argument("--seeds", type=int, default=1, help="train every method with this many seeds; the report "
+                   "gives mean ± standard deviation (default 1)")
 
     for name, text in (("sft", "supervised fine-tuning (CE on response tokens)"), ("distill", "distil a student from a teacher")):
         _add_config_args(sub.add_parser(name, help=text))
@@ -39,6 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--metrics", default=None, metavar="NAMES",
+                   help="comma-separated: exact_match,chrf,bleu,rouge_l,perplexity (default: every one the records "
+                   "allow). exact_match needs --task or a GSM8K `#### N` answer; the others need reference "
+                   "responses. chrf and bleu are on sacrebleu's 0-100 scale, rouge_l and exact_match 0-1")
     p.add_argument("--json", dest="json_out", help="write the scores and samples to this JSON file")
 
     p = sub.add_parser("generate", help="generate from a model, alone or with a draft (speculative decoding)")
@@ -129,16 +135,29 @@ def _load_for_inference(spec: str, device: str, dtype: str):
 def cmd_eval(args) -> int:
     from .config import DatasetConfig, ViewConfig
     from .data.records import load_records
-    from .data.tasks import get_task, score_arith
+    from .data.tasks import get_task
+    from .evaluate.metrics import parse_metrics, sacrebleu_signatures, select_metrics
     from .evaluate.quality import evaluate_records
 
-    model, tokenizer = _load_for_inference(args.model, args.device, args.dtype)
     ds = DatasetConfig(task=args.task, split=args.split) if args.task else DatasetConfig(path=args.data)
     records = load_records(ds)[: args.limit]
-    scorer = get_task(args.task).scorer if args.task else score_arith
-    result = evaluate_records(model, tokenizer, records, ViewConfig(), scorer, args.view, args.max_new_tokens, args.batch_size)
+    scorer = get_task(args.task).scorer if args.task else None  # None: GSM8K `####` matching
+    rows = [{**r.extra, "response": r.response} for r in records]
+    try:
+        requested = parse_metrics(args.metrics) if args.metrics else None  # None: every metric that applies
+        metrics, skipped = select_metrics(requested, rows, scorer is not None)
+    except ValueError as exc:  # checked before the model loads
+        print(f"specdistill eval: error: {exc}", file=sys.stderr)
+        return 2
+    model, tokenizer = _load_for_inference(args.model, args.device, args.dtype)
+    result = evaluate_records(model, tokenizer, records, ViewConfig(), scorer, args.view, args.max_new_tokens,
+                              args.batch_size, metrics)
     summary = {"model": args.model, "task": args.task or args.data, "split": args.split, "view": args.view,
-               "exact_match": result["exact_match"], "n": result["n"]}
+               **{m: result[m] for m in metrics}, "n": result["n"]}
+    if skipped:
+        summary["skipped"] = skipped
+    if {"chrf", "bleu"} & set(metrics):
+        summary["sacrebleu"] = {k: v for k, v in sacrebleu_signatures().items() if k in metrics}
     print(json.dumps(summary))
     if args.json_out:
         Path(args.json_out).write_text(json.dumps({**summary, "samples": result["samples"]}, indent=1))
@@ -235,7 +254,7 @@ def cmd_data(args) -> int:
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
-    run_demo(out=args.out, quick=args.quick, retrain=args.retrain, seed=args.seed)
+    run_demo(out=args.out, quick=args.quick, retrain=args.retrain, seed=args.seed, seeds=args.seeds)
     return 0
 
 

@@ -50,8 +50,8 @@ def _builtin_path(spec: str) -> str:
     if spec == "builtin-teacher":
         if not (BUILTIN_TEACHER / "config.json").exists():
             raise FileNotFoundError(
-                f"the built-in teacher is missing from {BUILTIN_TEACHER}; make it with "
-                "`specdistill sft configs/builtin/teacher.yaml` or run the demo with --retrain"
+                f"the built-in teacher is missing from {BUILTIN_TEACHER}; make it with `make teacher` "
+                "(two `specdistill sft` stages: configs/builtin/teacher.yaml, then teacher_facts.yaml) or run the demo with --retrain"
             )
         return str(BUILTIN_TEACHER)
     return spec

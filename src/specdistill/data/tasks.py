@@ -49,7 +49,9 @@ def extract_final_number(text: str) -> str | None:
 def score_arith(prediction: str, record: dict) -> float:
     """GSM8K-style exact match of the final `#### N` answer."""
     pred = extract_final_number(prediction)
-    gold = record.get("answer") or extract_final_number(record.get("response", ""))
+    gold = str(record.get("answer") or "")
+    gold = extract_final_number(gold) if "####" in gold else gold  # GSM8K rows hold the whole solution
+    gold = gold or extract_final_number(record.get("response") or "")
     return float(pred is not None and gold is not None and float(pred) == float(gold))
 
 
@@ -78,10 +80,11 @@ def _facts_people(rng: random.Random, n: int = 150) -> list[dict]:
 
 
 def _facts_splits(seed: int) -> dict[str, list[dict]]:
-    """Train asks each fact with phrasings 0 and 1; validation and test ask held-out facts' phrasing 2.
+    """Each fact is asked in two of its three phrasings in train; the third goes to validation or test.
 
-    The splits share no question, but the knowledge base is one world: a closed-book student can only answer
-    a test question if training taught it the fact.
+    The held-out phrasing is drawn per fact, so every phrasing is seen in training (on other facts) and the
+    splits share no question. The knowledge base is one world: a closed-book student can only answer a test
+    question if training taught it the fact under another phrasing.
     """
     rng = random.Random(seed)
     people = _facts_people(rng)
@@ -92,10 +95,10 @@ def _facts_splits(seed: int) -> dict[str, list[dict]]:
     for i, (p, attr) in enumerate(facts):
         knowledge = f"{p['name']} lives in {p['city']}, works as a {p['job']} and has a pet {p['pet']}."
         base = {"knowledge": knowledge, "response": p[attr], "answer": p[attr], "category": attr}
-        for k in (0, 1):
-            splits["train"].append({**base, "query": _QUESTIONS[attr][k].format(n=p["name"])})
-        held_out = "validation" if i < n_val else "test"
-        splits[held_out].append({**base, "query": _QUESTIONS[attr][2].format(n=p["name"])})
+        held = rng.randrange(len(_QUESTIONS[attr]))
+        for k, template in enumerate(_QUESTIONS[attr]):
+            split = "train" if k != held else ("validation" if i < n_val else "test")
+            splits[split].append({**base, "query": template.format(n=p["name"])})
     return splits
 
 

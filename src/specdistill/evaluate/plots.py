@@ -31,7 +31,52 @@ def plot_bench(results: list[dict], path: str | Path, title: str = "") -> Path:
     right.legend()
     if title:
         fig.suptitle(title)
+    return _save(fig, Path(path))
+
+
+def _by_task(report: dict) -> list[str]:
+    return list(dict.fromkeys(r["task"] for r in report["rows"]))
+
+
+def plot_demo(report: dict, out_dir: str | Path) -> list[Path]:
+    """The demo's three figures, one panel per task: quality against acceptance (mean ± std over seeds),
+    acceptance per draft position, and the training loss curves (first seed)."""
+    out_dir, tasks, paths = Path(out_dir), _by_task(report), []
+    fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4.6), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        for r in (r for r in report["rows"] if r["task"] == task):
+            ax.errorbar(r["acceptance_rate"], r["exact_match"], xerr=r["acceptance_rate_std"], yerr=r["exact_match_std"],
+                        marker="o", capsize=3, label=r["method"])
+        ax.set(xlabel="acceptance rate as the teacher's draft (accepted / drafted)",
+               ylabel="test exact match (fraction)", title=f"{task}: quality vs acceptance")
+        ax.legend(fontsize=8)
+    paths.append(_save(fig, out_dir / "quality_vs_acceptance.png"))
+
+    fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4.2), squeeze=False)
+    first = report["seeds"][0]
+    for ax, task in zip(axes[0], tasks):
+        for r in (r for r in report["runs"] if r["task"] == task and r["seed"] == first):
+            xs = range(1, len(r["per_position_acceptance"]) + 1)
+            ax.plot(xs, r["per_position_acceptance"], marker="o", label=r["method"])
+        ax.set(xlabel="draft position within a block", ylabel="acceptance rate (accepted / reached)",
+               title=f"{task}: acceptance per position (gamma={report['gamma']}, seed {first})", ylim=(0, 1.05))
+        ax.legend(fontsize=8)
+    paths.append(_save(fig, out_dir / "acceptance_per_position.png"))
+
+    fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4.2), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        for r in (r for r in report["runs"] if r["task"] == task and r["seed"] == first):
+            steps, losses = zip(*r["loss_curve"]) if r["loss_curve"] else ((), ())
+            ax.plot(steps, losses, label=r["method"])
+        ax.set(xlabel="optimizer step", ylabel="training loss per token (each method's own loss)", title=f"{task}: training curves (seed {first})")
+        ax.set_yscale("log")
+        ax.legend(fontsize=8)
+    paths.append(_save(fig, out_dir / "training_curves.png"))
+    return paths
+
+
+def _save(fig, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-    return Path(path)
+    return path

@@ -1,4 +1,4 @@
-"""Task quality: generate answers for records and score them with the task's scorer."""
+"""Task quality: generate answers for records and score them (exact match, chrF, BLEU, ROUGE-L, perplexity)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import torch
 from ..data.records import Record
 from ..data.views import encode_example, left_pad
 from ..engine import GREEDY, Sampling, sample
+from .metrics import GENERATED, TEXT_SCORES, exact_match, perplexity, response_nll, select_metrics
 
 
 @torch.no_grad()
@@ -36,13 +37,38 @@ def generate_texts(model, tokenizer, prompts: list[list[int]], max_new_tokens: i
     return tokenizer.batch_decode(ids, skip_special_tokens=True)
 
 
-def evaluate_records(model, tokenizer, records: list[Record], views, scorer, view: str = "student",
-                     max_new_tokens: int = 64, batch_size: int = 32) -> dict:
-    """Greedy answers for `records` from the given view, scored: {"exact_match", "n", "samples"}."""
+def reference_ids(tokenizer, text: str) -> list[int]:
+    """A reference response as the model should write it: its tokens, untruncated, then EOS."""
+    return tokenizer(text, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+
+
+def evaluate_records(model, tokenizer, records: list[Record], views, scorer=None, view: str = "student",
+                     max_new_tokens: int = 64, batch_size: int = 32, metrics=("exact_match",)) -> dict:
+    """Score `records` with `metrics` (names of `metrics.METRICS`): {<metric>: value, "n", "samples"}.
+
+    exact_match, chrf, bleu and rouge_l score greedy answers generated from the given view (scorer: the task's
+    (prediction, record) -> 0/1 for exact_match; None = GSM8K `####`); perplexity scores the reference
+    responses, untruncated and ending with EOS, after the same view's prompt. A metric the records cannot
+    support (see `metrics.missing_requirement`) is a ValueError. Each sample holds its per-record values."""
+    rows = [{**r.extra, "response": r.response} for r in records]
+    select_metrics(list(metrics), rows, scorer is not None)  # raises before any model work
     examples = [encode_example(r, tokenizer, views) for r in records]
     prompts = [e.teacher_prompt if view == "teacher" else e.student_prompt for e in examples]
-    texts = generate_texts(model, tokenizer, prompts, max_new_tokens, batch_size)
-    scores = [scorer(t, {**r.extra, "response": r.response}) for t, r in zip(texts, records)]
-    samples = [{"id": r.id, "query": r.query, "prediction": t, "reference": r.response, "score": s}
-               for r, t, s in zip(records, texts, scores)]
-    return {"exact_match": sum(scores) / max(len(scores), 1), "n": len(scores), "samples": samples}
+    samples = [{"id": r.id, "query": r.query} for r in records]
+    result = {}
+    if any(m in GENERATED for m in metrics):
+        texts = generate_texts(model, tokenizer, prompts, max_new_tokens, batch_size)
+        for s, t, r in zip(samples, texts, records):
+            s.update(prediction=t, reference=r.response)
+        if "exact_match" in metrics:
+            result["exact_match"], scores = exact_match(texts, rows, scorer)
+            for s, v in zip(samples, scores):
+                s["score"] = v
+        result.update({m: TEXT_SCORES[m](texts, [r.response for r in records]) for m in metrics if m in TEXT_SCORES})
+    if "perplexity" in metrics:
+        responses = [reference_ids(tokenizer, r.response) for r in records]
+        sums, counts = response_nll(model, prompts, responses, tokenizer.pad_token_id, len(tokenizer), batch_size)
+        result["perplexity"] = perplexity(sums, counts)
+        for s, r, nll, n in zip(samples, records, sums.tolist(), counts.tolist()):
+            s.update(reference=r.response, nll=nll, response_tokens=n)
+    return {**{m: result[m] for m in metrics}, "n": len(records), "samples": samples}
