@@ -8,8 +8,17 @@ evaluation, logging or checkpointing happens inside the timed region. A step is 
 previous optimizer step to the end of this one (data, rollout, loss, backward, optimizer; TRL through an
 on_step_end callback), after --warmup untimed steps. The last line printed is one JSON object.
 
+The two trainers run one after the other, --rounds times, alternating, from fresh trainers each round; the
+figures are medians over rounds and `speedup` is the median of the per-round ratios, so that a change in the
+machine's load hits both sides alike.
+
+specdistill runs with its documented `rollout.compile` option on (--no-compile: off): the student's forwards in
+the rollout go through torch.compile (inductor), which samples the same tokens as eager code. Its graphs are
+compiled during the untimed warmup steps (`specdistill_warmup_s` includes that time); the JSON counts any graph
+compiled during the timed steps (`specdistill_graphs_compiled_in_timed_steps`, 0 expected). TRL runs as shipped.
+
     OMP_NUM_THREADS=1 python benchmarks/train_step.py                 # random tiny-teacher / tiny-student presets
-    OMP_NUM_THREADS=1 python benchmarks/train_step.py --steps 5 --warmup 2
+    OMP_NUM_THREADS=1 python benchmarks/train_step.py --steps 5 --warmup 2 --rounds 1
     OMP_NUM_THREADS=1 python benchmarks/train_step.py --teacher builtin-teacher --student runs/builtin/student/final
 
 gen_tokens_per_step: response tokens trained per step (up to and including each row's EOS), summed over the
@@ -40,9 +49,13 @@ def parse_args():
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads for both")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rounds", type=int, default=3, help="alternating runs of both trainers; medians are reported")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
+                   help="specdistill's rollout.compile: torch.compile the student's rollout forwards (compiled in "
+                        "the untimed warmup)")
     args = p.parse_args()
-    if args.warmup < 1 or args.steps < 1:
-        p.error("--warmup and --steps must be >= 1")
+    if args.warmup < 1 or args.steps < 1 or args.rounds < 1:
+        p.error("--warmup, --steps and --rounds must be >= 1")
     return args
 
 
@@ -66,6 +79,13 @@ def summarise(ends: list[float], warmup: int, steps: int) -> dict:
     return {"steps_per_s": steps / sum(durations), "median_step_s": statistics.median(durations)}
 
 
+def compiled_graphs() -> int:
+    """Graphs torch.compile has compiled so far in this process."""
+    from torch._dynamo.utils import counters
+
+    return counters["stats"]["unique_graphs"]
+
+
 def run_specdistill(args, teacher: str, student: str, out: str) -> tuple[dict, list, object]:
     """Time train_step calls (setup, validation and the final save are outside); return the records drawn."""
     from specdistill import train
@@ -76,7 +96,8 @@ def run_specdistill(args, teacher: str, student: str, out: str) -> tuple[dict, l
     cfg = build(Config, {
         "model": {"teacher": teacher, "student": student},
         "data": {"train": [{"task": "arith"}]},
-        "rollout": {"strategy": "student", "temperature": 1.0, "top_p": 1.0, "max_new_tokens": args.max_new_tokens},
+        "rollout": {"strategy": "student", "temperature": 1.0, "top_p": 1.0, "max_new_tokens": args.max_new_tokens,
+                    "compile": args.compile},
         "loss": {"name": "jsd", "beta": 0.5, "temperature": 1.0},
         "train": {"output_dir": out, "max_steps": total, "batch_size": args.batch_size, "lr": args.lr,
                   "weight_decay": 0.0, "warmup_steps": 10, "min_lr_ratio": 0.1, "max_grad_norm": 1.0,
@@ -96,8 +117,10 @@ def run_specdistill(args, teacher: str, student: str, out: str) -> tuple[dict, l
         stream = copy.deepcopy(run.stream)  # replays exactly the records the steps below draw
         batches = [stream.next_batch(s, 1, args.batch_size)[0] for s in range(total)]
         first_prompts = collate(train.encode(run, batches[0]), run.tokenizer.pad_token_id)
-        tokens, ends = [], []
-        for _ in range(total):
+        tokens, ends, began = [], [], time.perf_counter()
+        for i in range(total):
+            if i == args.warmup:
+                graphs = compiled_graphs()
             metrics = train.train_step(run)
             run.step += 1
             ends.append(time.perf_counter())
@@ -109,6 +132,8 @@ def run_specdistill(args, teacher: str, student: str, out: str) -> tuple[dict, l
     timed = slice(args.warmup, total)
     result["gen_tokens_per_step"] = statistics.mean(tokens[timed])
     result["gen_width_per_step"] = statistics.mean(widths[timed])
+    result["warmup_s"] = ends[args.warmup - 1] - began
+    result["graphs_compiled_in_timed_steps"] = compiled_graphs() - graphs
     return result, batches, first_prompts
 
 
@@ -188,19 +213,31 @@ def main():
         if not (teacher and student):
             default_teacher, default_student = build_pair(os.path.join(tmp, "pair"))
             teacher, student = teacher or default_teacher, student or default_student
-        ours, batches, first_prompts = run_specdistill(args, teacher, student, os.path.join(tmp, "specdistill"))
-        theirs = run_trl(args, teacher, student, batches, first_prompts, os.path.join(tmp, "trl"))
+        rounds = []
+        for r in range(args.rounds):
+            ours, batches, first_prompts = run_specdistill(args, teacher, student, os.path.join(tmp, f"specdistill{r}"))
+            theirs = run_trl(args, teacher, student, batches, first_prompts, os.path.join(tmp, f"trl{r}"))
+            rounds.append((ours, theirs))
+    ratios = [ours["steps_per_s"] / theirs["steps_per_s"] for ours, theirs in rounds]
+
+    def median(side: int, key: str) -> float:
+        return statistics.median(r[side][key] for r in rounds)
+
     report = {
-        "specdistill_steps_per_s": round(ours["steps_per_s"], 3), "trl_steps_per_s": round(theirs["steps_per_s"], 3),
-        "speedup": round(ours["steps_per_s"] / theirs["steps_per_s"], 3),
+        "specdistill_steps_per_s": round(median(0, "steps_per_s"), 3),
+        "trl_steps_per_s": round(median(1, "steps_per_s"), 3),
+        "speedup": round(statistics.median(ratios), 3), "speedup_per_round": [round(x, 3) for x in ratios],
         "batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens, "steps": args.steps,
-        "warmup": args.warmup, "threads": args.threads, "trl_version": trl.__version__,
+        "warmup": args.warmup, "rounds": args.rounds, "threads": args.threads, "trl_version": trl.__version__,
         "transformers_version": transformers.__version__, "torch_version": torch.__version__,
         "teacher": args.teacher or "tiny-teacher (random)", "student": args.student or "tiny-student (random)",
     }  # fmt: skip
     for key in ("median_step_s", "gen_tokens_per_step", "gen_width_per_step"):
-        report[f"specdistill_{key}"], report[f"trl_{key}"] = round(ours[key], 4), round(theirs[key], 4)
-    report["trl_activation_checkpointing"] = theirs["activation_checkpointing"]
+        report[f"specdistill_{key}"], report[f"trl_{key}"] = round(median(0, key), 4), round(median(1, key), 4)
+    report["specdistill_rollout_compile"] = args.compile
+    report["specdistill_warmup_s"] = round(max(r[0]["warmup_s"] for r in rounds), 2)  # compiling is in round 1
+    report["specdistill_graphs_compiled_in_timed_steps"] = sum(r[0]["graphs_compiled_in_timed_steps"] for r in rounds)
+    report["trl_activation_checkpointing"] = rounds[0][1]["activation_checkpointing"]
     print(json.dumps(report))
 
 

@@ -457,3 +457,28 @@ def test_metrics_use_the_project_names(pair):
     combined = out.stats.combine(out.stats)
     assert combined.drafted == 2 * out.stats.drafted and combined.acceptance_rate == out.stats.acceptance_rate
     assert "rollout/acceptance_rate" not in sample(pair.teacher, *left_pad([[5, 6]]), max_new_tokens=3).metrics()
+
+
+def test_inductor_compiled_models_match_eager_before_and_after_a_weight_update():
+    """compile=True compiles both models' forwards with inductor; the tokens must be the eager ones, and a
+    training step (weights changed in place, as the trainer does between rollouts) must be seen by the graphs."""
+    teacher = tiny("llama", seed=0)
+    draft = perturbed(teacher)
+    rows = prompts(3, seed=12)
+    options = dict(policy=TopKPolicy(k=5, target=Sampling(1.0)), gamma=3, draft_sampling=Sampling(1.0), seed=5,
+                   max_new_tokens=10)  # fmt: skip
+
+    def both(compile):
+        plain = sample(draft, *left_pad(rows), sampling=Sampling(1.0), max_new_tokens=10, seed=5, compile=compile)
+        skd = generate(draft, *left_pad(rows), teacher, *left_pad(rows), **options, compile=compile)
+        return plain.tokens, skd.tokens, skd.teacher_written
+
+    rounds = []
+    for _ in range(2):
+        eager, compiled = both(False), both(True)
+        assert all(torch.equal(e, c) for e, c in zip(eager, compiled))
+        rounds.append(eager)
+        with torch.no_grad():  # the update, in place, as an optimizer step does it
+            for param in draft.parameters():
+                param.add_(torch.randn_like(param) * 0.05)
+    assert not torch.equal(rounds[0][0], rounds[1][0]), "the update should change the draft's samples"

@@ -94,9 +94,17 @@ def measure(student_path: str, teacher_path: str, task: str, plan: dict, seed: i
                                      "speedup_vs_target", "cost_ratio_c", "matches_target_greedy")}}
 
 
+def _quiet() -> None:
+    """No per-model loading/saving progress bars: the demo prints its own table."""
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+
+
 def run_method(job: dict) -> dict:
     """One worker job: train a method from the warm start, then measure it."""
     torch.set_num_threads(1)
+    _quiet()
     out = Path(job["out"])
     overrides = job["overrides"] + [f"model.student={job['student']}", f"model.teacher={job['teacher']}",
                                     f"train.max_steps={job['plan']['steps']}", f"train.batch_size={job['plan']['batch_size']}",
@@ -114,9 +122,17 @@ def _workers() -> int:
 
 
 def run_all(jobs: list[dict]) -> list[dict]:
-    """Jobs in worker processes (spawned: no inherited thread pools), results in the jobs' order."""
+    """Jobs in worker processes (spawned: no inherited thread pools); results in the jobs' order."""
+    from concurrent.futures import as_completed
+
     with ProcessPoolExecutor(_workers(), mp_context=multiprocessing.get_context("spawn")) as pool:
-        return list(pool.map(run_method, jobs))
+        futures = {pool.submit(run_method, job): i for i, job in enumerate(jobs)}
+        results: list[dict | None] = [None] * len(jobs)
+        for n, future in enumerate(as_completed(futures), 1):
+            r = results[futures[future]] = future.result()
+            print(f"[{n}/{len(jobs)}] {r['task']} / {r['method']} (seed {r['seed']}): exact match {r['exact_match']:.3f}, "
+                  f"acceptance {r['acceptance_rate']:.3f}, {r['train_s']:.0f} s", flush=True)
+    return results
 
 
 def aggregate(results: list[dict]) -> list[dict]:
@@ -181,6 +197,7 @@ def _baselines(out: Path, teacher: str, plan: dict, seed: int) -> tuple[dict, di
 def run_demo(out: str = "runs/demo", quick: bool = False, retrain: bool = False, seed: int = 0, seeds: int = 1,
              plan: dict | None = None) -> dict:
     """The whole demo; `plan` overrides entries of the full or quick plan (e.g. fewer steps in tests)."""
+    _quiet()
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     plan = {**PLANS["quick" if quick else "full"], **(plan or {})}
@@ -190,6 +207,8 @@ def run_demo(out: str = "runs/demo", quick: bool = False, retrain: bool = False,
         _train("configs/builtin/teacher_facts.yaml", out_dir / "teacher-facts",
                [f"model.student={out_dir / 'teacher-sft' / 'final'}", f"train.seed={seed}"], sft=True)
         teacher = str(out_dir / "teacher-facts" / "final")
+    print(f"demo: warm-starting the student ({plan['student_steps']} SFT steps), then {len(METHODS) * seeds} "
+          f"distillation runs of {plan['steps']} steps on {_workers()} workers", flush=True)
     teacher_row, warm_row = _baselines(out_dir, teacher, plan, seed)
     jobs = [{"task": task, "label": label, "config": config, "overrides": overrides, "plan": plan, "seed": s,
              "student": warm_row["path"], "teacher": teacher, "out": str(out_dir / f"seed{s}" / f"{task}-{config}")}

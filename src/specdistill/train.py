@@ -119,8 +119,12 @@ def setup(cfg: Config, sft: bool = False) -> Run:
 def build_optimizer(student, cfg: Config):
     """AdamW over the trainable parameters, and its warmup + cosine schedule (stepped once per optimizer step)."""
     t = cfg.train
-    optimizer = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=t.lr,
-                                  weight_decay=t.weight_decay)
+    params = [p for p in student.parameters() if p.requires_grad]
+    # On the CPU torch's default AdamW updates one tensor at a time in Python; its fused kernel does the same update
+    # in one call (3x faster for the tiny students). Elsewhere torch's own default (foreach on CUDA) is kept.
+    on_cpu = bool(params) and all(p.device.type == "cpu" and type(p) in (torch.Tensor, torch.nn.Parameter)
+                                  for p in params)
+    optimizer = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay, fused=True if on_cpu else None)
     # Not passed to accelerate: its scheduler wrapper steps once per process per step (it assumes the data
     # shrinks with the number of processes); here the global batch is fixed and max_steps counts optimizer steps.
     schedule = functools.partial(warmup_cosine, warmup=t.warmup_steps, total=t.max_steps, min_ratio=t.min_lr_ratio)

@@ -35,8 +35,7 @@ def pick_token(logits: torch.Tensor, sampling: Sampling, u: torch.Tensor | None,
     return sample_tokens(warped, u), warped
 
 
-def draft_block(view: ModelView, pending, pending_valid, gamma: int, sampling: Sampling, u, keep_warped: bool,
-                pick=pick_token):  # fmt: skip
+def draft_block(view: ModelView, pending, pending_valid, gamma: int, sampling: Sampling, u, keep_warped: bool):
     """The student proposes gamma tokens per row, feeding its pending token(s) and then its own drafts.
 
     pending [B, w] (holes marked False in pending_valid [B, w], or None); u [B, gamma] uniforms of stream DRAFT
@@ -47,7 +46,7 @@ def draft_block(view: ModelView, pending, pending_valid, gamma: int, sampling: S
     x, x_valid = pending, pending_valid
     for i in range(gamma):
         logits = view.feed(x, x_valid, last_only=True)[:, -1]  # [B, V]
-        token, warped = pick(logits, sampling, None if u is None else u[:, i], keep_warped)
+        token, warped = pick_token(logits, sampling, None if u is None else u[:, i], keep_warped)
         tokens.append(token)
         warped_all.append(warped)
         x, x_valid = token[:, None], None
@@ -143,7 +142,9 @@ def generate(
     stop: token-id sequences, or strings with `tokenizer`, that end a row (included in the response).
     seed: int (row b uses seed + b) or [B] per-row seeds; noise is keyed by (row seed, response position).
     verify: "parallel" (one teacher forward per block) or "sequential" (one per drafted token; the reference).
-    compile: torch.compile the per-token functions (True = inductor, or a backend name); falls back to eager.
+    compile: torch.compile both models' forward calls and, with a teacher, the policy's per-block functions
+        (True = inductor, or a backend name); anything that fails to compile runs eagerly. pick_token, a few
+        small ops per drafted token, stays eager: compiled, it ran slower on a CPU.
     trace: record every block (drafts, teacher top-K ids, decisions, gamma) in Generation.trace.
     """
     began = time.perf_counter()
@@ -231,17 +232,21 @@ class _Run:
         self.noise = noise_tables(row_seeds(seed, batch, device), self.resp.width)
         self.clock = ForwardClock()
         spare = max_new_tokens + 2 * self.schedule.max_gamma + 4
-        self.student = ModelView(draft, self.clock, batch, draft_ids.shape[1] + spare, device)
-        self.teacher = None
+        self.student = ModelView(draft, self.clock, batch, draft_ids.shape[1] + spare, device, compile, "draft")
+        self.teacher, self.judge, self.settle = None, self.policy.judge, settle
         if target is not None:
-            self.teacher = ModelView(target, self.clock, batch, target_ids.shape[1] + spare, target_ids.device)
-        self.pick = maybe_compile(pick_token, compile, "pick_token")
-        self.judge = maybe_compile(self.policy.judge, compile, f"{self.policy.name}.judge")
-        self.settle = maybe_compile(settle, compile, "settle")
+            self.teacher = ModelView(target, self.clock, batch, target_ids.shape[1] + spare, target_ids.device,
+                                     compile, "target")
+            self.judge = maybe_compile(self.policy.judge, compile, f"{self.policy.name}.judge")
+            self.settle = maybe_compile(settle, compile, "settle")
         self.stats = StatsAccumulator(min(self.schedule.max_gamma, max_new_tokens))
         self.gamma_rows = torch.full((batch,), self.schedule.gamma, dtype=torch.long, device=device)
         self.policy_state = self.policy.init_state(batch, device)
-        self.s_pending, self.s_valid = self.student.prefill(draft_ids, draft_mask), None
+        if self.teacher is None:  # plain decoding: the whole prompt is the first block's pending input, so its
+            # last token is encoded with the rest and that forward gives the first token (no separate prefill)
+            self.s_pending, self.s_valid = draft_ids, draft_mask.bool()
+        else:
+            self.s_pending, self.s_valid = self.student.prefill(draft_ids, draft_mask), None
         self.t_pending = self.teacher.prefill(target_ids, target_mask) if self.teacher else None
         self.block_gamma = min(self.schedule.gamma, max_new_tokens)
         self.active = torch.ones(batch, dtype=torch.bool, device=device)
@@ -258,8 +263,7 @@ class _Run:
         self.student.mark()
         u_draft = None if self.sampling.greedy else self.noise[DRAFT].gather(1, at[:, :g])
         keep_warped = self.teacher is not None and self.policy.needs_draft_logits
-        drafts, warped = draft_block(self.student, self.s_pending, self.s_valid, g, self.sampling, u_draft,
-                                     keep_warped, self.pick)  # fmt: skip
+        drafts, warped = draft_block(self.student, self.s_pending, self.s_valid, g, self.sampling, u_draft, keep_warped)
         if self.teacher is None:  # plain decoding: every draft is committed
             verdict, target_logits = None, None
             settled = Settled(n=gamma_rows, full=torch.ones_like(active), next_token=drafts[:, 0],

@@ -14,6 +14,8 @@ import time
 import torch
 from transformers import DynamicCache
 
+from .compiling import compiled_model
+
 
 class ForwardClock:
     """Time spent inside the models' forward calls of one generation, in seconds.
@@ -59,10 +61,17 @@ class ModelView:
 
     Invariant between blocks: the cache holds every committed token of each row except the ones in `pending`
     (the last committed token, sometimes two), which the next block feeds first.
+
+    compile: call the model through torch.compile (compiling.compiled_model, dynamic shapes). A small model's
+    forward is mostly per-op overhead, which the compiled graph removes; each kind of feed (prefill, one token,
+    a block) gets one graph whatever the widths and the cache length, so graphs are compiled once per process.
     """
 
-    def __init__(self, model, clock: ForwardClock, batch_size: int, capacity: int, device: torch.device):
+    def __init__(self, model, clock: ForwardClock, batch_size: int, capacity: int, device: torch.device,
+                 compile: bool | str = False, role: str = "model"):
         self.model = model
+        self.forward = compiled_model(model, compile, role)  # model itself without compile
+        self.compiled = bool(compile)
         self.clock = clock
         self.device = torch.device(device)
         self.cache = DynamicCache(config=getattr(model, "config", None))
@@ -81,6 +90,8 @@ class ModelView:
         Returns logits [B, w, V] (or [B, 1, V] with last_only).
         """
         w = tokens.shape[1]
+        if self.compiled and tokens._base is not None:  # dynamo guards on whether an input is a view: one graph
+            tokens = tokens.clone()  # for drafts (views) and pending tokens (gathered) alike
         end = self.length + w
         self._reserve(end)
         if valid is None:
@@ -101,7 +112,7 @@ class ModelView:
         )
         if self._trim_logits:
             kwargs["logits_to_keep"] = 1 if last_only else 0
-        out = self.clock.run(self.model, self.device, **kwargs)
+        out = self.clock.run(self.forward, self.device, **kwargs)
         self.cache = out.past_key_values if out.past_key_values is not None else self.cache
         self.length = end
         self.calls += 1
