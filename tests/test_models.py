@@ -93,5 +93,5 @@ def test_missing_builtin_teacher_says_how_to_make_it(monkeypatch, tmp_path):
     import specdistill.models as models
 
     monkeypatch.setattr(models, "BUILTIN_TEACHER", tmp_path / "none")
-    with pytest.raises(FileNotFoundError, match="make teacher.*configs/builtin/teacher.yaml.*teacher_facts.yaml"):
+    with pytest.raises(FileNotFoundError, match="make teacher.*configs/builtin/teacher.yaml.*teacher_facts.yaml.*teacher_polish.yaml"):
         models.load_model("builtin-teacher")

@@ -1,6 +1,7 @@
 """`specdistill demo`: the built-in end-to-end run, offline on a CPU.
 
-1. the teacher: the shipped built-in teacher, or retrained with `--retrain` (configs/builtin/teacher*.yaml);
+1. the teacher: the shipped built-in teacher, or retrained with `--retrain` (the three configs/builtin/teacher*.yaml
+   stages that `make teacher` runs);
 2. the student's warm start: SFT of the tiny student on the student view (configs/builtin/student.yaml);
 3. every method, each continuing from the warm start with the same step budget: on `arith` SFT only,
    supervised KD, SeqKD, on-policy KD (GKD), ImitKD, SKD, adaptive top-K SKD and DistillSpec; on `facts`
@@ -203,10 +204,12 @@ def run_demo(out: str = "runs/demo", quick: bool = False, retrain: bool = False,
     plan = {**PLANS["quick" if quick else "full"], **(plan or {})}
     teacher = "builtin-teacher"
     if retrain:
-        _train("configs/builtin/teacher.yaml", out_dir / "teacher-sft", [f"train.seed={seed}"], sft=True)
-        _train("configs/builtin/teacher_facts.yaml", out_dir / "teacher-facts",
-               [f"model.student={out_dir / 'teacher-sft' / 'final'}", f"train.seed={seed}"], sft=True)
-        teacher = str(out_dir / "teacher-facts" / "final")
+        previous = None
+        for stage in ("teacher", "teacher_facts", "teacher_polish"):  # what `make teacher` runs
+            init = [f"model.student={previous}"] if previous else []
+            _train(f"configs/builtin/{stage}.yaml", out_dir / stage, init + [f"train.seed={seed}"], sft=True)
+            previous = out_dir / stage / "final"
+        teacher = str(previous)
     print(f"demo: warm-starting the student ({plan['student_steps']} SFT steps), then {len(METHODS) * seeds} "
           f"distillation runs of {plan['steps']} steps on {_workers()} workers", flush=True)
     teacher_row, warm_row = _baselines(out_dir, teacher, plan, seed)

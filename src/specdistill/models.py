@@ -51,7 +51,7 @@ def _builtin_path(spec: str) -> str:
         if not (BUILTIN_TEACHER / "config.json").exists():
             raise FileNotFoundError(
                 f"the built-in teacher is missing from {BUILTIN_TEACHER}; make it with `make teacher` "
-                "(two `specdistill sft` stages: configs/builtin/teacher.yaml, then teacher_facts.yaml) or run the demo with --retrain"
+                "(three `specdistill sft` stages: configs/builtin/teacher.yaml, teacher_facts.yaml, then teacher_polish.yaml) or run the demo with --retrain"
             )
         return str(BUILTIN_TEACHER)
     return spec
