@@ -1,7 +1,12 @@
 """Speculative decoding with a distilled draft on the built-in pair: speedup over the target alone and over
 transformers' assisted generation (batch size 1), and batched throughput. Prints one JSON line last.
 
-    python benchmarks/speculative.py --draft runs/builtin/student/final [--target builtin-teacher]
+Every point runs twice: with the engine in eager mode ("eager") and with its `compile` option ("compiled": both
+models' forwards through torch.compile, graphs compiled during the untimed warmup). Both decode the same tokens.
+The target-alone baseline runs through the same engine in the same mode; transformers' assisted generation
+(`hf_assisted_*`) runs as shipped, eagerly, in both. Greedy decoding, constant gamma; figures in docs/metrics.md.
+
+    python benchmarks/speculative.py --draft runs/skd/final [--target builtin-teacher] [--modes eager,compiled]
 """
 
 import argparse
@@ -25,6 +30,7 @@ def main() -> None:
     p.add_argument("--batch-sizes", default="1,8")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 = torch's default")
+    p.add_argument("--modes", default="eager,compiled", help="engine modes to run: eager, compiled or both")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -34,10 +40,13 @@ def main() -> None:
     out = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
            "target": args.target, "draft": args.draft, "task": args.task, "prompts": len(prompts),
            "target_layers": target.config.num_hidden_layers, "draft_layers": draft.config.num_hidden_layers}
-    for bs in [int(b) for b in args.batch_sizes.split(",")]:
-        r = bench_pair(target, draft, prompts, tok, gamma=args.gamma, max_new_tokens=args.max_new_tokens,
-                       batch_size=bs, compare_hf=bs == 1)
-        out[f"b{bs}"] = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}
+    for mode in args.modes.split(","):
+        if mode not in ("eager", "compiled"):
+            raise SystemExit(f"--modes: unknown mode {mode!r}; allowed: eager, compiled")
+        for bs in [int(b) for b in args.batch_sizes.split(",")]:
+            r = bench_pair(target, draft, prompts, tok, gamma=args.gamma, max_new_tokens=args.max_new_tokens,
+                           batch_size=bs, compare_hf=bs == 1, compile=mode == "compiled")
+            out.setdefault(mode, {})[f"b{bs}"] = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}
     print(json.dumps(out))
 
 

@@ -131,8 +131,8 @@ def generate(
 ) -> Generation:
     """Generate responses with a drafter and (optionally) a teacher that verifies it.
 
-    draft, target: causal LMs called as model(input_ids, attention_mask, position_ids, past_key_values, use_cache)
-        returning .logits and .past_key_values (any Hugging Face causal LM). target=None: plain decoding of draft.
+    draft, target: causal LMs called as model(input_ids, attention_mask, position_ids, cache or past_key_values,
+        use_cache) returning .logits and .cache or .past_key_values (any Hugging Face causal LM). target=None: plain decoding of draft.
     draft_ids/draft_mask [B, Ls], target_ids/target_mask [B, Lt]: each model's own LEFT-padded prompt view;
         the teacher's may hold privileged text. Both continue with the same response tokens.
     policy: "speculative" | "greedy" | "top_k" | "adaptive_top_k" or a policy object (policies.py).

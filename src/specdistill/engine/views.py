@@ -48,12 +48,11 @@ class ForwardClock:
         return self._host_s + sum(start.elapsed_time(end) for start, end in self._events) / 1000
 
 
-def _accepts_logits_to_keep(model) -> bool:
+def _forward_params(model) -> set[str]:
     try:
-        params = inspect.signature(model.forward).parameters
+        return set(inspect.signature(model.forward).parameters)
     except (TypeError, ValueError):
-        return False
-    return "logits_to_keep" in params
+        return set()
 
 
 class ModelView:
@@ -81,7 +80,11 @@ class ModelView:
         self.next_pos = torch.zeros(batch_size, dtype=torch.long, device=device)  # [B] logical position
         self.calls = 0
         self.tokens_fed = 0
-        self._trim_logits = _accepts_logits_to_keep(model)
+        params = _forward_params(model)
+        self._trim_logits = "logits_to_keep" in params
+        # Recent transformers name the cache argument `cache` (`past_key_values` still works there, through a
+        # deprecation wrapper that costs time on every call); older releases and other models use past_key_values.
+        self._cache_arg = "cache" if "cache" in params else "past_key_values"
         self._mark = (0, self.next_pos)
 
     def feed(self, tokens: torch.Tensor, valid: torch.Tensor | None = None, last_only: bool = False):
@@ -103,17 +106,19 @@ class ModelView:
             self.slots[:, self.length : end] = valid
             positions = self.next_pos[:, None] + (valid.cumsum(-1) - valid)  # holes share the next position
             self.next_pos = self.next_pos + valid.sum(-1)
+        mask = self.slots[:, :end]  # [B, end], a view whose row stride is the capacity
         kwargs = dict(
             input_ids=tokens,
-            attention_mask=self.slots[:, :end],
+            attention_mask=mask.contiguous() if self.compiled else mask,
             position_ids=positions,
-            past_key_values=self.cache,
             use_cache=True,
         )
+        kwargs[self._cache_arg] = self.cache
         if self._trim_logits:
             kwargs["logits_to_keep"] = 1 if last_only else 0
         out = self.clock.run(self.forward, self.device, **kwargs)
-        self.cache = out.past_key_values if out.past_key_values is not None else self.cache
+        returned = getattr(out, "cache", None) if self._cache_arg == "cache" else out.past_key_values
+        self.cache = returned if returned is not None else self.cache
         self.length = end
         self.calls += 1
         self.tokens_fed += w
@@ -140,6 +145,13 @@ class ModelView:
         if new_length < self.length:
             self.cache.crop(new_length - self.length)
             self.length = new_length
+            if self.compiled:  # crop leaves strided views [B, H, S, D] of the longer tensors; dynamo guards on
+                self._compact()  # strides, so a compiled forward would recompile at every new cache length
+
+    def _compact(self) -> None:
+        for layer in getattr(self.cache, "layers", []):
+            if getattr(layer, "keys", None) is not None and not layer.keys.is_contiguous():
+                layer.keys, layer.values = layer.keys.contiguous(), layer.values.contiguous()
 
     def _reserve(self, end: int) -> None:
         if end > self.slots.shape[1]:

@@ -11,6 +11,7 @@ import torch
 
 from ..data.views import left_pad
 from ..engine import GREEDY, GenerationStats, Sampling, generate, make_policy, make_schedule, sample
+from ..engine.views import ForwardClock, ModelView
 
 
 def spec_policy(temperature: float, top_p: float = 1.0):
@@ -35,10 +36,11 @@ def _sync(device: torch.device) -> None:
 
 
 def run_speculative(target, draft, prompts, tokenizer, *, gamma=4, schedule="constant", temperature=0.0, top_p=1.0,
-                    max_new_tokens=64, batch_size=1, seed=0, draft_prompts=None, verify="parallel"):
+                    max_new_tokens=64, batch_size=1, seed=0, draft_prompts=None, verify="parallel", compile=False):
     """Speculative decoding of every prompt; returns (list of token-id lists, merged GenerationStats, seconds).
 
     draft_prompts: the draft's own view of each prompt (default: the target's prompt).
+    compile: the engine's compile option (both models' forwards through torch.compile; same tokens).
     """
     tdev, ddev = _device(target), _device(draft)
     draft_prompts = draft_prompts or prompts
@@ -52,7 +54,8 @@ def run_speculative(target, draft, prompts, tokenizer, *, gamma=4, schedule="con
                        policy=spec_policy(temperature, top_p), gamma=make_schedule(schedule, gamma),
                        draft_sampling=Sampling(temperature, top_p) if temperature > 0 else GREEDY,
                        max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id,
-                       pad_token_id=tokenizer.pad_token_id, seed=torch.arange(i, i + len(chunk)) + seed, verify=verify)
+                       pad_token_id=tokenizer.pad_token_id, seed=torch.arange(i, i + len(chunk)) + seed, verify=verify,
+                       compile=compile)
         _sync(tdev)
         seconds += time.perf_counter() - start
         outputs += gen.rows()
@@ -60,7 +63,8 @@ def run_speculative(target, draft, prompts, tokenizer, *, gamma=4, schedule="con
     return outputs, stats, seconds
 
 
-def run_target_alone(target, prompts, tokenizer, *, temperature=0.0, top_p=1.0, max_new_tokens=64, batch_size=1, seed=0):
+def run_target_alone(target, prompts, tokenizer, *, temperature=0.0, top_p=1.0, max_new_tokens=64, batch_size=1, seed=0,
+                     compile=False):
     """The target decoding on its own through the same engine (its draft path, one token per forward)."""
     dev = _device(target)
     outputs, seconds = [], 0.0
@@ -70,7 +74,8 @@ def run_target_alone(target, prompts, tokenizer, *, temperature=0.0, top_p=1.0, 
         start = time.perf_counter()
         gen = sample(target, ids.to(dev), mask.to(dev), sampling=Sampling(temperature, top_p) if temperature > 0 else GREEDY,
                      max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id,
-                     pad_token_id=tokenizer.pad_token_id, seed=torch.arange(i, i + len(chunk)) + seed, chunk=1)
+                     pad_token_id=tokenizer.pad_token_id, seed=torch.arange(i, i + len(chunk)) + seed, chunk=1,
+                     compile=compile)
         _sync(dev)
         seconds += time.perf_counter() - start
         outputs += gen.rows()
@@ -103,25 +108,26 @@ def run_hf_assisted(target, draft, prompts, tokenizer, *, gamma=4, max_new_token
 
 
 @torch.no_grad()
-def forward_cost_ratio(target, draft, prompt: list[int], repeats: int = 20) -> float:
-    """c = (time of one draft forward) / (time of one target forward), each decoding one token with a cache."""
+def forward_cost_ratio(target, draft, prompt: list[int], repeats: int = 20, compile=False) -> float:
+    """c = (time of one draft forward) / (time of one target forward), each decoding one token after the prompt's
+    cache, fed the way the engine feeds it (a ModelView; compiled forwards with `compile`)."""
 
-    def per_call(model) -> float:
+    def per_call(model, role) -> float:
         dev = _device(model)
-        ids = torch.tensor([prompt], device=dev)
-        out = model(input_ids=ids, use_cache=True)
-        cache, last = out.past_key_values, ids[:, -1:]
-        model(input_ids=last, past_key_values=cache, use_cache=True)  # warm-up
-        cache.crop(-1)  # transformers 5: a negative n removes n tokens
-        _sync(dev)
-        start = time.perf_counter()
-        for _ in range(repeats):
-            model(input_ids=last, past_key_values=cache, use_cache=True)
-            cache.crop(-1)
+        view = ModelView(model, ForwardClock(), 1, len(prompt) + 4, dev, compile, role)
+        last = view.prefill(torch.tensor([prompt], device=dev), torch.ones(1, len(prompt), dtype=torch.long, device=dev))
+        keep = torch.zeros(1, dtype=torch.long, device=dev)
+        for i in range(3 + repeats):  # 3 untimed calls first (graphs compile there)
+            if i == 3:
+                _sync(dev)
+                start = time.perf_counter()
+            view.mark()
+            view.feed(last, last_only=True)
+            view.roll_back(keep, 0)  # back to the prompt: every call sees the same cache length
         _sync(dev)
         return (time.perf_counter() - start) / repeats
 
-    return per_call(draft) / per_call(target)
+    return per_call(draft, "draft") / per_call(target, "target")
 
 
 def leviathan_speedup(alpha: float, gamma: float, c: float) -> float:
@@ -136,19 +142,24 @@ def count_tokens(outputs: list[list[int]]) -> int:
 
 
 def bench_pair(target, draft, prompts, tokenizer, *, gamma=4, schedule="constant", temperature=0.0, top_p=1.0,
-               max_new_tokens=64, batch_size=1, seed=0, draft_prompts=None, compare_hf=False, warmup=2) -> dict:
-    """One benchmark point: speculative decoding vs the target alone (and vs HF assisted generation)."""
-    kw = dict(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed)
+               max_new_tokens=64, batch_size=1, seed=0, draft_prompts=None, compare_hf=False, warmup=2,
+               compile=False) -> dict:
+    """One benchmark point: speculative decoding vs the target alone (and vs HF assisted generation).
+
+    compile: run the engine, for speculative decoding and for the target alone, with torch.compile'd forwards
+    (the warmup compiles the graphs); transformers' assisted generation runs as shipped, eagerly."""
+    kw = dict(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed,
+              compile=compile)
     warm = prompts[: max(warmup, 1)]
     run_speculative(target, draft, warm, tokenizer, gamma=gamma, schedule=schedule, **kw)
     run_target_alone(target, warm, tokenizer, **kw)
     spec_out, stats, spec_s = run_speculative(target, draft, prompts, tokenizer, gamma=gamma, schedule=schedule,
                                               draft_prompts=draft_prompts, **kw)
     base_out, base_s = run_target_alone(target, prompts, tokenizer, **kw)
-    c = forward_cost_ratio(target, draft, prompts[0])
+    c = forward_cost_ratio(target, draft, prompts[0], compile=compile)
     alpha = stats.acceptance_rate
     result = {
-        "gamma": gamma, "schedule": schedule, "temperature": temperature, "batch_size": batch_size,
+        "gamma": gamma, "schedule": schedule, "temperature": temperature, "batch_size": batch_size, "compile": compile,
         "prompts": len(prompts), "new_tokens": count_tokens(spec_out),
         "acceptance_rate": alpha, "mean_accepted_length": stats.mean_accepted_length,
         "per_position_acceptance": stats.per_position_acceptance, "target_calls": stats.target_calls,
