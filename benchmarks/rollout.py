@@ -1,6 +1,8 @@
 """Speed of the draft/verify/decide engine on a teacher/student pair. Prints one JSON line last.
 
-    python benchmarks/rollout.py --teacher runs/builtin/teacher --student runs/builtin/student
+    python benchmarks/rollout.py     # the shipped built-in teacher and runs/builtin/student/final (make it with
+                                     # `specdistill sft configs/builtin/student.yaml`)
+    python benchmarks/rollout.py --teacher T --student S
     python benchmarks/rollout.py --make-random-pair /tmp/pair     # a random 6-layer d=192 / 2-layer d=96 pair
 
 Measured (greedy decoding unless noted, EOS ignored so every run writes max_new_tokens per row):
@@ -28,6 +30,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from specdistill.engine import GreedyPolicy, Sampling, TopKPolicy, generate, make_schedule, sample
+from specdistill.models import BUILTIN_TEACHER
 
 
 def make_random_pair(folder: str, vocab: int = 100) -> tuple[str, str]:
@@ -46,17 +49,22 @@ def make_random_pair(folder: str, vocab: int = 100) -> tuple[str, str]:
 
 
 def load_prompts(args, tokenizer, vocab: int, count: int) -> list[list[int]]:
-    """Token ids of `count` prompts: lines of --prompts (cycled), else simple arithmetic or random ids."""
+    """Token ids of `count` prompts: lines of --prompts (cycled), else the built-in arith test prompts (a model
+    folder with a tokenizer), else random ids (a random pair)."""
     if args.prompts:
         if tokenizer is None:
             sys.exit(f"--prompts needs a tokenizer in {args.teacher}")
         with open(args.prompts, encoding="utf-8") as handle:
             lines = [line.rstrip("\n") for line in handle if line.strip()]
         return [tokenizer.encode(lines[i % len(lines)]) for i in range(count)]
+    if tokenizer is not None and not args.make_random_pair:  # the built-in arith test prompts, chat-rendered
+        from specdistill.config import DatasetConfig, ViewConfig
+        from specdistill.data.records import load_records
+        from specdistill.data.views import encode_example
+
+        records = load_records(DatasetConfig(task="arith", split="test"))[:count]
+        return [encode_example(r, tokenizer, ViewConfig()).teacher_prompt for r in records]
     generator = torch.Generator().manual_seed(0)
-    if tokenizer is not None:
-        numbers = torch.randint(1, 99, (count, 3), generator=generator).tolist()
-        return [tokenizer.encode(f"{a}+{b}*{c}=") for a, b, c in numbers]
     lengths = torch.randint(8, 25, (count,), generator=generator).tolist()
     return [torch.randint(3, vocab, (n,), generator=generator).tolist() for n in lengths]
 
@@ -97,8 +105,8 @@ def measure(configs: dict, repeats: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--teacher", default="runs/builtin/teacher", help="teacher folder (from_pretrained)")
-    parser.add_argument("--student", default="runs/builtin/student", help="student folder (from_pretrained)")
+    parser.add_argument("--teacher", default=str(BUILTIN_TEACHER), help="teacher folder (from_pretrained)")
+    parser.add_argument("--student", default="runs/builtin/student/final", help="student folder (from_pretrained)")
     parser.add_argument("--prompts", help="file with one prompt per line (needs a tokenizer in --teacher)")
     parser.add_argument("--make-random-pair", metavar="DIR",
                         help="save a random teacher/student pair in DIR and benchmark it")

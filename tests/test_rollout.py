@@ -76,7 +76,7 @@ def test_skd_teacher_verifies_against_the_view_with_knowledge(pair):
 
         def wrapped(*args, **kwargs):
             ids = kwargs.get("input_ids", args[0] if args else None)
-            seen.setdefault(name, ids.clone())  # the first call is the prefill of the prompt view
+            seen.setdefault(name, ids.clone())  # the first call encodes the prompt view
             return forward(*args, **kwargs)
 
         return wrapped

@@ -72,10 +72,14 @@ def compiled_model(model, mode: bool | str, role: str = "model"):
     """A callable like `model` (called with keyword arguments), compiled with maybe_compile; mode False: model.
 
     Each role (the draft, the target) calls its own copy of call_model: dynamo keeps graphs, and counts them
-    against torch._dynamo.config.recompile_limit (8), per code object, and each role needs a few (prefill, one
+    against torch._dynamo.config.recompile_limit, per code object, and each role needs a few (prefill, one
     token, a block, each before and after the cache's first growth changes its strides)."""
     if not mode:
         return model
+    # Each batch size of 1 (specialised) and >1, each feed kind and the cache's first-call layout make graphs:
+    # more than dynamo's default limit of 8 per function when one process benchmarks several batch sizes, and
+    # past the limit dynamo runs the function eagerly with its guard checks on top (slower than plain eager).
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 32)
     if role not in _CALLERS:
         code = call_model.__code__.replace(co_name=f"call_{role}")
         _CALLERS[role] = types.FunctionType(code, call_model.__globals__, f"call_{role}")

@@ -54,12 +54,20 @@ def draft_block(view: ModelView, pending, pending_valid, gamma: int, sampling: S
     return drafts, (torch.stack(warped_all, 1) if keep_warped else None)
 
 
-def verify_block(view: ModelView, pending: torch.Tensor, drafts: torch.Tensor, sequential: bool) -> torch.Tensor:
-    """Teacher logits [B, g+1, V] for pending [B, 1] followed by drafts [B, g]: one forward, or g+1 forwards.
-    The logits come back on the drafts' device (the teacher may live on another one)."""
-    tokens = torch.cat([pending, drafts], 1).to(view.device)  # [B, g+1]
+def verify_block(view: ModelView, pending: torch.Tensor, drafts: torch.Tensor, sequential: bool,
+                 pending_valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Teacher logits [B, g+1, V] for pending [B, w] followed by drafts [B, g]: one forward, or g+1 forwards.
+
+    w is 1, or in the first block of a parallel run the whole left-padded prompt (pending_valid [B, w] marks its
+    padding), so that the prompt is encoded in the same forward that verifies the first drafts. Only the last
+    g+1 positions' logits are computed. The logits come back on the drafts' device (the teacher may live on
+    another one)."""
+    tokens = torch.cat([pending, drafts.to(pending.device)], 1).to(view.device)  # [B, w+g]
     if not sequential:
-        return view.feed(tokens).to(drafts.device)
+        valid = None
+        if pending_valid is not None:
+            valid = torch.cat([pending_valid, torch.ones_like(drafts, dtype=torch.bool)], 1).to(view.device)
+        return view.feed(tokens, valid, keep=drafts.shape[1] + 1).to(drafts.device)
     return torch.cat([view.feed(tokens[:, i : i + 1]) for i in range(tokens.shape[1])], 1).to(drafts.device)
 
 
@@ -242,12 +250,16 @@ class _Run:
         self.stats = StatsAccumulator(min(self.schedule.max_gamma, max_new_tokens))
         self.gamma_rows = torch.full((batch,), self.schedule.gamma, dtype=torch.long, device=device)
         self.policy_state = self.policy.init_state(batch, device)
-        if self.teacher is None:  # plain decoding: the whole prompt is the first block's pending input, so its
-            # last token is encoded with the rest and that forward gives the first token (no separate prefill)
-            self.s_pending, self.s_valid = draft_ids, draft_mask.bool()
-        else:
-            self.s_pending, self.s_valid = self.student.prefill(draft_ids, draft_mask), None
-        self.t_pending = self.teacher.prefill(target_ids, target_mask) if self.teacher else None
+        # The whole prompt is the first block's pending input: the student's first forward encodes it and gives
+        # its first draft, and (parallel verification) the teacher's first forward encodes its prompt and scores
+        # the first drafts, as transformers' assisted generation does: no separate prefill forward. Sequential
+        # verification, the one-token-per-forward reference, prefills the teacher instead.
+        self.s_pending, self.s_valid = draft_ids, draft_mask.bool()
+        self.t_pending, self.t_valid = None, None
+        if self.teacher is not None and self.sequential:
+            self.t_pending = self.teacher.prefill(target_ids, target_mask)
+        elif self.teacher is not None:
+            self.t_pending, self.t_valid = target_ids, target_mask.bool()
         self.block_gamma = min(self.schedule.gamma, max_new_tokens)
         self.active = torch.ones(batch, dtype=torch.bool, device=device)
         self.block_rows = torch.full((batch,), self.block_gamma, dtype=torch.long, device=device)  # [B] row gammas
@@ -286,7 +298,7 @@ class _Run:
         """The teacher scores the block; the policy judges it. Returns the verdict and the teacher logits."""
         g = drafts.shape[1]
         self.teacher.mark()
-        target_logits = verify_block(self.teacher, self.t_pending, drafts, self.sequential)  # [B, g+1, V]
+        target_logits = verify_block(self.teacher, self.t_pending, drafts, self.sequential, self.t_valid)  # [B, g+1, V]
         u_accept, u_target = self.noise[ACCEPT].gather(1, at[:, :g]), self.noise[TARGET].gather(1, at)
         block = Block(drafts, warped, target_logits, u_accept, u_target)
         return self.judge(block, self.policy_state), target_logits
@@ -298,7 +310,9 @@ class _Run:
         kept = (k - 1).clamp(0, g - 1)  # drafts the student fed and keeps
         width = self.s_pending.shape[1]
         s_keep = torch.where(running, kept + width, 0)
-        t_keep = torch.where(running, k, 0)  # the teacher's pending token plus k - 1 drafts
+        t_width = self.t_pending.shape[1] if self.teacher is not None else 1
+        t_keep = torch.where(running, k + t_width - 1, 0)  # the teacher's pending input (a token, or the first
+        # block's whole prompt) plus k - 1 drafts
         s_count = torch.where(running, k - kept, 0)  # student tokens pending: 2 after a full block with a bonus
         rows = torch.where(running, torch.minimum(self.gamma_rows, self.stopping.max_new_tokens - resp.lengths), 0)
         s_max, t_max, s_width, g_next = torch.stack([s_keep, t_keep, s_count, rows]).amax(1).tolist()  # the sync
@@ -310,7 +324,7 @@ class _Run:
             self.s_valid = torch.arange(s_width, device=k.device) >= s_width - s_count[:, None]
         if self.teacher is not None:
             self.teacher.roll_back(t_keep, t_max)
-            self.t_pending = self.s_pending[:, -1:]
+            self.t_pending, self.t_valid = self.s_pending[:, -1:], None
         self.active, self.block_rows, self.block_gamma = running, rows, g_next
 
     def _record(self, start, gamma_rows, drafts, target_logits, settled, k, top_k) -> None:

@@ -87,11 +87,12 @@ class ModelView:
         self._cache_arg = "cache" if "cache" in params else "past_key_values"
         self._mark = (0, self.next_pos)
 
-    def feed(self, tokens: torch.Tensor, valid: torch.Tensor | None = None, last_only: bool = False):
+    def feed(self, tokens: torch.Tensor, valid: torch.Tensor | None = None, last_only: bool = False, keep: int = 0):
         """Run the model on tokens [B, w] after the cache; valid [B, w] bool marks holes (None = all real).
 
-        Returns logits [B, w, V] (or [B, 1, V] with last_only).
+        Returns logits [B, w, V], or of the last `keep` positions only [B, keep, V] (last_only: keep=1).
         """
+        keep = 1 if last_only else keep
         w = tokens.shape[1]
         if self.compiled and tokens._base is not None:  # dynamo guards on whether an input is a view: one graph
             tokens = tokens.clone()  # for drafts (views) and pending tokens (gathered) alike
@@ -115,14 +116,14 @@ class ModelView:
         )
         kwargs[self._cache_arg] = self.cache
         if self._trim_logits:
-            kwargs["logits_to_keep"] = 1 if last_only else 0
+            kwargs["logits_to_keep"] = keep
         out = self.clock.run(self.forward, self.device, **kwargs)
         returned = getattr(out, "cache", None) if self._cache_arg == "cache" else out.past_key_values
         self.cache = returned if returned is not None else self.cache
         self.length = end
         self.calls += 1
         self.tokens_fed += w
-        return out.logits
+        return out.logits if not keep or out.logits.shape[1] == keep else out.logits[:, -keep:]
 
     def prefill(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Encode the prompt except its last column, which becomes the pending token [B, 1]."""
