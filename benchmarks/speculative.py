@@ -6,7 +6,10 @@ models' forwards through torch.compile, graphs compiled during the untimed warmu
 The target-alone baseline runs through the same engine in the same mode; transformers' assisted generation
 (`hf_assisted_*`) runs as shipped, eagerly, in both. Greedy decoding, constant gamma; figures in docs/metrics.md.
 
-    python benchmarks/speculative.py --draft runs/skd/final [--target builtin-teacher] [--modes eager,compiled]
+    python benchmarks/speculative.py --draft runs/skd/final [--target builtin-teacher] [--modes eager|compiled]
+
+Run each mode in its own process (--modes eager, then --modes compiled), so that neither mode's figures depend
+on state the other left behind (compiled graphs, dynamo's hooks).
 """
 
 import argparse
@@ -30,7 +33,8 @@ def main() -> None:
     p.add_argument("--batch-sizes", default="1,8")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 = torch's default")
-    p.add_argument("--modes", default="eager,compiled", help="engine modes to run: eager, compiled or both")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per figure, interleaved; medians kept")
+    p.add_argument("--modes", default="eager", help="engine modes to run: eager, compiled or both")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -45,7 +49,7 @@ def main() -> None:
             raise SystemExit(f"--modes: unknown mode {mode!r}; allowed: eager, compiled")
         for bs in [int(b) for b in args.batch_sizes.split(",")]:
             r = bench_pair(target, draft, prompts, tok, gamma=args.gamma, max_new_tokens=args.max_new_tokens,
-                           batch_size=bs, compare_hf=bs == 1, compile=mode == "compiled")
+                           batch_size=bs, compare_hf=bs == 1, compile=mode == "compiled", repeats=args.repeats)
             out.setdefault(mode, {})[f"b{bs}"] = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}
     print(json.dumps(out))
 

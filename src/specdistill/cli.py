@@ -79,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--draft-view", default="target", choices=["target", "student"],
                    help="the draft reads the target's prompt (default) or the student view, without knowledge")
     p.add_argument("--compare-hf", action="store_true", help="also run transformers' assisted generation (batch 1)")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per figure, interleaved; the median is kept")
     p.add_argument("--compile", action="store_true",
                    help="run the engine with torch.compile'd model forwards (same tokens; graphs compile during warmup)")
     p.add_argument("--seed", type=int, default=0)
@@ -226,7 +227,7 @@ def cmd_bench(args) -> int:
             r = bench_pair(target, draft, prompts, tokenizer, gamma=gamma, schedule=args.gamma_schedule,
                            temperature=args.temperature, max_new_tokens=args.max_new_tokens, batch_size=bs,
                            seed=args.seed, draft_prompts=draft_prompts, compare_hf=args.compare_hf and bs == 1,
-                           compile=args.compile)
+                           compile=args.compile, repeats=args.repeats)
             results.append(r)
             print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()
                               if k != "per_position_acceptance"}))

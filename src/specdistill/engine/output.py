@@ -37,8 +37,8 @@ class GenerationStats:
     top_k_count: int = 0
     position_reached: list[int] = field(default_factory=list)  # [i]: blocks that judged draft position i
     position_accepted: list[int] = field(default_factory=list)  # [i]: ... and accepted it
-    target_calls: int = 0  # teacher forward passes, prefill included
-    draft_calls: int = 0  # student forward passes, prefill included
+    target_calls: int = 0  # teacher forward passes (the first one encodes the prompt too)
+    draft_calls: int = 0  # student forward passes (likewise)
     target_tokens_fed: int = 0
     draft_tokens_fed: int = 0
     model_time_s: float = 0.0  # seconds inside the models' forward calls

@@ -4,6 +4,7 @@ and against transformers' assisted generation. Every figure is defined in docs/m
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 
@@ -143,24 +144,37 @@ def count_tokens(outputs: list[list[int]]) -> int:
 
 def bench_pair(target, draft, prompts, tokenizer, *, gamma=4, schedule="constant", temperature=0.0, top_p=1.0,
                max_new_tokens=64, batch_size=1, seed=0, draft_prompts=None, compare_hf=False, warmup=2,
-               compile=False) -> dict:
+               compile=False, repeats=3) -> dict:
     """One benchmark point: speculative decoding vs the target alone (and vs HF assisted generation).
 
-    compile: run the engine, for speculative decoding and for the target alone, with torch.compile'd forwards
-    (the warmup compiles the graphs); transformers' assisted generation runs as shipped, eagerly."""
-    kw = dict(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed,
-              compile=compile)
+    Each timed run is repeated `repeats` times, the runs interleaved (speculative, target alone, HF, ...) so that
+    a change in the machine's load hits them alike; each keeps its median time. Outputs do not change between
+    repeats (seeded). compile: run the engine, for speculative decoding and for the target alone, with
+    torch.compile'd forwards (the warmup compiles the graphs); transformers' assisted generation runs as
+    shipped, eagerly."""
+    kw = dict(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed, compile=compile)
+    spec = functools.partial(run_speculative, target, draft, tokenizer=tokenizer, gamma=gamma, schedule=schedule, **kw)
+    runs = {"spec": lambda p, d=draft_prompts: spec(p, batch_size=batch_size, draft_prompts=d),
+            "base": lambda p, d=None: run_target_alone(target, p, tokenizer, batch_size=batch_size, **kw)}
+    if compare_hf:
+        runs["hf"] = lambda p, d=None: run_hf_assisted(target, draft, p, tokenizer, gamma=gamma,
+                                                       max_new_tokens=max_new_tokens)  # fmt: skip
+        if batch_size != 1:
+            runs["b1"] = lambda p, d=draft_prompts: spec(p, batch_size=1, draft_prompts=d)
     warm = prompts[: max(warmup, 1)]
-    run_speculative(target, draft, warm, tokenizer, gamma=gamma, schedule=schedule, **kw)
-    run_target_alone(target, warm, tokenizer, **kw)
-    spec_out, stats, spec_s = run_speculative(target, draft, prompts, tokenizer, gamma=gamma, schedule=schedule,
-                                              draft_prompts=draft_prompts, **kw)
-    base_out, base_s = run_target_alone(target, prompts, tokenizer, **kw)
+    for run in runs.values():
+        run(warm, None if draft_prompts is None else draft_prompts[: len(warm)])
+    timed = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            timed[name].append(run(prompts))
+    out = {name: sorted(results, key=lambda r: r[-1])[len(results) // 2] for name, results in timed.items()}
+    (spec_out, stats, spec_s), (base_out, base_s) = out["spec"], out["base"]
     c = forward_cost_ratio(target, draft, prompts[0], compile=compile)
     alpha = stats.acceptance_rate
     result = {
         "gamma": gamma, "schedule": schedule, "temperature": temperature, "batch_size": batch_size, "compile": compile,
-        "prompts": len(prompts), "new_tokens": count_tokens(spec_out),
+        "repeats": repeats, "prompts": len(prompts), "new_tokens": count_tokens(spec_out),
         "acceptance_rate": alpha, "mean_accepted_length": stats.mean_accepted_length,
         "per_position_acceptance": stats.per_position_acceptance, "target_calls": stats.target_calls,
         "tokens_per_s": count_tokens(spec_out) / spec_s, "target_tokens_per_s": count_tokens(base_out) / base_s,
@@ -170,10 +184,7 @@ def bench_pair(target, draft, prompts, tokenizer, *, gamma=4, schedule="constant
     if temperature == 0:
         result["matches_target_greedy"] = spec_out == base_out
     if compare_hf:
-        run_hf_assisted(target, draft, warm, tokenizer, gamma=gamma, max_new_tokens=max_new_tokens)
-        hf_out, hf_s = run_hf_assisted(target, draft, prompts, tokenizer, gamma=gamma, max_new_tokens=max_new_tokens)
-        b1_out, _, b1_s = (spec_out, stats, spec_s) if batch_size == 1 else run_speculative(
-            target, draft, prompts, tokenizer, gamma=gamma, schedule=schedule, **{**kw, "batch_size": 1})
+        (hf_out, hf_s), (b1_out, _, b1_s) = out["hf"], out.get("b1", out["spec"])
         result["hf_assisted_tokens_per_s"] = count_tokens(hf_out) / hf_s
         result["tokens_per_s_b1"] = count_tokens(b1_out) / b1_s
         result["speedup_vs_hf_assisted"] = result["tokens_per_s_b1"] / result["hf_assisted_tokens_per_s"]
