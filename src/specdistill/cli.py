@@ -19,7 +19,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("demo", help="built-in end-to-end run: teacher, student, distillation, report")
-    p.add_argument("--quick", action="store_true", help="fewer steps and samples (under 3 minutes on 2 CPU cores)")
+    p.add_argument("--quick", action="store_true", help="fewer steps and samples (under 3 minutes on 2 CPU cores); "
+                   "the same as --plan quick")
+    p.add_argument("--plan", default="default", choices=["default", "paper", "quick"],
+                   help="default: make demo (10 minutes with set-up on 2 CPU cores); paper: longer training and the "
+                   "whole test splits, as in docs/results.md")
     p.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
     p.add_argument("--retrain", action="store_true", help="retrain the built-in teacher instead of using the shipped one")
     p.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
@@ -258,7 +262,7 @@ def cmd_data(args) -> int:
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
-    run_demo(out=args.out, quick=args.quick, retrain=args.retrain, seed=args.seed, seeds=args.seeds)
+    run_demo(out=args.out, quick=args.quick, retrain=args.retrain, seed=args.seed, seeds=args.seeds, plan_name=args.plan)
     return 0
 
 
