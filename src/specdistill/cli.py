@@ -240,7 +240,7 @@ def cmd_bench(args) -> int:
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(report, indent=1))
     if args.plot:
-        plot_bench(results, args.plot, f"draft {Path(args.draft).name} for target {Path(args.target).name}")
+        plot_bench(results, args.plot, f"draft {args.draft} for target {args.target}")
     return 0
 
 
