@@ -1,10 +1,10 @@
 """Speculative decoding with a distilled draft on the built-in pair: speedup over the target alone and over
 transformers' assisted generation (batch size 1), and batched throughput. Prints one JSON line last.
 
-Every point runs twice: with the engine in eager mode ("eager") and with its `compile` option ("compiled": both
-models' forwards through torch.compile, graphs compiled during the untimed warmup). Both decode the same tokens.
-The target-alone baseline runs through the same engine in the same mode; transformers' assisted generation
-(`hf_assisted_*`) runs as shipped, eagerly, in both. Greedy decoding, constant gamma; figures in docs/metrics.md.
+--modes picks the engine's mode: "eager" (default) or "compiled" (its `compile` option: both models' forwards
+through torch.compile, graphs compiled during the untimed warmup); both decode the same tokens. The
+target-alone baseline runs through the same engine in the same mode; transformers' assisted generation
+(`hf_assisted_*`) runs as shipped, eagerly, in either. Greedy decoding, constant gamma; figures in docs/metrics.md.
 
     python benchmarks/speculative.py --draft runs/skd/final [--target builtin-teacher] [--modes eager|compiled]
 
@@ -34,7 +34,7 @@ def main() -> None:
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 = torch's default")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per figure, interleaved; medians kept")
-    p.add_argument("--modes", default="eager", help="engine modes to run: eager, compiled or both")
+    p.add_argument("--modes", default="eager", help="engine modes to run, comma-separated: eager, compiled")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

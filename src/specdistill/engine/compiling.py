@@ -72,8 +72,8 @@ def compiled_model(model, mode: bool | str, role: str = "model"):
     """A callable like `model` (called with keyword arguments), compiled with maybe_compile; mode False: model.
 
     Each role (the draft, the target) calls its own copy of call_model: dynamo keeps graphs, and counts them
-    against torch._dynamo.config.recompile_limit, per code object, and each role needs a few (prefill, one
-    token, a block, each before and after the cache's first growth changes its strides)."""
+    against torch._dynamo.config.recompile_limit, per code object, and each role needs a few (the first feed
+    into an empty cache, one token, a block; batch size 1 and larger apart)."""
     if not mode:
         return model
     # Each batch size of 1 (specialised) and >1, each feed kind and the cache's first-call layout make graphs:

@@ -140,7 +140,8 @@ def generate(
     """Generate responses with a drafter and (optionally) a teacher that verifies it.
 
     draft, target: causal LMs called as model(input_ids, attention_mask, position_ids, cache or past_key_values,
-        use_cache) returning .logits and .cache or .past_key_values (any Hugging Face causal LM). target=None: plain decoding of draft.
+        use_cache) returning .logits and .cache or .past_key_values (any Hugging Face causal LM).
+        target=None: plain decoding of draft.
     draft_ids/draft_mask [B, Ls], target_ids/target_mask [B, Lt]: each model's own LEFT-padded prompt view;
         the teacher's may hold privileged text. Both continue with the same response tokens.
     policy: "speculative" | "greedy" | "top_k" | "adaptive_top_k" or a policy object (policies.py).
@@ -256,10 +257,10 @@ class _Run:
         # verification, the one-token-per-forward reference, prefills the teacher instead.
         self.s_pending, self.s_valid = draft_ids, draft_mask.bool()
         self.t_pending, self.t_valid = None, None
-        if self.teacher is not None and self.sequential:
-            self.t_pending = self.teacher.prefill(target_ids, target_mask)
-        elif self.teacher is not None:
+        if self.teacher is not None:
             self.t_pending, self.t_valid = target_ids, target_mask.bool()
+            if self.sequential:
+                self.t_pending, self.t_valid = self.teacher.prefill(target_ids, target_mask), None
         self.block_gamma = min(self.schedule.gamma, max_new_tokens)
         self.active = torch.ones(batch, dtype=torch.bool, device=device)
         self.block_rows = torch.full((batch,), self.block_gamma, dtype=torch.long, device=device)  # [B] row gammas

@@ -59,11 +59,13 @@ class ModelView:
     """A model plus its cache over one left-padded view ids [B, L] / mask [B, L].
 
     Invariant between blocks: the cache holds every committed token of each row except the ones in `pending`
-    (the last committed token, sometimes two), which the next block feeds first.
+    (the last committed token, sometimes two; before the first block, the whole prompt), which the next block
+    feeds first.
 
     compile: call the model through torch.compile (compiling.compiled_model, dynamic shapes). A small model's
-    forward is mostly per-op overhead, which the compiled graph removes; each kind of feed (prefill, one token,
-    a block) gets one graph whatever the widths and the cache length, so graphs are compiled once per process.
+    forward is mostly per-op overhead, which the compiled graph removes; each kind of feed (the first one into an
+    empty cache, one token, a block) gets one graph whatever the widths and the cache length, so graphs are
+    compiled once per process. Inputs are kept in one layout for it (contiguous tokens, mask and cache).
     """
 
     def __init__(self, model, clock: ForwardClock, batch_size: int, capacity: int, device: torch.device,

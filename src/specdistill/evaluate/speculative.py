@@ -154,20 +154,20 @@ def bench_pair(target, draft, prompts, tokenizer, *, gamma=4, schedule="constant
     shipped, eagerly."""
     kw = dict(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed, compile=compile)
     spec = functools.partial(run_speculative, target, draft, tokenizer=tokenizer, gamma=gamma, schedule=schedule, **kw)
-    runs = {"spec": lambda p, d=draft_prompts: spec(p, batch_size=batch_size, draft_prompts=d),
-            "base": lambda p, d=None: run_target_alone(target, p, tokenizer, batch_size=batch_size, **kw)}
+    # name -> run(prompts, draft prompts); each returns (outputs, ..., seconds)
+    runs = {"spec": lambda p, d: spec(p, batch_size=batch_size, draft_prompts=d),
+            "base": lambda p, d: run_target_alone(target, p, tokenizer, batch_size=batch_size, **kw)}
     if compare_hf:
-        runs["hf"] = lambda p, d=None: run_hf_assisted(target, draft, p, tokenizer, gamma=gamma,
-                                                       max_new_tokens=max_new_tokens)  # fmt: skip
+        runs["hf"] = lambda p, d: run_hf_assisted(target, draft, p, tokenizer, gamma=gamma, max_new_tokens=max_new_tokens)
         if batch_size != 1:
-            runs["b1"] = lambda p, d=draft_prompts: spec(p, batch_size=1, draft_prompts=d)
-    warm = prompts[: max(warmup, 1)]
+            runs["b1"] = lambda p, d: spec(p, batch_size=1, draft_prompts=d)
+    w = max(warmup, 1)
     for run in runs.values():
-        run(warm, None if draft_prompts is None else draft_prompts[: len(warm)])
+        run(prompts[:w], draft_prompts and draft_prompts[:w])
     timed = {name: [] for name in runs}
     for _ in range(repeats):
         for name, run in runs.items():
-            timed[name].append(run(prompts))
+            timed[name].append(run(prompts, draft_prompts))
     out = {name: sorted(results, key=lambda r: r[-1])[len(results) // 2] for name, results in timed.items()}
     (spec_out, stats, spec_s), (base_out, base_s) = out["spec"], out["base"]
     c = forward_cost_ratio(target, draft, prompts[0], compile=compile)
