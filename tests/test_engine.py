@@ -1,5 +1,6 @@
 """The draft/verify/decide engine: stub models with hand-written logits, then tiny real architectures."""
 
+import gc
 import math
 from types import SimpleNamespace
 
@@ -482,3 +483,31 @@ def test_inductor_compiled_models_match_eager_before_and_after_a_weight_update()
             for param in draft.parameters():
                 param.add_(torch.randn_like(param) * 0.05)
     assert not torch.equal(rounds[0][0], rounds[1][0]), "the update should change the draft's samples"
+
+
+def test_each_compiled_model_gets_its_own_graphs():
+    """Two models with the same parameter shapes but a different computation (activation, norm epsilon) go
+    through the same compiled role: each must give its own eager tokens, and its compiled caller must be dropped
+    with it (the callers skip the guards on a model's config and structure, so they must never be shared)."""
+    from specdistill.engine import compiling
+
+    rows = prompts(2, seed=3)
+    first = tiny("llama", seed=0)
+    second = tiny("llama", seed=0)
+    second.config.rms_norm_eps = 0.5
+    for layer in second.model.layers:
+        layer.mlp.act_fn = torch.nn.ReLU()
+        layer.input_layernorm.variance_epsilon = layer.post_attention_layernorm.variance_epsilon = 0.5
+    callers = len(compiling._CALLERS)
+    runs = {}
+    for name, model in (("first", first), ("second", second)):
+        for mode in (False, True):
+            runs[name, mode] = sample(model, *left_pad(rows), sampling=Sampling(1.0), max_new_tokens=8, seed=1,
+                                      compile=mode).tokens
+    assert not torch.equal(runs["first", False], runs["second", False]), "the two models should differ"
+    assert torch.equal(runs["first", True], runs["first", False])
+    assert torch.equal(runs["second", True], runs["second", False])
+    assert len(compiling._CALLERS) == callers + 2
+    del first, second, model
+    gc.collect()
+    assert len(compiling._CALLERS) == callers
