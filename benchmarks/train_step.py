@@ -12,10 +12,12 @@ The two trainers run one after the other, --rounds times, alternating, from fres
 figures are medians over rounds and `speedup` is the median of the per-round ratios, so that a change in the
 machine's load hits both sides alike.
 
-specdistill runs with its documented `rollout.compile` option on (--no-compile: off): the student's forwards in
-the rollout go through torch.compile (inductor), which samples the same tokens as eager code. Its graphs are
-compiled during the untimed warmup steps (`specdistill_warmup_s` includes that time); the JSON counts any graph
-compiled during the timed steps (`specdistill_graphs_compiled_in_timed_steps`, 0 expected). TRL runs as shipped.
+specdistill runs with its documented `rollout.compile` and `train.compile` options on (--no-compile: both off):
+the student's forwards in the rollout, and the student's (with its backward) and the teacher's forwards in the
+loss phase, go through torch.compile (inductor), which gives the eager tokens and losses to float rounding. Its
+graphs are compiled during the untimed warmup steps (`specdistill_warmup_s` includes that time); the JSON counts
+any graph compiled during the timed steps (`specdistill_graphs_compiled_in_timed_steps`, 0 expected). TRL runs
+as shipped.
 
     OMP_NUM_THREADS=1 python benchmarks/train_step.py                 # random tiny-teacher / tiny-student presets
     OMP_NUM_THREADS=1 python benchmarks/train_step.py --steps 5 --warmup 2 --rounds 1
@@ -49,10 +51,10 @@ def parse_args():
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads for both")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--rounds", type=int, default=3, help="alternating runs of both trainers; medians are reported")
+    p.add_argument("--rounds", type=int, default=5, help="alternating runs of both trainers; medians are reported")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
-                   help="specdistill's rollout.compile: torch.compile the student's rollout forwards (compiled in "
-                        "the untimed warmup)")
+                   help="specdistill's rollout.compile and train.compile: torch.compile the rollout's and the loss "
+                        "phase's forwards (compiled in the untimed warmup)")
     args = p.parse_args()
     if args.warmup < 1 or args.steps < 1 or args.rounds < 1:
         p.error("--warmup, --steps and --rounds must be >= 1")
@@ -101,7 +103,8 @@ def run_specdistill(args, teacher: str, student: str, out: str) -> tuple[dict, l
         "loss": {"name": "jsd", "beta": 0.5, "temperature": 1.0},
         "train": {"output_dir": out, "max_steps": total, "batch_size": args.batch_size, "lr": args.lr,
                   "weight_decay": 0.0, "warmup_steps": 10, "min_lr_ratio": 0.1, "max_grad_norm": 1.0,
-                  "seed": args.seed, "save_every": 0, "eval_every": 0, "progress": False, "threads": args.threads},
+                  "seed": args.seed, "save_every": 0, "eval_every": 0, "progress": False, "threads": args.threads,
+                  "compile": args.compile},
     })  # fmt: skip
     validate(cfg)
     widths, make_rollout = [], train.make_rollout
@@ -234,7 +237,7 @@ def main():
     }  # fmt: skip
     for key in ("median_step_s", "gen_tokens_per_step", "gen_width_per_step"):
         report[f"specdistill_{key}"], report[f"trl_{key}"] = round(median(0, key), 4), round(median(1, key), 4)
-    report["specdistill_rollout_compile"] = args.compile
+    report["specdistill_rollout_compile"] = report["specdistill_train_compile"] = args.compile
     report["specdistill_warmup_s"] = round(max(r[0]["warmup_s"] for r in rounds), 2)  # compiling is in round 1
     report["specdistill_graphs_compiled_in_timed_steps"] = sum(r[0]["graphs_compiled_in_timed_steps"] for r in rounds)
     report["trl_activation_checkpointing"] = rounds[0][1]["activation_checkpointing"]

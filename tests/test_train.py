@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
@@ -445,6 +446,28 @@ def test_gradient_checkpointing_with_lora_gives_the_same_steps(tmp_path):
         assert_rows_match(runs[False][step], runs[True][step], tol=1e-5)
     assert runs[True][2]["train/grad_norm"] > 0
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "True" / "final").config.use_cache  # not saved as off
+
+
+def test_compiled_loss_phase_gives_the_eager_steps(tmp_path):
+    """train.compile: the loss phase calls the student (with its backward) and the teacher through torch.compile;
+    the logged steps must be the eager ones (to float rounding), with no fallback to eager code."""
+    from torch._dynamo.utils import counters
+
+    runs = {}
+    for compiled in (False, True):
+        cfg = make_config(tmp_path / str(compiled), teacher="tiny-teacher", loss="jsd", validation=False,
+                          max_steps=3, save_every=0, compile=compiled)
+        cfg.rollout.strategy = "student"
+        graphs = counters["stats"]["unique_graphs"]
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            train.run_training(cfg)
+        assert not [w for w in caught if "running it eagerly" in str(w.message)]
+        assert (counters["stats"]["unique_graphs"] > graphs) == compiled
+        runs[compiled] = read_rows(tmp_path / str(compiled))
+    for step in (1, 2, 3):
+        assert_rows_match(runs[False][step], runs[True][step], tol=1e-4)
+    assert runs[True][3]["train/loss"] != runs[True][1]["train/loss"]
 
 
 def test_bf16_mixed_precision_trains_fp32_weights(tmp_path):

@@ -167,6 +167,7 @@ class TrainConfig:
     trackers: list[str] = field(default_factory=list)  # e.g. ["tensorboard"], ["wandb"]
     progress: bool = True
     threads: int = 0  # torch CPU threads; 0 = torch's default
+    compile: bool = False  # torch.compile the loss phase's student and teacher forwards (rollout.compile: rollouts)
 
 
 @dataclass

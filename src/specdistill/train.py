@@ -40,6 +40,7 @@ from .data.mixture import MixtureStream
 from .data.records import load_records
 from .data.tasks import get_task
 from .data.views import collate, encode_example
+from .engine.compiling import compiled_model
 from .evaluate.quality import evaluate_records
 from .models import (check_same_tokenizer, check_vocab, is_preset, load_model, load_tokenizer,
                      position_ids_from_mask, resolve_device)
@@ -73,6 +74,8 @@ class Run:
     bad_steps: int = 0  # NaN/inf steps in a row
     skipped_steps: int = 0  # NaN/inf steps in all
     validation: list = field(default_factory=list)
+    score_student: object = None  # what micro_loss calls: the student, or with train.compile its compiled caller
+    score_teacher: object = None  # likewise for the teacher
 
 
 # ---------------------------------------------------------------- setup
@@ -110,10 +113,23 @@ def setup(cfg: Config, sft: bool = False) -> Run:
     run = Run(cfg, acc, tokenizer, student, teacher, optimizer, scheduler, stream, vocab, sft, out, device, t_device)
     if cfg.data.validation is not None:
         run.validation = load_records(cfg.data.validation, cfg.data.seed)[: cfg.train.eval_samples]
+    run.score_student, run.score_teacher = _scorers(run)
     if resume is not None:
         _restore_state(run, resume)
     _start_logs(run)
     return run
+
+
+def _scorers(run: Run) -> tuple:
+    """The callables that score micro-batches in the loss phase: the student and the teacher, or with
+    train.compile their torch.compile'd callers (dynamic shapes; the student's graph includes its backward).
+    A student that accelerate wrapped (DDP, FSDP, DeepSpeed) stays eager: its wrapper's hooks run the
+    collectives. Compiling falls back to eager code, with a warning, if it fails."""
+    mode = run.cfg.train.compile
+    plain = run.accelerator.unwrap_model(run.student) is run.student
+    student = compiled_model(run.student, mode and plain, "loss_student")
+    teacher = None if run.teacher is None else compiled_model(run.teacher, mode, "loss_teacher")
+    return student, teacher
 
 
 def build_optimizer(student, cfg: Config):
@@ -349,17 +365,17 @@ def loss_params(lc) -> dict:
 def micro_loss(run: Run, rb: RolloutBatch, student=None) -> torch.Tensor:
     """Summed loss over the response tokens of one micro-batch (a scalar on the student's device).
 
-    student: the model to score (default: the prepared student). Each view goes to its model's device; the
-    teacher's logits come back to the student's."""
+    student: the model to score (default: run.score_student, the prepared student or its compiled caller). Each
+    view goes to its model's device; the teacher's logits come back to the student's."""
     lc, T, dev = run.cfg.loss, rb.response.shape[1], run.device
-    student = run.student if student is None else student
+    student = run.score_student if student is None else student
     s_logits = response_logits(student, rb.student_ids.to(dev), rb.student_mask.to(dev), rb.student_prompt_len, T,
                                run.vocab)
     t_logits = None
     if lc.name in TEACHER_LOSSES:
         tdev = run.teacher_device
         with torch.no_grad():
-            t_logits = response_logits(run.teacher, rb.teacher_ids.to(tdev), rb.teacher_mask.to(tdev),
+            t_logits = response_logits(run.score_teacher, rb.teacher_ids.to(tdev), rb.teacher_mask.to(tdev),
                                        rb.teacher_prompt_len, T, run.vocab).to(dev)
     loss_sum, _ = losses.compute(lc.name, s_logits, t_logits, rb.response_mask.to(dev), labels=rb.response.to(dev),
                                  **loss_params(lc))
