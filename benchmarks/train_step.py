@@ -55,6 +55,8 @@ def parse_args():
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
                    help="specdistill's rollout.compile and train.compile: torch.compile the rollout's and the loss "
                         "phase's forwards (compiled in the untimed warmup)")
+    p.add_argument("--trl-compile", action="store_true",
+                   help="TRL with its own torch_compile option (transformers' Trainer compiles the trained model)")
     args = p.parse_args()
     if args.warmup < 1 or args.steps < 1 or args.rounds < 1:
         p.error("--warmup, --steps and --rounds must be >= 1")
@@ -180,7 +182,7 @@ def run_trl(args, teacher: str, student: str, batches: list, first_prompts, out:
         lmbda=1.0, beta=0.5, temperature=1.0, max_new_tokens=args.max_new_tokens, seq_kd=False,
         activation_checkpointing=False, bf16=False, fp16=False, use_cpu=True, seed=args.seed,
         train_sampling_strategy="sequential", dataloader_num_workers=0, save_strategy="no", eval_strategy="no",
-        report_to=[], logging_steps=10**6, disable_tqdm=True,
+        report_to=[], logging_steps=10**6, disable_tqdm=True, torch_compile=args.trl_compile,
     )  # fmt: skip
     clock = Clock()
     trainer = CountingGKDTrainer(model=models[0], teacher_model=models[1], args=config,
@@ -241,6 +243,7 @@ def main():
     report["specdistill_warmup_s"] = round(max(r[0]["warmup_s"] for r in rounds), 2)  # compiling is in round 1
     report["specdistill_graphs_compiled_in_timed_steps"] = sum(r[0]["graphs_compiled_in_timed_steps"] for r in rounds)
     report["trl_activation_checkpointing"] = rounds[0][1]["activation_checkpointing"]
+    report["trl_torch_compile"] = args.trl_compile
     print(json.dumps(report))
 
 
