@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import math
+import statistics
 import time
 
 import torch
@@ -111,22 +112,24 @@ def run_hf_assisted(target, draft, prompts, tokenizer, *, gamma=4, max_new_token
 @torch.no_grad()
 def forward_cost_ratio(target, draft, prompt: list[int], repeats: int = 20, compile=False) -> float:
     """c = (time of one draft forward) / (time of one target forward), each decoding one token after the prompt's
-    cache, fed the way the engine feeds it (a ModelView; compiled forwards with `compile`)."""
+    cache, fed the way the engine feeds it (a ModelView; compiled forwards with `compile`). Each is the median
+    of `repeats` timed calls, so that one slow call (a busy machine) does not move it."""
 
     def per_call(model, role) -> float:
         dev = _device(model)
         view = ModelView(model, ForwardClock(), 1, len(prompt) + 4, dev, compile, role)
         last = view.prefill(torch.tensor([prompt], device=dev), torch.ones(1, len(prompt), dtype=torch.long, device=dev))
         keep = torch.zeros(1, dtype=torch.long, device=dev)
+        times = []
         for i in range(3 + repeats):  # 3 untimed calls first (graphs compile there)
-            if i == 3:
-                _sync(dev)
-                start = time.perf_counter()
+            _sync(dev)
+            start = time.perf_counter()
             view.mark()
             view.feed(last, last_only=True)
+            _sync(dev)
+            times.append(time.perf_counter() - start)
             view.roll_back(keep, 0)  # back to the prompt: every call sees the same cache length
-        _sync(dev)
-        return (time.perf_counter() - start) / repeats
+        return statistics.median(times[3:])
 
     return per_call(draft, "draft") / per_call(target, "target")
 
