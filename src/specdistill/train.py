@@ -123,10 +123,11 @@ def setup(cfg: Config, sft: bool = False) -> Run:
 def _scorers(run: Run) -> tuple:
     """The callables that score micro-batches in the loss phase: the student and the teacher, or with
     train.compile their torch.compile'd callers (dynamic shapes; the student's graph includes its backward).
-    A student that accelerate wrapped (DDP, FSDP, DeepSpeed) stays eager: its wrapper's hooks run the
-    collectives. Compiling falls back to eager code, with a warning, if it fails."""
-    mode = run.cfg.train.compile
-    plain = run.accelerator.unwrap_model(run.student) is run.student
+    A student that accelerate wrapped (DDP, FSDP, DeepSpeed) stays eager, since its wrapper's hooks run the
+    collectives; so does a sharded one (FSDP, ZeRO-3). Compiling falls back to eager code, with a warning, if it
+    fails."""
+    mode, acc = run.cfg.train.compile, run.accelerator
+    plain = acc.unwrap_model(run.student) is run.student and not params_sharded(acc)
     student = compiled_model(run.student, mode and plain, "loss_student")
     teacher = None if run.teacher is None else compiled_model(run.teacher, mode, "loss_teacher")
     return student, teacher
