@@ -223,7 +223,8 @@ def run_demo(out: str = "runs/demo", quick: bool = False, retrain: bool = False,
              "student": warm_row["path"], "teacher": teacher, "out": str(out_dir / f"seed{s}" / f"{task}-{config}")}
             for s in range(seed, seed + seeds) for task, label, config, overrides in METHODS]
     results = run_all(jobs)
-    report = {"plan_name": plan_name, "quick": plan_name == "quick", "seeds": list(range(seed, seed + seeds)), "plan": plan, "gamma": GAMMA,
+    report = {"plan_name": plan_name, "quick": plan_name == "quick", "seeds": list(range(seed, seed + seeds)),
+              "plan": plan, "gamma": GAMMA,
               "teacher": teacher_row, "warm_start": warm_row, "rows": aggregate(results), "runs": results}
     _check_finite(report["rows"])
     (out_dir / "report.json").write_text(json.dumps(report, indent=1))

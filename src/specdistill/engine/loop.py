@@ -45,7 +45,7 @@ def draft_block(view: ModelView, pending, pending_valid, gamma: int, sampling: S
     tokens, warped_all = [], []
     x, x_valid = pending, pending_valid
     for i in range(gamma):
-        logits = view.feed(x, x_valid, last_only=True)[:, -1]  # [B, V]
+        logits = view.feed(x, x_valid, keep=1)[:, -1]  # [B, V]
         token, warped = pick_token(logits, sampling, None if u is None else u[:, i], keep_warped)
         tokens.append(token)
         warped_all.append(warped)

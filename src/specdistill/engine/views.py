@@ -89,12 +89,11 @@ class ModelView:
         self._cache_arg = "cache" if "cache" in params else "past_key_values"
         self._mark = (0, self.next_pos)
 
-    def feed(self, tokens: torch.Tensor, valid: torch.Tensor | None = None, last_only: bool = False, keep: int = 0):
+    def feed(self, tokens: torch.Tensor, valid: torch.Tensor | None = None, keep: int = 0):
         """Run the model on tokens [B, w] after the cache; valid [B, w] bool marks holes (None = all real).
 
-        Returns logits [B, w, V], or of the last `keep` positions only [B, keep, V] (last_only: keep=1).
+        Returns logits [B, w, V], or of the last `keep` positions only [B, keep, V] (keep=0: all).
         """
-        keep = 1 if last_only else keep
         w = tokens.shape[1]
         if self.compiled and tokens._base is not None:  # dynamo guards on whether an input is a view: one graph
             tokens = tokens.clone()  # for drafts (views) and pending tokens (gathered) alike
@@ -130,7 +129,7 @@ class ModelView:
     def prefill(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Encode the prompt except its last column, which becomes the pending token [B, 1]."""
         if ids.shape[1] > 1:
-            self.feed(ids[:, :-1], mask[:, :-1].bool(), last_only=True)
+            self.feed(ids[:, :-1], mask[:, :-1].bool(), keep=1)
         return ids[:, -1:]
 
     def mark(self) -> None:

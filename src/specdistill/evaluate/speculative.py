@@ -125,7 +125,7 @@ def forward_cost_ratio(target, draft, prompt: list[int], repeats: int = 20, comp
             _sync(dev)
             start = time.perf_counter()
             view.mark()
-            view.feed(last, last_only=True)
+            view.feed(last, keep=1)
             _sync(dev)
             times.append(time.perf_counter() - start)
             view.roll_back(keep, 0)  # back to the prompt: every call sees the same cache length
