@@ -4,6 +4,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import ARCHS, save_tiny_model
 from specdistill.data.tokenizer import build_tokenizer
+from specdistill.errors import UserError
 from specdistill.models import (check_same_tokenizer, check_vocab, load_model, load_tokenizer, position_ids_from_mask,
                                 resolve_device)
 
@@ -68,7 +69,7 @@ def test_different_tokenizers_are_an_error(tmp_path):
     b = build_tokenizer()
     b.add_tokens(["<extra>"])
     check_same_tokenizer(a, build_tokenizer())
-    with pytest.raises(ValueError, match=r"tokenizers differ \(102 vs 103 tokens; only in teacher: \[\]; only in student: \['<extra>'\]"):
+    with pytest.raises(UserError, match=r"teacher has 102 tokens and student 103; id 102 \('<extra>'\) is missing"):
         check_same_tokenizer(a, b)
 
 

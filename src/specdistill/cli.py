@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated: exact_match,chrf,bleu,rouge_l,perplexity (default: every one the records "
                    "allow). exact_match needs --task or a GSM8K `#### N` answer; the others need reference "
                    "responses. chrf and bleu are on sacrebleu's 0-100 scale, rouge_l and exact_match 0-1")
+    p.add_argument("--teacher", help="a teacher model: also report top1_agreement, the share of reference-response "
+                   "positions where the two models' argmax tokens agree (each reading its own view)")
     p.add_argument("--json", dest="json_out", help="write the scores and samples to this JSON file")
 
     p = sub.add_parser("generate", help="generate from a model, alone or with a draft (speculative decoding)")
@@ -66,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--draft-device", help="the draft's device (default: --device), e.g. cpu beside a cuda target")
     p.add_argument("--json", dest="json_out", help="write texts, token ids and statistics to this JSON file")
 
     p = sub.add_parser("bench", help="measure a draft as the target's speculative drafter")
@@ -89,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--draft-device", help="the draft's device (default: --device), e.g. cpu beside a cuda target")
     p.add_argument("--json", dest="json_out", help="write every figure to this JSON file")
     p.add_argument("--plot", help="write the acceptance-per-position and speedup-vs-gamma plot to this PNG")
 
@@ -103,12 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .config import ConfigError
-    from .data.records import DataError
+    from .errors import UserError
 
     try:
         return COMMANDS[args.command](args) or 0
-    except (ConfigError, DataError, FileNotFoundError) as exc:
+    except (UserError, FileNotFoundError) as exc:
         print(f"specdistill {args.command}: error: {exc}", file=sys.stderr)
         return 2
 
@@ -131,12 +134,25 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _load_for_inference(spec: str, device: str, dtype: str):
+def _load_for_inference(spec: str, device: str, dtype: str, tokenizer=None):
     from .models import load_model, load_tokenizer, resolve_device
 
-    tokenizer = load_tokenizer(spec)
+    tokenizer = tokenizer or load_tokenizer(spec)
     model = load_model(spec, dtype, resolve_device(device), tokenizer).eval()
     return model, tokenizer
+
+
+def _load_pair(main: str, other: str | None, args, other_device: str | None = None):
+    """(main model, other model or None, tokenizer). The tokenizers are compared before any model is loaded: a
+    pair that does not share one is refused, naming both and the first differing token."""
+    from .models import check_same_tokenizer, load_tokenizer
+
+    tokenizer = load_tokenizer(main)
+    if other:
+        check_same_tokenizer(tokenizer, load_tokenizer(other), names=(main, other))
+    model, _ = _load_for_inference(main, args.device, args.dtype, tokenizer)
+    second = _load_for_inference(other, other_device or args.device, args.dtype, tokenizer)[0] if other else None
+    return model, second, tokenizer
 
 
 def cmd_eval(args) -> int:
@@ -144,7 +160,7 @@ def cmd_eval(args) -> int:
     from .data.records import load_records
     from .data.tasks import get_task
     from .evaluate.metrics import parse_metrics, sacrebleu_signatures, select_metrics
-    from .evaluate.quality import evaluate_records
+    from .evaluate.quality import agreement_on_records, evaluate_records
 
     ds = DatasetConfig(task=args.task, split=args.split) if args.task else DatasetConfig(path=args.data)
     records = load_records(ds)[: args.limit]
@@ -156,11 +172,19 @@ def cmd_eval(args) -> int:
     except ValueError as exc:  # checked before the model loads
         print(f"specdistill eval: error: {exc}", file=sys.stderr)
         return 2
-    model, tokenizer = _load_for_inference(args.model, args.device, args.dtype)
+    if args.teacher and any(r.response is None for r in records):
+        print("specdistill eval: error: --teacher measures top-1 agreement on reference responses; the records "
+              "need a response field (or use --task)", file=sys.stderr)
+        return 2
+    model, teacher, tokenizer = _load_pair(args.model, args.teacher, args)
     result = evaluate_records(model, tokenizer, records, ViewConfig(), scorer, args.view, args.max_new_tokens,
                               args.batch_size, metrics)
     summary = {"model": args.model, "task": args.task or args.data, "split": args.split, "view": args.view,
                **{m: result[m] for m in metrics}, "n": result["n"]}
+    if teacher is not None:
+        summary["teacher"] = args.teacher
+        summary["top1_agreement"] = agreement_on_records(model, teacher, tokenizer, records, ViewConfig(),
+                                                         args.batch_size)
     if skipped:
         summary["skipped"] = skipped
     if {"chrf", "bleu"} & set(metrics):
@@ -176,13 +200,12 @@ def cmd_generate(args) -> int:
     from .evaluate.quality import generate_ids
     from .evaluate.speculative import run_speculative
 
-    model, tokenizer = _load_for_inference(args.model, args.device, args.dtype)
+    model, draft, tokenizer = _load_pair(args.model, args.draft, args, args.draft_device)
     texts = [args.prompt] if args.prompt else [t for t in Path(args.prompts).read_text().splitlines() if t.strip()]
     prompts = [tokenizer(render_prompt(tokenizer, [{"role": "user", "content": t}]), add_special_tokens=False).input_ids
                for t in texts]
     stats = None
-    if args.draft:
-        draft, _ = _load_for_inference(args.draft, args.device, args.dtype)
+    if draft is not None:
         outputs, gen_stats, _ = run_speculative(
             model, draft, prompts, tokenizer, gamma=args.gamma, schedule=args.gamma_schedule, temperature=args.temperature,
             top_p=args.top_p, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed)
@@ -222,8 +245,7 @@ def cmd_bench(args) -> int:
     from .evaluate.plots import plot_bench
     from .evaluate.speculative import bench_pair
 
-    target, tokenizer = _load_for_inference(args.target, args.device, args.dtype)
-    draft, _ = _load_for_inference(args.draft, args.device, args.dtype)
+    target, draft, tokenizer = _load_pair(args.target, args.draft, args, args.draft_device)
     prompts, draft_prompts = _bench_prompts(args, tokenizer)
     results = []
     for bs in [int(x) for x in str(args.batch_size).split(",")]:

@@ -18,8 +18,10 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 
+from .errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError):
     """A config value or key is not allowed. The message names the file, the field and what is allowed."""
 
 
@@ -83,8 +85,11 @@ class ViewConfig:
     teacher_knowledge: bool = True  # False: the teacher sees the student's question only (plain KD)
     use_chat_template: bool = True  # False, or a tokenizer without one: "Question: ...\nAnswer: "
     sft_view: Literal["student", "teacher"] = "student"  # the view `specdistill sft` trains on
-    max_prompt_tokens: int = 512
+    max_prompt_tokens: int = 512  # the student's view; longer ones are an error (the query is never cut)
+    max_teacher_prompt_tokens: int = 4096  # the teacher's view (LUPI-SKD's is ~2,460); cut by a stated rule, see docs
     max_response_tokens: int = 128
+    template_options: dict = field(default_factory=dict)  # keyword arguments of the chat template, e.g.
+    # {enable_thinking: false} for Qwen3
 
 
 @dataclass
@@ -328,6 +333,12 @@ def validate(cfg: Config) -> None:
         _check(0 <= stage.start < 1, f"data.schedule[{i}].start: {stage.start}; allowed range [0, 1)")
         _check(len(stage.weights) == len(d.train), f"data.schedule[{i}].weights: need {len(d.train)} weights, one per dataset in data.train")
         _check(all(w >= 0 for w in stage.weights) and sum(stage.weights) > 0, f"data.schedule[{i}].weights must be >= 0 with a positive sum")
+    v = d.views
+    _check(v.max_prompt_tokens >= 1, f"data.views.max_prompt_tokens: {v.max_prompt_tokens}; must be >= 1")
+    _check(v.max_teacher_prompt_tokens >= 1,
+           f"data.views.max_teacher_prompt_tokens: {v.max_teacher_prompt_tokens}; must be >= 1")
+    _check(v.max_response_tokens >= 2, f"data.views.max_response_tokens: {v.max_response_tokens}; must be >= 2 "
+           f"(the response and its end-of-turn token)")
     for tr in t.trackers:
         _check(tr in ("tensorboard", "wandb"), f"train.trackers: {tr!r} is not allowed; allowed: tensorboard, wandb")
 

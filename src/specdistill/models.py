@@ -15,6 +15,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
 from .data.tokenizer import build_tokenizer
+from .errors import UserError
 
 ASSETS = Path(__file__).parent / "assets"
 BUILTIN_TEACHER = ASSETS / "builtin-teacher"
@@ -117,7 +118,7 @@ def check_vocab(tokenizer: PreTrainedTokenizerBase, **models: torch.nn.Module) -
     for name, model in models.items():
         rows = embedding_rows(model)
         if rows < real:
-            raise ValueError(
+            raise UserError(
                 f"the {name} has {rows} embedding rows but the tokenizer has {real} tokens: the models must share "
                 f"the tokenizer (an embedding may be larger, padded, but never smaller)"
             )
@@ -125,16 +126,30 @@ def check_vocab(tokenizer: PreTrainedTokenizerBase, **models: torch.nn.Module) -
 
 
 def check_same_tokenizer(a: PreTrainedTokenizerBase, b: PreTrainedTokenizerBase, names=("teacher", "student")) -> None:
-    """Teacher and student must tokenize identically: same vocabulary, same token ids."""
-    va, vb = a.get_vocab(), b.get_vocab()
-    if va != vb:
-        only_a = sorted(set(va) - set(vb))[:5]
-        only_b = sorted(set(vb) - set(va))[:5]
-        moved = [t for t in set(va) & set(vb) if va[t] != vb[t]][:5]
-        raise ValueError(
-            f"the {names[0]} and {names[1]} tokenizers differ ({len(va)} vs {len(vb)} tokens; only in {names[0]}: "
-            f"{only_a}; only in {names[1]}: {only_b}; different ids: {moved}). specdistill needs a shared tokenizer."
-        )
+    """Refuse two tokenizers that would give a token id different meanings: every id must map to the same token
+    string, and the added tokens must agree on which are special. Padding of the models' embeddings may differ.
+
+    names: how to call the two in the error, e.g. the model paths. Raises UserError naming the first differing id.
+    """
+    size_a, size_b = len(a), len(b)
+    tokens_a = a.convert_ids_to_tokens(list(range(size_a)))
+    tokens_b = b.convert_ids_to_tokens(list(range(size_b)))
+    for i, (x, y) in enumerate(zip(tokens_a, tokens_b)):
+        if x != y:
+            raise UserError(f"the tokenizers of {names[0]} and {names[1]} differ: id {i} is {x!r} in {names[0]} and "
+                            f"{y!r} in {names[1]}; teacher and student (target and draft) must share one tokenizer")
+    if size_a != size_b:
+        i = min(size_a, size_b)
+        extra = tokens_a[i] if size_a > size_b else tokens_b[i]
+        raise UserError(f"the tokenizers of {names[0]} and {names[1]} differ: {names[0]} has {size_a} tokens and "
+                        f"{names[1]} {size_b}; id {i} ({extra!r}) is missing from one; they must share one tokenizer")
+    special_a = {i: t.content for i, t in a.added_tokens_decoder.items() if t.special}
+    special_b = {i: t.content for i, t in b.added_tokens_decoder.items() if t.special}
+    if special_a != special_b:
+        i = min(set(special_a.items()) ^ set(special_b.items()))[0]
+        raise UserError(f"the tokenizers of {names[0]} and {names[1]} differ in their special tokens: id {i} "
+                        f"({tokens_a[i]!r}) is special in {'one' if (i in special_a) != (i in special_b) else 'both'} "
+                        f"of them ({names[0]}: {i in special_a}, {names[1]}: {i in special_b})")
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:

@@ -20,6 +20,7 @@ import torch
 
 from .data.views import PromptBatch, right_pad
 from .engine import Generation, GenerationStats, Sampling, generate, make_policy, make_schedule, sample
+from .data.templates import end_token_ids
 
 
 @dataclass
@@ -79,9 +80,12 @@ def _as_response(gen: Generation) -> tuple[torch.Tensor, torch.Tensor]:
     return gen.tokens.cpu(), mask.cpu()
 
 
-def _decode_args(cfg, tokenizer, seeds: list[int]) -> dict:
-    return dict(max_new_tokens=cfg.max_new_tokens, eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id, seed=torch.tensor(seeds), compile=cfg.compile, trace=cfg.trace)
+def _decode_args(cfg, tokenizer, seeds: list[int], *models) -> dict:
+    """Engine arguments shared by every strategy: rows end at any end-of-turn id of the tokenizer, its chat
+    template or the models' generation configs, and only the tokenizer's ids are ever generated."""
+    return dict(max_new_tokens=cfg.max_new_tokens, eos_token_id=end_token_ids(tokenizer, *models),
+                pad_token_id=tokenizer.pad_token_id, seed=torch.tensor(seeds), compile=cfg.compile, trace=cfg.trace,
+                vocab_size=len(tokenizer))
 
 
 def model_rollout(cfg, prompts: PromptBatch, model, tokenizer, seeds: list[int], who: str) -> RolloutBatch:
@@ -90,7 +94,7 @@ def model_rollout(cfg, prompts: PromptBatch, model, tokenizer, seeds: list[int],
     ids, mask = (prompts.teacher_ids, prompts.teacher_mask) if teacher else (prompts.student_ids, prompts.student_mask)
     sampling = Sampling(cfg.teacher_temperature, cfg.teacher_top_p) if teacher else Sampling(cfg.temperature, cfg.top_p)
     dev = next(model.parameters()).device
-    gen = sample(model, ids.to(dev), mask.to(dev), sampling=sampling, **_decode_args(cfg, tokenizer, seeds))
+    gen = sample(model, ids.to(dev), mask.to(dev), sampling=sampling, **_decode_args(cfg, tokenizer, seeds, model))
     response, resp_mask = _as_response(gen)
     written = resp_mask.clone() if teacher else torch.zeros_like(resp_mask)
     return assemble(prompts, response, resp_mask, written, gen.stats)
@@ -111,7 +115,7 @@ def skd_rollout(cfg, prompts: PromptBatch, student, teacher, tokenizer, seeds: l
                    prompts.teacher_ids.to(t_dev), prompts.teacher_mask.to(t_dev), policy=policy,
                    gamma=make_schedule(cfg.gamma_schedule, cfg.gamma, cfg.max_gamma),
                    draft_sampling=Sampling(cfg.temperature, cfg.top_p), verify=cfg.verification,
-                   **_decode_args(cfg, tokenizer, seeds))
+                   **_decode_args(cfg, tokenizer, seeds, student, teacher))
     response, resp_mask = _as_response(gen)
     return assemble(prompts, response, resp_mask, gen.teacher_written.cpu(), gen.stats)
 

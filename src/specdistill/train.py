@@ -15,6 +15,7 @@ from `accelerate launch` (configs/accelerate/, docs/training.md).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import importlib
@@ -42,7 +43,8 @@ from .data.tasks import get_task
 from .data.views import collate, encode_example
 from .engine.compiling import compiled_model
 from .evaluate.quality import evaluate_records
-from .models import (check_same_tokenizer, check_vocab, is_preset, load_model, load_tokenizer,
+from .data.templates import end_token_ids
+from .models import (check_same_tokenizer, check_vocab, embedding_rows, load_model, load_tokenizer,
                      position_ids_from_mask, resolve_device)
 from .rollout import RolloutBatch, dataset_rollout, make_rollout, rollout_metrics
 
@@ -94,6 +96,9 @@ def setup(cfg: Config, sft: bool = False) -> Run:
     resume = checkpoint.resolve_resume(cfg.train.resume, out)
     device = student_device(acc, m.student_device)
     tokenizer = load_tokenizer(m.tokenizer or m.student, m.trust_remote_code)
+    if needs_teacher(cfg, sft) and m.teacher and not m.tokenizer:  # before any model loads: ids must mean the same
+        check_same_tokenizer(load_tokenizer(m.teacher, m.trust_remote_code), tokenizer,
+                             names=(f"model.teacher={m.teacher}", f"model.student={m.student}"))
     student = load_model(m.student, m.student_dtype, device, tokenizer, m.trust_remote_code, cfg.train.seed)
     student = _prepare_student(student, cfg)
     if resume is not None:  # into the plain model, before FSDP/DeepSpeed shard it
@@ -269,8 +274,6 @@ def _load_teacher(cfg: Config, tokenizer, device: torch.device):
         raise ConfigError(f"loss {cfg.loss.name!r} / rollout {cfg.rollout.strategy!r} needs a teacher: "
                           f"set model.teacher")
     teacher = load_model(m.teacher, m.teacher_dtype, device, tokenizer, m.trust_remote_code, cfg.train.seed + 1)
-    if not m.tokenizer and (not is_preset(m.teacher) or m.teacher == "builtin-teacher"):
-        check_same_tokenizer(load_tokenizer(m.teacher, m.trust_remote_code), tokenizer)  # same ids in both
     teacher.eval().requires_grad_(False)
     return teacher
 
@@ -524,8 +527,11 @@ def _log_samples(run: Run, samples: list[dict]) -> None:
 
 # ---------------------------------------------------------------- saving and resuming
 def save_model(run: Run, path: Path) -> None:
-    """The student (merged LoRA when used) and the tokenizer as a Hugging Face folder. Every rank calls this
-    (gathering sharded weights is a collective); the main process writes."""
+    """The student (merged LoRA when used) and the tokenizer as a Hugging Face folder that serves as the
+    teacher's draft unchanged: its generation_config ends rows at every end id (EOS, end of turn, the models'
+    own), and its embedding matrices have the teacher's row count (zero rows past the tokenizer), which
+    transformers' assisted generation requires. Every rank calls this (gathering sharded weights is a
+    collective); the main process writes."""
     acc = run.accelerator
     model = acc.unwrap_model(run.student)
     if run.cfg.model.lora.enabled:  # a plain folder that from_pretrained / assistant_model= / vLLM load as-is
@@ -534,14 +540,45 @@ def save_model(run: Run, path: Path) -> None:
     else:
         state = acc.get_state_dict(run.student)
     if acc.is_main_process:
-        model.save_pretrained(path, state_dict=state, safe_serialization=True)
+        rows = embedding_rows(run.teacher) if run.teacher is not None else None
+        with _saved_with_rows(model, state, rows) as (to_save, state):
+            to_save.save_pretrained(path, state_dict=state, safe_serialization=True)
         run.tokenizer.save_pretrained(path)
+        generation = copy.deepcopy(model.generation_config)
+        generation.eos_token_id = end_token_ids(run.tokenizer, model, *([run.teacher] if run.teacher else []))
+        generation.pad_token_id = run.tokenizer.pad_token_id
+        generation.save_pretrained(path)
+
+
+@contextmanager
+def _saved_with_rows(model, state: dict | None, rows: int | None):
+    """(model, state dict) to save with `rows` embedding rows: the input and output embeddings zero-padded (or
+    cut back to their padding) and config.vocab_size set while saving. rows None or equal: as they are."""
+    own = embedding_rows(model)
+    if rows is None or rows == own:  # rows >= the tokenizer's size (check_vocab): only padding is added or cut
+        yield model, state
+        return
+    state = dict(model.state_dict() if state is None else state)
+    weights = {id(model.get_input_embeddings().weight)}
+    if model.get_output_embeddings() is not None:
+        weights.add(id(model.get_output_embeddings().weight))
+    for name, param in model.named_parameters(remove_duplicate=False):
+        if id(param) in weights and name in state:
+            old = state[name]  # [own, d]
+            new = old.new_zeros(rows, old.shape[1])
+            new[: min(rows, own)] = old[: min(rows, own)]
+            state[name] = new
+    config = model.config
+    saved = config.vocab_size
+    config.vocab_size = rows
+    try:
+        yield model, state
+    finally:
+        config.vocab_size = saved
 
 
 def _merged_copy(peft_model):
     """The LoRA weights merged into a copy of the base model (the training model is left as it is)."""
-    import copy
-
     return copy.deepcopy(peft_model).merge_and_unload()
 
 

@@ -11,13 +11,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import DatasetConfig, FieldMap
+from ..errors import UserError
 from .tasks import load_task
 
 FORMATS = {".json": "json", ".jsonl": "jsonl", ".csv": "csv", ".parquet": "parquet"}
 LUPI_KEYS = {"id", "category", "query", "knowledge"}
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """A dataset cannot be used. The message lists the bad records with their location and reason."""
 
 

@@ -10,51 +10,38 @@ Prompts are left-padded, so every row's response starts at the same column.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
 
 from ..config import ViewConfig
-from .records import Record
+from .records import DataError, Record
+from .templates import render_plain, render_prompt, turn_end_id  # noqa: F401 - render_* are this module's API too
 
 
-def _user_text(record: Record, views: ViewConfig, teacher: bool) -> str:
-    if teacher and views.teacher_knowledge and record.knowledge:
-        return views.knowledge_template.format(knowledge=record.knowledge, query=record.query)
+def _user_text(record: Record, views: ViewConfig, teacher: bool, knowledge: str | None) -> str:
+    if teacher and views.teacher_knowledge and knowledge:
+        return views.knowledge_template.format(knowledge=knowledge, query=record.query)
     return record.query
 
 
-def view_messages(record: Record, views: ViewConfig, teacher: bool) -> list[dict]:
-    """Chat messages of one view: [system], few-shot user/assistant pairs (teacher only), the user turn."""
+def view_messages(record: Record, views: ViewConfig, teacher: bool, shots: list[dict] | None = None,
+                  knowledge: str | None = None) -> list[dict]:
+    """Chat messages of one view: [system], few-shot user/assistant pairs (teacher only), the user turn.
+    shots and knowledge replace views.few_shot and record.knowledge (a view cut to fit its limit)."""
     system = views.system_prompt if teacher else views.student_system_prompt
     messages = [{"role": "system", "content": system}] if system else []
-    for shot in views.few_shot if teacher else []:
+    for shot in (views.few_shot if shots is None else shots) if teacher else []:
         messages += [{"role": "user", "content": shot["query"]}, {"role": "assistant", "content": shot["response"]}]
-    return messages + [{"role": "user", "content": _user_text(record, views, teacher)}]
-
-
-def render_plain(messages: list[dict]) -> str:
-    """The template for tokenizers without a chat template: `Question: ...\\nAnswer: ` blocks."""
-    parts = []
-    for m in messages:
-        if m["role"] == "system":
-            parts.append(m["content"] + "\n\n")
-        elif m["role"] == "user":
-            parts.append(f"Question: {m['content']}\nAnswer: ")
-        else:
-            parts.append(m["content"] + "\n\n")
-    return "".join(parts)
-
-
-def render_prompt(tokenizer, messages: list[dict], use_chat_template: bool = True) -> str:
-    if use_chat_template and getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return render_plain(messages)
+    text = _user_text(record, views, teacher, record.knowledge if knowledge is None else knowledge)
+    return messages + [{"role": "user", "content": text}]
 
 
 @dataclass
 class Example:
-    """One record, encoded: each model's prompt ids and the reference response ids (ending with EOS)."""
+    """One record, encoded: each model's prompt ids and the reference response ids (ending with the template's
+    end-of-turn token, as the model would write it)."""
 
     student_prompt: list[int]
     teacher_prompt: list[int]
@@ -63,17 +50,69 @@ class Example:
 
 
 def encode_example(record: Record, tokenizer, views: ViewConfig) -> Example:
-    """Encode both views. Over-long prompts keep their end (the question); responses keep their start."""
-
-    def prompt_ids(teacher: bool) -> list[int]:
-        text = render_prompt(tokenizer, view_messages(record, views, teacher), views.use_chat_template)
-        return tokenizer(text, add_special_tokens=False).input_ids[-views.max_prompt_tokens :]
-
+    """Encode both views (each within its own limit, see `fit_view`); responses keep their start."""
     response = None
     if record.response is not None:
         ids = tokenizer(record.response, add_special_tokens=False).input_ids[: views.max_response_tokens - 1]
-        response = ids + [tokenizer.eos_token_id]
-    return Example(prompt_ids(False), prompt_ids(True), response, record)
+        response = ids + [turn_end_id(tokenizer)]
+    return Example(fit_view(record, tokenizer, views, False), fit_view(record, tokenizer, views, True), response,
+                   record)
+
+
+_WARNED: set[str] = set()  # rules already announced in this process
+
+
+def fit_view(record: Record, tokenizer, views: ViewConfig, teacher: bool) -> list[int]:
+    """A view's prompt ids within its limit (max_prompt_tokens for the student, max_teacher_prompt_tokens for
+    the teacher), never cut through its chat markup: the messages are shortened and rendered again.
+
+    Rule for the teacher's view: drop few-shot examples, oldest first; then keep the longest start of the
+    knowledge that fits. Each rule warns once per process. A view that cannot fit (the system prompt and the
+    query alone are too long, or any too-long student view) is a DataError naming the record and the field."""
+    limit = views.max_teacher_prompt_tokens if teacher else views.max_prompt_tokens
+
+    def encode(shots=None, knowledge=None) -> list[int]:
+        messages = view_messages(record, views, teacher, shots, knowledge)
+        text = render_prompt(tokenizer, messages, views.use_chat_template, views.template_options)
+        return tokenizer(text, add_special_tokens=False).input_ids
+
+    ids = encode()
+    if len(ids) <= limit:
+        return ids
+    shots = list(views.few_shot) if teacher else []
+    while shots and len(ids) > limit:
+        shots = shots[1:]
+        ids = encode(shots)
+    if len(ids) <= limit:
+        _warn_once("few_shot", f"record {record.id}: the teacher view is over data.views.max_teacher_prompt_tokens="
+                   f"{limit}; its oldest few-shot examples are left out (so for every such record)")
+        return ids
+    if teacher and views.teacher_knowledge and record.knowledge:
+        keep = _longest_fitting_prefix(record.knowledge, lambda k: len(encode(shots, k)) <= limit)
+        if keep:
+            _warn_once("knowledge", f"record {record.id}: the teacher view is over data.views.max_teacher_prompt_"
+                       f"tokens={limit} without few-shot examples; its knowledge is cut to its first {len(keep)} of "
+                       f"{len(record.knowledge)} characters (so for every such record)")
+            return encode(shots, keep)
+    field = "max_teacher_prompt_tokens" if teacher else "max_prompt_tokens"
+    raise DataError(f"record {record.id}: the {'teacher' if teacher else 'student'} view is {len(ids)} tokens, over "
+                    f"data.views.{field}={limit}, and cannot be cut without cutting the query or the chat markup; "
+                    f"raise data.views.{field} or shorten the record")
+
+
+def _longest_fitting_prefix(text: str, fits) -> str:
+    """The longest start of `text` (whole characters) for which fits(prefix) holds, by bisection; '' if none."""
+    low, high = 0, len(text)
+    while low < high:
+        mid = (low + high + 1) // 2
+        low, high = (mid, high) if fits(text[:mid]) else (low, mid - 1)
+    return text[:low]
+
+
+def _warn_once(rule: str, message: str) -> None:
+    if rule not in _WARNED:
+        _WARNED.add(rule)
+        warnings.warn(message, stacklevel=3)
 
 
 def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -60,15 +60,15 @@ def verify_block(view: ModelView, pending: torch.Tensor, drafts: torch.Tensor, s
 
     w is 1, or in the first block of a parallel run the whole left-padded prompt (pending_valid [B, w] marks its
     padding), so that the prompt is encoded in the same forward that verifies the first drafts. Only the last
-    g+1 positions' logits are computed. The logits come back on the drafts' device (the teacher may live on
-    another one)."""
-    tokens = torch.cat([pending, drafts.to(pending.device)], 1).to(view.device)  # [B, w+g]
+    g+1 positions' logits are computed. Token ids move to the teacher's device (it may live on another one than
+    the student); the logits stay there, where the policy judges them."""
+    tokens = torch.cat([pending.to(view.device), drafts.to(view.device)], 1)  # [B, w+g]
     if not sequential:
         valid = None
         if pending_valid is not None:
-            valid = torch.cat([pending_valid, torch.ones_like(drafts, dtype=torch.bool)], 1).to(view.device)
-        return view.feed(tokens, valid, keep=drafts.shape[1] + 1).to(drafts.device)
-    return torch.cat([view.feed(tokens[:, i : i + 1]) for i in range(tokens.shape[1])], 1).to(drafts.device)
+            valid = torch.cat([pending_valid.to(view.device), torch.ones_like(tokens[:, pending.shape[1]:], dtype=torch.bool)], 1)
+        return view.feed(tokens, valid, keep=drafts.shape[1] + 1)
+    return torch.cat([view.feed(tokens[:, i : i + 1]) for i in range(tokens.shape[1])], 1)
 
 
 class Responses:
@@ -136,6 +136,7 @@ def generate(
     verify: str = "parallel",
     compile: bool | str = False,
     trace: bool = False,
+    vocab_size: int | None = None,
 ) -> Generation:
     """Generate responses with a drafter and (optionally) a teacher that verifies it.
 
@@ -155,6 +156,9 @@ def generate(
         (True = inductor, or a backend name); anything that fails to compile runs eagerly. pick_token, a few
         small ops per drafted token, stays eager: compiled, it ran slower on a CPU.
     trace: record every block (drafts, teacher top-K ids, decisions, gamma) in Generation.trace.
+    vocab_size: the tokenizer's size V. Both models' logits are cut to [..., :V], so ids a padded embedding
+        matrix has beyond the tokenizer are never drafted, sampled, accepted or written, and the two models'
+        distributions are compared over the same ids. None: the smaller of the two models' output sizes.
     """
     began = time.perf_counter()
     with torch.no_grad():
@@ -162,7 +166,7 @@ def generate(
             draft, draft_ids, draft_mask, target, target_ids, target_mask,
             policy=policy, gamma=gamma, draft_sampling=draft_sampling, max_new_tokens=max_new_tokens,
             eos_token_id=eos_token_id, stop=stop, tokenizer=tokenizer, pad_token_id=pad_token_id, seed=seed,
-            verify=verify, compile=compile, trace=trace,
+            verify=verify, compile=compile, trace=trace, vocab_size=vocab_size,
         )  # fmt: skip
         run.loop()
         return run.result(time.perf_counter() - began)
@@ -183,6 +187,7 @@ def sample(
     chunk: int = 8,
     compile: bool | str = False,
     trace: bool = False,
+    vocab_size: int | None = None,
 ) -> Generation:
     """Plain decoding of one model (no teacher): the engine's draft path, committing every token.
 
@@ -190,13 +195,20 @@ def sample(
     """
     return generate(model, ids, mask, policy="greedy", gamma=ConstantGamma(chunk), draft_sampling=sampling,
                     max_new_tokens=max_new_tokens, eos_token_id=eos_token_id, stop=stop, tokenizer=tokenizer,
-                    pad_token_id=pad_token_id, seed=seed, compile=compile, trace=trace)  # fmt: skip
+                    pad_token_id=pad_token_id, seed=seed, compile=compile, trace=trace, vocab_size=vocab_size)  # fmt: skip
 
 
 def noise_tables(seeds: torch.Tensor, width: int) -> dict[int, torch.Tensor]:
     """Uniforms for every (row, response position < width) of each stream: {stream: [B, width] float64}."""
     positions = torch.arange(width, device=seeds.device).expand(seeds.shape[0], -1)
     return {stream: uniforms(seeds, positions, stream) for stream in (DRAFT, ACCEPT, TARGET)}
+
+
+def shared_vocab(draft, target=None) -> int:
+    """The ids both models can score when no tokenizer size is given: the smaller output size."""
+    sizes = [m.get_output_embeddings().weight.shape[0] for m in (draft, target)
+             if m is not None and hasattr(m, "get_output_embeddings") and m.get_output_embeddings() is not None]
+    return min(sizes) if sizes else None
 
 
 def _check_inputs(draft_ids, draft_mask, target, target_ids, target_mask, verify: str) -> None:
@@ -225,7 +237,7 @@ class _Run:
 
     def __init__(self, draft, draft_ids, draft_mask, target, target_ids, target_mask, *, policy, gamma,
                  draft_sampling, max_new_tokens, eos_token_id, stop, tokenizer, pad_token_id, seed, verify, compile,
-                 trace):  # fmt: skip
+                 trace, vocab_size):  # fmt: skip
         _check_inputs(draft_ids, draft_mask, target, target_ids, target_mask, verify)
         self.policy = make_policy(policy) if isinstance(policy, str) else policy
         self.schedule = ConstantGamma(gamma) if isinstance(gamma, int) else gamma
@@ -241,16 +253,19 @@ class _Run:
         self.noise = noise_tables(row_seeds(seed, batch, device), self.resp.width)
         self.clock = ForwardClock()
         spare = max_new_tokens + 2 * self.schedule.max_gamma + 4
-        self.student = ModelView(draft, self.clock, batch, draft_ids.shape[1] + spare, device, compile, "draft")
+        vocab = vocab_size or shared_vocab(draft, target)
+        self.student = ModelView(draft, self.clock, batch, draft_ids.shape[1] + spare, device, compile, "draft", vocab)
         self.teacher, self.judge, self.settle = None, self.policy.judge, settle
+        self.t_device = device
         if target is not None:
-            self.teacher = ModelView(target, self.clock, batch, target_ids.shape[1] + spare, target_ids.device,
-                                     compile, "target")
+            self.t_device = target_ids.device
+            self.teacher = ModelView(target, self.clock, batch, target_ids.shape[1] + spare, self.t_device,
+                                     compile, "target", vocab)
             self.judge = maybe_compile(self.policy.judge, compile, f"{self.policy.name}.judge")
             self.settle = maybe_compile(settle, compile, "settle")
         self.stats = StatsAccumulator(min(self.schedule.max_gamma, max_new_tokens))
         self.gamma_rows = torch.full((batch,), self.schedule.gamma, dtype=torch.long, device=device)
-        self.policy_state = self.policy.init_state(batch, device)
+        self.policy_state = self.policy.init_state(batch, self.t_device)  # judged on the teacher's device
         # The whole prompt is the first block's pending input: the student's first forward encodes it and gives
         # its first draft, and (parallel verification) the teacher's first forward encodes its prompt and scores
         # the first drafts, as transformers' assisted generation does: no separate prefill forward. Sequential
@@ -282,27 +297,34 @@ class _Run:
             settled = Settled(n=gamma_rows, full=torch.ones_like(active), next_token=drafts[:, 0],
                               has_next=torch.zeros_like(active))  # fmt: skip
         else:
-            verdict, target_logits = self._verify_and_judge(drafts, warped, at)
-            settled = self.settle(verdict, gamma_rows, self.policy.bonus_token)
+            verdict, target_logits, settled = self._verify_and_judge(drafts, warped, at, gamma_rows, active)
         k = commit(self.resp, drafts, settled, active, self.stopping)
-        top_k = None if verdict is None else verdict.top_k
+        top_k = None if verdict is None or verdict.top_k is None else verdict.top_k.to(drafts.device)
         self.stats.record(active, gamma_rows, settled.n, settled.full, settled.has_next, top_k, verdict is not None)
-        if verdict is not None:
-            self.policy_state = self.policy.update(self.policy_state, verdict, settled.n, gamma_rows, active)
         schedule = self.schedule.update(self.gamma_rows, settled.n, settled.full)
         self.gamma_rows = torch.where(active, schedule, self.gamma_rows)
         if self.trace is not None:
             self._record(start, gamma_rows, drafts, target_logits, settled, k, top_k)
         self._roll_back(g, k)
 
-    def _verify_and_judge(self, drafts: torch.Tensor, warped: torch.Tensor | None, at: torch.Tensor):
-        """The teacher scores the block; the policy judges it. Returns the verdict and the teacher logits."""
-        g = drafts.shape[1]
+    def _verify_and_judge(self, drafts, warped, at, gamma_rows, active):
+        """The teacher scores the block and the policy judges and settles it, on the teacher's device (only ids,
+        noise and per-row integers cross devices; the student's logits too for speculative sampling). Returns
+        the verdict, the teacher logits [B, g+1, V] and the settled outcome on the student's device."""
+        g, dev = drafts.shape[1], self.t_device
         self.teacher.mark()
-        target_logits = verify_block(self.teacher, self.t_pending, drafts, self.sequential, self.t_valid)  # [B, g+1, V]
+        target_logits = verify_block(self.teacher, self.t_pending, drafts, self.sequential, self.t_valid)
         u_accept, u_target = self.noise[ACCEPT].gather(1, at[:, :g]), self.noise[TARGET].gather(1, at)
-        block = Block(drafts, warped, target_logits, u_accept, u_target)
-        return self.judge(block, self.policy_state), target_logits
+        block = Block(drafts.to(dev), None if warped is None else warped.to(dev), target_logits, u_accept.to(dev),
+                      u_target.to(dev))
+        verdict = self.judge(block, self.policy_state)
+        rows, running = gamma_rows.to(dev), active.to(dev)
+        settled = self.settle(verdict, rows, self.policy.bonus_token)
+        self.policy_state = self.policy.update(self.policy_state, verdict, settled.n, rows, running)
+        if dev != drafts.device:
+            settled = Settled(*(t.to(drafts.device) for t in (settled.n, settled.full, settled.next_token,
+                                                               settled.has_next)))
+        return verdict, target_logits, settled
 
     def _roll_back(self, g: int, k: torch.Tensor) -> None:
         """Keep each model's cache to the committed tokens minus the new pending ones; read the next block length."""

@@ -55,6 +55,20 @@ def _forward_params(model) -> set[str]:
         return set()
 
 
+def rollback_cache(model) -> DynamicCache:
+    """An empty KV cache that can be cropped back to any length.
+
+    With the model's config, transformers gives sliding-window layers (Gemma-2/3, Mistral with a window) a cache
+    that keeps only the window, which cannot be cropped once it is full. Those models get full layers instead:
+    their attention masks still apply the window, so the logits are the same, and the cache grows with the row.
+    """
+    config = getattr(model, "config", None)
+    text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+    layer_types = getattr(text, "layer_types", None) or []
+    sliding = getattr(text, "sliding_window", None) and (not layer_types or "sliding_attention" in layer_types)
+    return DynamicCache() if sliding else DynamicCache(config=config)
+
+
 class ModelView:
     """A model plus its cache over one left-padded view ids [B, L] / mask [B, L].
 
@@ -69,13 +83,14 @@ class ModelView:
     """
 
     def __init__(self, model, clock: ForwardClock, batch_size: int, capacity: int, device: torch.device,
-                 compile: bool | str = False, role: str = "model"):
+                 compile: bool | str = False, role: str = "model", vocab: int | None = None):
         self.model = model
+        self.vocab = vocab  # logits are cut to the tokenizer's ids [..., :vocab]: padded embedding rows never count
         self.forward = compiled_model(model, compile, role)  # model itself without compile
         self.compiled = bool(compile)
         self.clock = clock
         self.device = torch.device(device)
-        self.cache = DynamicCache(config=getattr(model, "config", None))
+        self.cache = rollback_cache(model)
         self.slots = torch.zeros(batch_size, max(capacity, 1), dtype=torch.long, device=device)  # 1 = real token
         self._arange = torch.arange(self.slots.shape[1], device=device)
         self.length = 0  # physical cache slots (host int, == cache.get_seq_length())
@@ -124,7 +139,8 @@ class ModelView:
         self.length = end
         self.calls += 1
         self.tokens_fed += w
-        return out.logits if not keep or out.logits.shape[1] == keep else out.logits[:, -keep:]
+        logits = out.logits if not keep or out.logits.shape[1] == keep else out.logits[:, -keep:]
+        return logits if self.vocab is None else logits[..., : self.vocab]
 
     def prefill(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Encode the prompt except its last column, which becomes the pending token [B, 1]."""

@@ -185,3 +185,27 @@ def perplexity(nll_sums: torch.Tensor, counts: torch.Tensor) -> float:
         return math.nan
     mean = float(nll_sums.sum()) / tokens
     return math.exp(mean) if mean < 700 else math.inf
+
+
+# ---------------------------------------------------------------- agreement of a pair
+@torch.no_grad()
+def top1_agreement(student, teacher, student_prompts: list[list[int]], teacher_prompts: list[list[int]],
+                   responses: list[list[int]], pad_id: int, vocab: int, batch_size: int = 32) -> tuple[int, int]:
+    """(positions where the two models' argmax tokens agree, response positions), each model reading its own view
+    followed by the same reference response (teacher forcing). Argmaxes are over the tokenizer's ids [:vocab].
+    The share agree / positions is the cheapest predictor of greedy acceptance."""
+    from ..train import response_logits  # imported here: train imports this package
+
+    agree = total = 0
+    for i in range(0, len(responses), batch_size):
+        r_ids, r_mask = right_pad(responses[i : i + batch_size], pad_id)  # [B, T]
+        argmax = []
+        for model, prompts in ((student, student_prompts), (teacher, teacher_prompts)):
+            device = next(model.parameters()).device
+            p_ids, p_mask = left_pad(prompts[i : i + batch_size], pad_id)  # [B, P]
+            ids, mask = torch.cat([p_ids, r_ids], 1).to(device), torch.cat([p_mask, r_mask], 1).to(device)
+            logits = response_logits(model, ids, mask, p_ids.shape[1], r_ids.shape[1], vocab)  # [B, T, V]
+            argmax.append(logits.argmax(-1).cpu())
+        agree += int(((argmax[0] == argmax[1]) & r_mask).sum())
+        total += int(r_mask.sum())
+    return agree, total

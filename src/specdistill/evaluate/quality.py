@@ -5,9 +5,10 @@ from __future__ import annotations
 import torch
 
 from ..data.records import Record
+from ..data.templates import end_token_ids, turn_end_id
 from ..data.views import encode_example, left_pad
 from ..engine import GREEDY, Sampling, sample
-from .metrics import GENERATED, TEXT_SCORES, exact_match, perplexity, response_nll, select_metrics
+from .metrics import GENERATED, TEXT_SCORES, exact_match, perplexity, response_nll, select_metrics, top1_agreement
 
 
 @torch.no_grad()
@@ -23,8 +24,8 @@ def generate_ids(model, tokenizer, prompts: list[list[int]], max_new_tokens: int
     for i in range(0, len(prompts), batch_size):
         ids, mask = left_pad(prompts[i : i + batch_size], tokenizer.pad_token_id)
         gen = sample(model, ids.to(device), mask.to(device), sampling=sampling, max_new_tokens=max_new_tokens,
-                     eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                     seed=torch.arange(i, i + ids.shape[0]) + seed)
+                     eos_token_id=end_token_ids(tokenizer, model), pad_token_id=tokenizer.pad_token_id,
+                     seed=torch.arange(i, i + ids.shape[0]) + seed, vocab_size=len(tokenizer))
         outputs += gen.rows()
     model.train(was_training)
     return outputs
@@ -38,8 +39,18 @@ def generate_texts(model, tokenizer, prompts: list[list[int]], max_new_tokens: i
 
 
 def reference_ids(tokenizer, text: str) -> list[int]:
-    """A reference response as the model should write it: its tokens, untruncated, then EOS."""
-    return tokenizer(text, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+    """A reference response as the model should write it: its tokens, untruncated, then the end-of-turn token."""
+    return tokenizer(text, add_special_tokens=False).input_ids + [turn_end_id(tokenizer)]
+
+
+def agreement_on_records(student, teacher, tokenizer, records: list[Record], views, batch_size: int = 32) -> float:
+    """Top-1 agreement of a student/teacher pair on the records' reference responses (metrics.top1_agreement):
+    the student reads its view, the teacher its own (with knowledge)."""
+    examples = [encode_example(r, tokenizer, views) for r in records]
+    agree, total = top1_agreement(student, teacher, [e.student_prompt for e in examples],
+                                  [e.teacher_prompt for e in examples], [e.response for e in examples],
+                                  tokenizer.pad_token_id, len(tokenizer), batch_size)
+    return agree / total if total else float("nan")
 
 
 def evaluate_records(model, tokenizer, records: list[Record], views, scorer=None, view: str = "student",

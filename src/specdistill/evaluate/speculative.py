@@ -11,6 +11,7 @@ import time
 
 import torch
 
+from ..data.templates import end_token_ids
 from ..data.views import left_pad
 from ..engine import GREEDY, GenerationStats, Sampling, generate, make_policy, make_schedule, sample
 from ..engine.views import ForwardClock, ModelView
@@ -55,9 +56,9 @@ def run_speculative(target, draft, prompts, tokenizer, *, gamma=4, schedule="con
         gen = generate(draft, d_ids.to(ddev), d_mask.to(ddev), target, t_ids.to(tdev), t_mask.to(tdev),
                        policy=spec_policy(temperature, top_p), gamma=make_schedule(schedule, gamma),
                        draft_sampling=Sampling(temperature, top_p) if temperature > 0 else GREEDY,
-                       max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id,
+                       max_new_tokens=max_new_tokens, eos_token_id=end_token_ids(tokenizer, target),
                        pad_token_id=tokenizer.pad_token_id, seed=torch.arange(i, i + len(chunk)) + seed, verify=verify,
-                       compile=compile)
+                       compile=compile, vocab_size=len(tokenizer))
         _sync(tdev)
         seconds += time.perf_counter() - start
         outputs += gen.rows()
@@ -75,9 +76,9 @@ def run_target_alone(target, prompts, tokenizer, *, temperature=0.0, top_p=1.0, 
         _sync(dev)
         start = time.perf_counter()
         gen = sample(target, ids.to(dev), mask.to(dev), sampling=Sampling(temperature, top_p) if temperature > 0 else GREEDY,
-                     max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id,
+                     max_new_tokens=max_new_tokens, eos_token_id=end_token_ids(tokenizer, target),
                      pad_token_id=tokenizer.pad_token_id, seed=torch.arange(i, i + len(chunk)) + seed, chunk=1,
-                     compile=compile)
+                     compile=compile, vocab_size=len(tokenizer))
         _sync(dev)
         seconds += time.perf_counter() - start
         outputs += gen.rows()
@@ -87,8 +88,15 @@ def run_target_alone(target, prompts, tokenizer, *, temperature=0.0, top_p=1.0, 
 @torch.no_grad()
 def run_hf_assisted(target, draft, prompts, tokenizer, *, gamma=4, max_new_tokens=64):
     """transformers' assisted generation, greedy, batch size 1 (all it supports): constant schedule with
-    `gamma` assistant tokens and the confidence threshold off. Returns (token-id lists, seconds)."""
+    `gamma` assistant tokens and the confidence threshold off, the same end ids as the engine, and, where the
+    target's embedding is padded past the tokenizer, those ids suppressed (the engine never emits them either).
+    Returns (token-id lists, seconds)."""
     dev = _device(target)
+    rows = target.get_output_embeddings().weight.shape[0]
+    suppress = list(range(len(tokenizer), rows)) or None
+    # transformers refuses a draft whose vocab_size differs (different padding) unless given both tokenizers,
+    # which switches it to its universal (text-level) assisted decoding: what a transformers user must do.
+    universal = {} if hf_same_vocab(target, draft) else {"tokenizer": tokenizer, "assistant_tokenizer": tokenizer}
     cfg = draft.generation_config
     saved = (cfg.num_assistant_tokens, cfg.num_assistant_tokens_schedule, cfg.assistant_confidence_threshold)
     cfg.num_assistant_tokens, cfg.num_assistant_tokens_schedule, cfg.assistant_confidence_threshold = gamma, "constant", 0.0
@@ -99,14 +107,20 @@ def run_hf_assisted(target, draft, prompts, tokenizer, *, gamma=4, max_new_token
             _sync(dev)
             start = time.perf_counter()
             out = target.generate(input_ids=ids, attention_mask=torch.ones_like(ids), assistant_model=draft,
-                                  do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id,
-                                  pad_token_id=tokenizer.pad_token_id, top_p=None, top_k=None, temperature=None)
+                                  do_sample=False, max_new_tokens=max_new_tokens,
+                                  eos_token_id=end_token_ids(tokenizer, target), pad_token_id=tokenizer.pad_token_id,
+                                  suppress_tokens=suppress, top_p=None, top_k=None, temperature=None, **universal)
             _sync(dev)
             seconds += time.perf_counter() - start
             outputs.append(out[0, len(p):].tolist())
     finally:
         cfg.num_assistant_tokens, cfg.num_assistant_tokens_schedule, cfg.assistant_confidence_threshold = saved
     return outputs, seconds
+
+
+def hf_same_vocab(target, draft) -> bool:
+    """Whether transformers' assisted generation takes this draft as is (equal config vocab sizes)."""
+    return target.config.get_text_config().vocab_size == draft.config.get_text_config().vocab_size
 
 
 @torch.no_grad()
@@ -189,14 +203,16 @@ def bench_pair(target, draft, prompts, tokenizer, *, gamma=4, schedule="constant
     if compare_hf:
         (hf_out, hf_s), (b1_out, _, b1_s) = out["hf"], out.get("b1", out["spec"])
         result["hf_assisted_tokens_per_s"] = count_tokens(hf_out) / hf_s
+        result["hf_assisted_mode"] = "same_vocab" if hf_same_vocab(target, draft) else "universal"
         result["tokens_per_s_b1"] = count_tokens(b1_out) / b1_s
         result["speedup_vs_hf_assisted"] = result["tokens_per_s_b1"] / result["hf_assisted_tokens_per_s"]
-        result["matches_hf_assisted"] = [_strip(o, tokenizer) for o in hf_out] == [_strip(o, tokenizer) for o in b1_out]
+        ends = end_token_ids(tokenizer, target)
+        result["matches_hf_assisted"] = [_strip(o, ends) for o in hf_out] == [_strip(o, ends) for o in b1_out]
     return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in result.items()}
 
 
-def _strip(ids: list[int], tokenizer) -> list[int]:
-    """HF pads finished rows and stops after EOS; compare up to and including the first EOS."""
-    if tokenizer.eos_token_id in ids:
-        ids = ids[: ids.index(tokenizer.eos_token_id) + 1]
-    return [i for i in ids if i != tokenizer.pad_token_id]
+def _strip(ids: list[int], ends: list[int]) -> list[int]:
+    """A response up to and including its first end id (transformers pads a finished row with the pad id, which
+    may itself be an end id)."""
+    cut = next((j for j, i in enumerate(ids) if i in ends), None)
+    return ids if cut is None else ids[: cut + 1]
