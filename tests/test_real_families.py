@@ -474,3 +474,20 @@ def test_bf16_weights_distill_and_generate(tmp_path, capsys):
     assert code == 0, err
     tokens = json.loads((tmp_path / "g.json").read_text())["outputs"][0]["token_ids"]
     assert tokens and all(0 <= t < V for t in tokens)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_batched_speculative_greedy_equals_each_row_decoded_alone(family):
+    """The engine's batch contract on real families, rows accepting different numbers of drafts (holes in the
+    caches) and, for Gemma, prompt plus response outgrowing the sliding window."""
+    fam = get_family(family)
+    tok = load_tokenizer(str(fam.teacher))
+    student, teacher = (AutoModelForCausalLM.from_pretrained(p).eval() for p in (fam.student, fam.teacher))
+    questions = ["What is 23+2*7?", "Name three colours of the sea.", "한국의 전통 음식은 무엇인가요?", "Hi"]
+    ids, mask = _left_padded(tok, questions)
+    kw = dict(max_new_tokens=40, eos_token_id=end_token_ids(tok, teacher), vocab_size=V, pad_token_id=tok.pad_token_id)
+    batched = generate(student, ids, mask, teacher, ids, mask, policy=make_policy("greedy"), gamma=3, **kw)
+    for b, question in enumerate(questions):
+        one_ids, one_mask = _left_padded(tok, [question])
+        alone = sample(teacher, one_ids, one_mask, chunk=1, **kw).rows()[0]
+        assert batched.rows()[b] == alone, f"row {b}"

@@ -55,18 +55,23 @@ def _forward_params(model) -> set[str]:
         return set()
 
 
-def rollback_cache(model) -> DynamicCache:
-    """An empty KV cache that can be cropped back to any length.
-
-    With the model's config, transformers gives sliding-window layers (Gemma-2/3, Mistral with a window) a cache
-    that keeps only the window, which cannot be cropped once it is full. Those models get full layers instead:
-    their attention masks still apply the window, so the logits are the same, and the cache grows with the row.
-    """
+def has_sliding_window(model) -> bool:
+    """Whether some attention layer of the model sees only a window of recent positions (Gemma-2/3, Mistral
+    with `sliding_window` set)."""
     config = getattr(model, "config", None)
     text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
     layer_types = getattr(text, "layer_types", None) or []
-    sliding = getattr(text, "sliding_window", None) and (not layer_types or "sliding_attention" in layer_types)
-    return DynamicCache() if sliding else DynamicCache(config=config)
+    return bool(getattr(text, "sliding_window", None)) and (not layer_types or "sliding_attention" in layer_types)
+
+
+def rollback_cache(model) -> DynamicCache:
+    """An empty KV cache that can be cropped back to any length.
+
+    With the model's config, transformers gives sliding-window layers a cache that keeps only the window, which
+    cannot be cropped once it is full. Those models get full layers instead: their attention masks still apply
+    the window, so the logits are the same, and the cache grows with the row.
+    """
+    return DynamicCache() if has_sliding_window(model) else DynamicCache(config=getattr(model, "config", None))
 
 
 class ModelView:
@@ -103,6 +108,9 @@ class ModelView:
         # deprecation wrapper that costs time on every call); older releases and other models use past_key_values.
         self._cache_arg = "cache" if "cache" in params else "past_key_values"
         self._mark = (0, self.next_pos)
+        # transformers measures a sliding window in cache slots, not in positions: holes inside a row would shrink
+        # the row's window, so these models move each row's holes to its left edge after every roll-back.
+        self._holes_left = has_sliding_window(model)
 
     def feed(self, tokens: torch.Tensor, valid: torch.Tensor | None = None, keep: int = 0):
         """Run the model on tokens [B, w] after the cache; valid [B, w] bool marks holes (None = all real).
@@ -165,6 +173,21 @@ class ModelView:
             self.length = new_length
             if self.compiled:  # crop leaves strided views [B, H, S, D] of the longer tensors; dynamo guards on
                 self._compact()  # strides, so a compiled forward would recompile at every new cache length
+        if self._holes_left:
+            self._move_holes_left()
+
+    def _move_holes_left(self) -> None:
+        """Reorder each row's cache slots so that its holes come first and its tokens keep their order, ending at
+        the last slot: slot distances between a row's tokens then equal their position distances, which is what
+        a sliding-window mask measures. One gather over the cache per roll-back, only for such models."""
+        slots = self.slots[:, : self.length]  # [B, S]
+        order = torch.sort(slots, dim=1, stable=True).indices  # [B, S]: holes (0) first, tokens in order
+        self.slots[:, : self.length] = slots.gather(1, order)
+        for layer in getattr(self.cache, "layers", []):
+            if getattr(layer, "keys", None) is None or layer.keys.shape[-2] != self.length:
+                continue
+            index = order.to(layer.keys.device)[:, None, :, None].expand_as(layer.keys)  # [B, H, S, D]
+            layer.keys, layer.values = layer.keys.gather(2, index), layer.values.gather(2, index)
 
     def _compact(self) -> None:
         for layer in getattr(self.cache, "layers", []):
