@@ -299,28 +299,6 @@ def test_jsd_agrees_with_trl(beta):
     torch.testing.assert_close(ours / n, theirs, rtol=1e-5, atol=1e-5)  # batchmean = sum / valid tokens
 
 
-# ---------------------------------------------------------------- position alignment
-
-
-def test_shift_mask_trains_the_first_response_token():
-    P, n = 3, 2  # prompt positions 0..2, response tokens at 3..4, one pad at 5
-    response = torch.zeros(B, L, dtype=torch.bool)
-    response[:, P:P + n] = True
-    mask = losses.shift_mask(response)
-    assert mask[0].nonzero().flatten().tolist() == [P - 1, P]  # logits at P-1 predict the first response token
-    ids = torch.arange(B * L).reshape(B, L)
-    assert losses.shift_labels(ids)[0, P - 1] == ids[0, P]
-
-    s, t, _, labels = make()
-    base = losses.fkl(s, t, mask)[0]
-    moved = s.clone()
-    moved[:, P - 1] += torch.randn(B, V)  # only the logits predicting the first response token
-    assert not torch.isclose(losses.fkl(moved, t, mask)[0], base)
-    after = s.clone()
-    after[:, P + n - 1] += torch.randn(B, V)  # the last response position predicts a token outside the response
-    torch.testing.assert_close(losses.fkl(after, t, mask)[0], base)
-
-
 # ---------------------------------------------------------------- errors
 
 

@@ -10,8 +10,8 @@ The gradient of each chunk is taken as soon as the chunk is done, so only one ch
 intermediates are ever alive; a [L, 150k] vocabulary never materialises in fp32 at full size.
 Teacher logits are constants: they get no gradient. Double backward is not supported.
 
-Logits are aligned with the tokens they predict: use `shift_mask` and `shift_labels` to turn a mask and
-ids over tokens into a mask and labels over logit positions.
+Logits come aligned with the tokens they predict: position j of the logits predicts label j (the trainer
+gets them from `scoring.response_logits`).
 """
 
 from __future__ import annotations
@@ -252,7 +252,7 @@ def skew_rkl(student_logits, teacher_logits, mask, *, alpha=0.1, temperature=1.0
 def ce(student_logits, teacher_logits, mask, labels, *, temperature=1.0, chunk_size=DEFAULT_CHUNK_SIZE):
     """Cross-entropy with hard labels: -log softmax(s / T)[y]. teacher_logits is unused (may be None).
 
-    labels [B, L]: the token each logit position predicts (see `shift_labels`), valid ids inside mask."""
+    labels [B, L]: the token each logit position predicts, valid ids inside mask."""
     return _run(_ce_rows, student_logits, None, mask, labels, temperature=temperature, chunk_size=chunk_size)
 
 
@@ -305,26 +305,7 @@ def compute(name, student_logits, teacher_logits, mask, labels=None, **params):
     return fn(student_logits, teacher_logits, mask, **params)
 
 
-# ---------------------------------------------------------------- alignment and normalisation
-
-
-def shift_mask(response_mask: torch.Tensor) -> torch.Tensor:
-    """Mask over tokens [B, L] -> mask over the logit positions that predict them [B, L].
-
-    The logits at position p predict token p + 1, so a response token at position P + j is predicted by
-    the logits at P + j - 1: the first response token (j = 0) is predicted at P - 1, the last prompt position."""
-    out = torch.zeros_like(response_mask, dtype=torch.bool)
-    out[:, :-1] = response_mask[:, 1:]
-    return out
-
-
-def shift_labels(input_ids: torch.Tensor) -> torch.Tensor:
-    """Ids over tokens [B, L] -> labels over logit positions [B, L]: labels[:, p] = input_ids[:, p + 1].
-
-    The last position predicts nothing (label 0); `shift_mask` never marks it."""
-    out = torch.zeros_like(input_ids)
-    out[:, :-1] = input_ids[:, 1:]
-    return out
+# ---------------------------------------------------------------- normalisation
 
 
 def global_token_count(masks, accelerator=None) -> torch.Tensor:

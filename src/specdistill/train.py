@@ -42,9 +42,9 @@ from .data.tasks import get_task
 from .data.views import collate, encode_example
 from .engine.compiling import compiled_model
 from .evaluate.quality import evaluate_records
-from .models import (check_same_tokenizer, check_vocab, is_preset, load_model, load_tokenizer,
-                     position_ids_from_mask, resolve_device)
+from .models import check_same_tokenizer, check_vocab, is_preset, load_model, load_tokenizer, resolve_device
 from .rollout import RolloutBatch, dataset_rollout, make_rollout, rollout_metrics
+from .scoring import eval_mode, response_logits
 
 TEACHER_LOSSES = {"fkl", "rkl", "jsd", "tvd", "skew_fkl", "skew_rkl", "hybrid", "rank"}
 TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb"}
@@ -324,18 +324,6 @@ def gathered_for_generation(accelerator, model, enabled: bool = True):
         yield
 
 
-@contextmanager
-def eval_mode(model):
-    """Generation runs in eval mode: no dropout, and gradient checkpointing (active only in training mode)
-    would otherwise turn the KV cache off."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
-
-
 # ---------------------------------------------------------------- one step
 def encode(run: Run, records) -> list:
     """Encode records; under `sft` with sft_view=teacher the trained model sees the teacher's view."""
@@ -344,17 +332,6 @@ def encode(run: Run, records) -> list:
         for e in examples:
             e.student_prompt = e.teacher_prompt
     return examples
-
-
-def response_logits(model, ids, mask, prompt_len: int, length: int, vocab: int) -> torch.Tensor:
-    """Logits predicting the response tokens: [B, P + T] ids -> [B, T, V].
-
-    The logits that predict response token j sit at column P + j - 1, so the first response token (predicted
-    from the last prompt position) is included. Only the last T + 1 positions are projected to the vocabulary.
-    """
-    out = model(input_ids=ids, attention_mask=mask.long(), position_ids=position_ids_from_mask(mask),
-                logits_to_keep=length + 1, use_cache=False)
-    return out.logits[:, :length, :vocab]
 
 
 def loss_params(lc) -> dict:
@@ -370,14 +347,13 @@ def micro_loss(run: Run, rb: RolloutBatch, student=None) -> torch.Tensor:
     view goes to its model's device; the teacher's logits come back to the student's."""
     lc, T, dev = run.cfg.loss, rb.response.shape[1], run.device
     student = run.score_student if student is None else student
-    s_logits = response_logits(student, rb.student_ids.to(dev), rb.student_mask.to(dev), rb.student_prompt_len, T,
-                               run.vocab)
+    s_logits = response_logits(student, rb.student_ids.to(dev), rb.student_mask.to(dev), T, run.vocab)
     t_logits = None
     if lc.name in TEACHER_LOSSES:
         tdev = run.teacher_device
         with torch.no_grad():
-            t_logits = response_logits(run.score_teacher, rb.teacher_ids.to(tdev), rb.teacher_mask.to(tdev),
-                                       rb.teacher_prompt_len, T, run.vocab).to(dev)
+            t_logits = response_logits(run.score_teacher, rb.teacher_ids.to(tdev), rb.teacher_mask.to(tdev), T,
+                                       run.vocab).to(dev)
     loss_sum, _ = losses.compute(lc.name, s_logits, t_logits, rb.response_mask.to(dev), labels=rb.response.to(dev),
                                  **loss_params(lc))
     return loss_sum

@@ -7,6 +7,7 @@ import torch
 from ..data.records import Record
 from ..data.views import encode_example, left_pad
 from ..engine import GREEDY, Sampling, sample
+from ..scoring import eval_mode
 from .metrics import GENERATED, TEXT_SCORES, exact_match, perplexity, response_nll, select_metrics
 
 
@@ -15,18 +16,16 @@ def generate_ids(model, tokenizer, prompts: list[list[int]], max_new_tokens: int
                  temperature: float = 0.0, top_p: float = 1.0, seed: int = 0) -> list[list[int]]:
     """Decode each prompt (token ids) with the engine until EOS or max_new_tokens; temperature 0 = greedy.
     Row i draws its noise from seed + i, so results do not depend on batch_size."""
-    was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
     sampling = Sampling(temperature, top_p) if temperature > 0 else GREEDY
     outputs = []
-    for i in range(0, len(prompts), batch_size):
-        ids, mask = left_pad(prompts[i : i + batch_size], tokenizer.pad_token_id)
-        gen = sample(model, ids.to(device), mask.to(device), sampling=sampling, max_new_tokens=max_new_tokens,
-                     eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                     seed=torch.arange(i, i + ids.shape[0]) + seed)
-        outputs += gen.rows()
-    model.train(was_training)
+    with eval_mode(model):
+        for i in range(0, len(prompts), batch_size):
+            ids, mask = left_pad(prompts[i : i + batch_size], tokenizer.pad_token_id)
+            gen = sample(model, ids.to(device), mask.to(device), sampling=sampling, max_new_tokens=max_new_tokens,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                         seed=torch.arange(i, i + ids.shape[0]) + seed)
+            outputs += gen.rows()
     return outputs
 
 
