@@ -19,12 +19,14 @@ from specdistill.engine import (
     generate,
     make_policy,
     make_schedule,
+    sample,
     sample_tokens,
     settle,
     uniforms,
     warp_logits,
 )
 from specdistill.engine.policies import Verdict
+from specdistill.engine.sampling import derive_seed, row_seeds
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -103,6 +105,25 @@ def test_uniforms_are_keyed_by_seed_position_and_stream():
     many = uniforms(torch.tensor([1]), torch.arange(20000)[None], stream=3)[0]
     assert abs(float(many.mean()) - 0.5) < 0.01
     assert chi2_pvalue(torch.histc(many.float(), bins=10, min=0, max=1), [0.1] * 10) > 1e-3
+
+
+def test_row_seeds_are_hashed_from_seed_and_row():
+    a = row_seeds(0, 8)
+    assert torch.equal(a, row_seeds(0, 8)) and torch.equal(row_seeds(0, 5, first_row=3), a[3:])  # pure in (seed, row)
+    assert row_seeds(torch.tensor([4, 9]), 2).tolist() == [4, 9]  # explicit per-row seeds pass through
+    for s in range(20):  # seed s at row i against seed s + 1 at row i - 1: `seed + row` would make them equal
+        assert not (row_seeds(s, 8)[1:] == row_seeds(s + 1, 8)[:-1]).any()
+    assert derive_seed(3, 1, 2) != derive_seed(3, 2, 1)
+
+
+def test_sampled_rows_of_neighbouring_seeds_are_independent():
+    """A uniform 5-token model sampled with seeds 0 and 1: row i of one run and row i - 1 of the other share a
+    token at a position with probability 1/5 (independent streams), not 1 (one stream)."""
+    ids = torch.ones(6, 1, dtype=torch.long)
+    runs = [sample(FixedLM([0.2] * 5), ids, torch.ones_like(ids), sampling=Sampling(1.0), max_new_tokens=60,
+                   seed=seed).tokens for seed in (0, 1)]  # [6, 60] each
+    same = (runs[0][1:] == runs[1][:-1]).double().mean().item()  # over 5 * 60 = 300 positions
+    assert abs(same - 0.2) < 0.1, same
 
 
 def test_inverse_cdf_sampling_matches_distribution_and_skips_zero_mass():

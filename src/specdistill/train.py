@@ -27,7 +27,6 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from accelerate import Accelerator, PartialState
 from accelerate.state import AcceleratorState, GradientState
@@ -41,6 +40,7 @@ from .data.records import load_records
 from .data.tasks import get_task
 from .data.views import collate, encode_example
 from .engine.compiling import compiled_model
+from .engine.sampling import derive_seed
 from .evaluate.quality import evaluate_records
 from .models import check_same_tokenizer, check_vocab, is_preset, load_model, load_tokenizer, resolve_device
 from .rollout import RolloutBatch, dataset_rollout, make_rollout, rollout_metrics
@@ -373,17 +373,12 @@ def rollout_step(run: Run) -> list[RolloutBatch]:
             g = acc.process_index * accum + i  # this rank's i-th micro-batch in the global batch
             prompts = collate(encode(run, groups[g]), run.tokenizer.pad_token_id)
             # Rows draw their noise from (seed, step, global row index): independent of batch layout and rank.
-            seeds = [row_seed(cfg.train.seed, run.step, g * bs + r) for r in range(bs)]
+            seeds = [derive_seed(cfg.train.seed, run.step, g * bs + r) for r in range(bs)]
             if run.sft:
                 batches.append(dataset_rollout(prompts, run.tokenizer.pad_token_id))
             else:
                 batches.append(make_rollout(cfg.rollout, prompts, student, run.teacher, run.tokenizer, seeds))
     return batches
-
-
-def row_seed(seed: int, step: int, row: int) -> int:
-    """A 31-bit seed for one sequence of one step, from (run seed, step, global row index)."""
-    return int(np.random.SeedSequence([seed, step, row]).generate_state(1)[0] >> 1)
 
 
 def train_step(run: Run) -> dict:

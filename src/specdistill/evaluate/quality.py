@@ -6,7 +6,8 @@ import torch
 
 from ..data.records import Record
 from ..data.views import encode_example, left_pad
-from ..engine import GREEDY, Sampling, sample
+from ..engine import Sampling, sample
+from ..engine.sampling import row_seeds
 from ..scoring import eval_mode
 from .metrics import GENERATED, TEXT_SCORES, exact_match, perplexity, response_nll, select_metrics
 
@@ -15,16 +16,16 @@ from .metrics import GENERATED, TEXT_SCORES, exact_match, perplexity, response_n
 def generate_ids(model, tokenizer, prompts: list[list[int]], max_new_tokens: int = 64, batch_size: int = 32,
                  temperature: float = 0.0, top_p: float = 1.0, seed: int = 0) -> list[list[int]]:
     """Decode each prompt (token ids) with the engine until EOS or max_new_tokens; temperature 0 = greedy.
-    Row i draws its noise from seed + i, so results do not depend on batch_size."""
+    Prompt i draws its noise from (seed, i) (engine.sampling.row_seeds), so results do not depend on batch_size."""
     device = next(model.parameters()).device
-    sampling = Sampling(temperature, top_p) if temperature > 0 else GREEDY
+    sampling = Sampling(temperature, top_p)  # temperature 0 is greedy
     outputs = []
     with eval_mode(model):
         for i in range(0, len(prompts), batch_size):
             ids, mask = left_pad(prompts[i : i + batch_size], tokenizer.pad_token_id)
             gen = sample(model, ids.to(device), mask.to(device), sampling=sampling, max_new_tokens=max_new_tokens,
                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                         seed=torch.arange(i, i + ids.shape[0]) + seed)
+                         seed=row_seeds(seed, ids.shape[0], first_row=i))
             outputs += gen.rows()
     return outputs
 

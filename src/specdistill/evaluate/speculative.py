@@ -12,7 +12,8 @@ import time
 import torch
 
 from ..data.views import left_pad
-from ..engine import GREEDY, GenerationStats, Sampling, generate, make_policy, make_schedule, sample
+from ..engine import GenerationStats, Sampling, generate, make_policy, make_schedule, sample
+from ..engine.sampling import row_seeds
 from ..engine.views import ForwardClock, ModelView
 
 
@@ -54,10 +55,9 @@ def run_speculative(target, draft, prompts, tokenizer, *, gamma=4, schedule="con
         start = time.perf_counter()
         gen = generate(draft, d_ids.to(ddev), d_mask.to(ddev), target, t_ids.to(tdev), t_mask.to(tdev),
                        policy=spec_policy(temperature, top_p), gamma=make_schedule(schedule, gamma),
-                       draft_sampling=Sampling(temperature, top_p) if temperature > 0 else GREEDY,
-                       max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id,
-                       pad_token_id=tokenizer.pad_token_id, seed=torch.arange(i, i + len(chunk)) + seed, verify=verify,
-                       compile=compile)
+                       draft_sampling=Sampling(temperature, top_p), max_new_tokens=max_new_tokens,
+                       eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                       seed=row_seeds(seed, len(chunk), first_row=i), verify=verify, compile=compile)
         _sync(tdev)
         seconds += time.perf_counter() - start
         outputs += gen.rows()
@@ -74,9 +74,9 @@ def run_target_alone(target, prompts, tokenizer, *, temperature=0.0, top_p=1.0, 
         ids, mask = left_pad(chunk, tokenizer.pad_token_id)
         _sync(dev)
         start = time.perf_counter()
-        gen = sample(target, ids.to(dev), mask.to(dev), sampling=Sampling(temperature, top_p) if temperature > 0 else GREEDY,
+        gen = sample(target, ids.to(dev), mask.to(dev), sampling=Sampling(temperature, top_p),
                      max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id,
-                     pad_token_id=tokenizer.pad_token_id, seed=torch.arange(i, i + len(chunk)) + seed, chunk=1,
+                     pad_token_id=tokenizer.pad_token_id, seed=row_seeds(seed, len(chunk), first_row=i), chunk=1,
                      compile=compile)
         _sync(dev)
         seconds += time.perf_counter() - start
