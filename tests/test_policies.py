@@ -184,6 +184,27 @@ def test_top_k_uses_rank_support_and_min_prob():
     assert TopKPolicy(k=3, target=Sampling()).judge(block(drafts, p)).accept.tolist() == [[True, True, False]]
 
 
+@pytest.mark.parametrize("target", [Sampling(), Sampling(1.0)], ids=["greedy", "sampled"])
+@pytest.mark.parametrize("policy", ["top_k", "adaptive_top_k"])
+def test_top_k_lets_exactly_k_tokens_through_when_bf16_logits_tie(policy, target):
+    """2.0, 2.001 and 2.002 are one bf16 value (its spacing at 2 is 1/64): tokens 0-2 tie, and so do 4-5. Tie rule:
+    the smaller id ranks first, so the accepted set is always the first K tokens of the order 0 1 2 3 4 5 6."""
+    raw = torch.tensor([2.0, 2.001, 2.002, 1.5, 1.0, 1.001, 0.0])
+    logits = raw.to(torch.bfloat16)
+    assert logits[0] == logits[1] == logits[2] and logits[4] == logits[5]
+    V = len(raw)
+    for k in range(1, V + 1):
+        options = {"k": k} if policy == "top_k" else {"k_init": k, "k_min": 1, "k_max": V, "entropy_gain": 0.0}
+        judge = make_policy(policy, target=target, **options)
+        state = judge.init_state(V, "cpu")
+        every = Block(draft_tokens=torch.arange(V)[:, None],  # row x drafts token x: brute force over the vocabulary
+                      draft_logits=None, target_logits=logits.expand(V, 2, V),
+                      u_accept=torch.full((V, 1), 0.5, dtype=torch.double),
+                      u_target=torch.full((V, 2), 0.5, dtype=torch.double))
+        accepted = judge.judge(every, state).accept[:, 0]
+        assert accepted.nonzero().flatten().tolist() == list(range(k)), k
+
+
 def test_top_k_replacement_samples_the_warped_teacher():
     p = [[0.5, 0.3, 0.15, 0.05], [0.25, 0.25, 0.25, 0.25]]
     # u = 0.6 falls in token 1 of p; with temperature -> 0 the teacher writes its argmax instead.
