@@ -138,7 +138,8 @@ def test_gradcheck_sparse_top_k():
     s, t, mask, _ = make(torch.float64)
     s = s[:, :4, :6].clone().requires_grad_()
     t, mask = t[:, :4, :6], mask[:, :4]
-    assert torch.autograd.gradcheck(lambda x: losses.jsd(x, t, mask, beta=0.4, top_k=3, chunk_size=2)[0], (s,))
+    sparse_jsd = lambda x: losses.jsd(x, t, mask, beta=0.4, sparse_top_k=3, chunk_size=2)[0]  # noqa: E731
+    assert torch.autograd.gradcheck(sparse_jsd, (s,))
 
 
 def test_teacher_gets_no_gradient_and_dtype_follows_input():
@@ -185,9 +186,9 @@ def test_padding_costs_nothing():
 def test_sparse_top_k_equal_to_vocab_is_dense(name):
     s, t, mask, labels = make()
     vals, grads = [], []
-    for top_k in (None, V):
+    for sparse_top_k in (None, V):
         x = s.clone().requires_grad_()
-        val = run(name, x, t, mask, labels, top_k=top_k, temperature=1.5)[0]
+        val = run(name, x, t, mask, labels, sparse_top_k=sparse_top_k, temperature=1.5)[0]
         val.backward()
         vals.append(val)
         grads.append(x.grad)
@@ -206,7 +207,7 @@ def test_sparse_top_k_uses_top_k_plus_rest_bucket():
         return torch.cat([top, 1 - top.sum(-1, keepdim=True)], -1)
 
     p, q = buckets(t)[mask], buckets(s)[mask]
-    torch.testing.assert_close(losses.fkl(s, t, mask, top_k=k)[0], (p * (p / q).log()).sum())
+    torch.testing.assert_close(losses.fkl(s, t, mask, sparse_top_k=k)[0], (p * (p / q).log()).sum())
 
 
 def test_no_grad_path_gives_the_same_value():
@@ -307,7 +308,7 @@ def test_jsd_agrees_with_trl(beta):
     (lambda a: losses.compute("jsd", *a, beta=1.5), ["beta=1.5", "[0, 1]"]),
     (lambda a: losses.compute("skew_fkl", *a, alpha=1.0), ["alpha=1.0", "[0, 1)"]),
     (lambda a: losses.compute("fkl", *a, temperature=0.0), ["temperature=0.0", "> 0"]),
-    (lambda a: losses.compute("fkl", *a, top_k=V + 1), [f"top_k={V + 1}", f"[1, {V}]"]),
+    (lambda a: losses.compute("fkl", *a, sparse_top_k=V + 1), [f"sparse_top_k={V + 1}", f"[1, {V}]"]),
     (lambda a: losses.compute("fkl", *a, chunk_size=0), ["chunk_size=0"]),
     (lambda a: losses.compute("fkl", *a, beta=0.5), ["'beta'", "temperature"]),
     (lambda a: losses.compute("rank", *a, rank_top_k=1), ["rank_top_k=1", "[2, 11]"]),

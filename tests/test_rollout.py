@@ -6,7 +6,8 @@ from specdistill.data import collate, encode_example, load_task
 from specdistill.data.records import Record
 from specdistill.data.tokenizer import build_tokenizer
 from specdistill.models import load_model
-from specdistill.rollout import make_rollout, rollout_metrics
+from specdistill.engine import Verdict
+from specdistill.rollout import make_rollout, rollout_metrics, skd_policy
 
 TOK = build_tokenizer()
 
@@ -36,7 +37,7 @@ def check_views(rb, batch):
 def test_every_strategy_returns_the_same_batch_object(pair, strategy):
     student, teacher = pair
     batch = prompts()
-    cfg = RolloutConfig(strategy=strategy, max_new_tokens=6, temperature=1.0, lam=0.5, top_k=3)
+    cfg = RolloutConfig(strategy=strategy, max_new_tokens=6, temperature=1.0, lam=0.5, skd_top_k=3)
     rb = make_rollout(cfg, batch, student, teacher, TOK, seeds=[11, 12, 13])
     check_views(rb, batch)
     assert rb.num_tokens > 0
@@ -83,7 +84,7 @@ def test_skd_teacher_verifies_against_the_view_with_knowledge(pair):
 
     student.forward, teacher.forward = spy("student", student), spy("teacher", teacher)
     try:
-        make_rollout(RolloutConfig(strategy="skd", max_new_tokens=4, top_k=2), batch, student, teacher, TOK, [5, 6])
+        make_rollout(RolloutConfig(strategy="skd", max_new_tokens=4, skd_top_k=2), batch, student, teacher, TOK, [5, 6])
     finally:
         del student.forward, teacher.forward
     for row, example in enumerate(batch.examples):
@@ -95,7 +96,7 @@ def test_skd_teacher_verifies_against_the_view_with_knowledge(pair):
 def test_rollouts_are_seeded_per_row(pair):
     student, teacher = pair
     batch = prompts(3)
-    cfg = RolloutConfig(strategy="skd", max_new_tokens=6, temperature=1.0, top_k=2)
+    cfg = RolloutConfig(strategy="skd", max_new_tokens=6, temperature=1.0, skd_top_k=2)
     a = make_rollout(cfg, batch, student, teacher, TOK, [7, 8, 9])
     b = make_rollout(cfg, batch, student, teacher, TOK, [7, 8, 9])
     assert torch.equal(a.student_ids, b.student_ids)
@@ -106,7 +107,7 @@ def test_rollouts_are_seeded_per_row(pair):
 
 def test_metrics_sum_counts_over_micro_batches_and_processes(pair):
     student, teacher = pair
-    cfg = RolloutConfig(strategy="skd", max_new_tokens=6, temperature=1.0, top_k=2)
+    cfg = RolloutConfig(strategy="skd", max_new_tokens=6, temperature=1.0, skd_top_k=2)
     rbs = [make_rollout(cfg, prompts(2), student, teacher, TOK, [1, 2]), make_rollout(cfg, prompts(3), student, teacher, TOK, [3, 4, 5])]
     one = rollout_metrics(rbs)
     assert one["tokens/drafted"] == sum(rollout_metrics([r])["tokens/drafted"] for r in rbs)
@@ -115,3 +116,24 @@ def test_metrics_sum_counts_over_micro_batches_and_processes(pair):
     assert two["tokens/drafted"] == 2 * one["tokens/drafted"]
     assert two["rollout/acceptance_rate"] == pytest.approx(one["rollout/acceptance_rate"])
     assert two["rollout/gamma_max"] == one["rollout/gamma_max"]
+
+
+def test_default_adaptive_top_k_tracks_the_acceptance_rate_and_lowers_k():
+    """Blocks of 4 drafts alternate between fully accepted and rejected at the last draft (7 of 8 accepted). The
+    default EMA (weight 0.1 for the newest token) must follow a token-by-token hand loop, stay near 0.8 and let K
+    fall; with weight 0.9 it would be the last token's outcome and K would swing between two values for ever."""
+    policy = skd_policy(RolloutConfig(strategy="skd", policy="adaptive_top_k"))
+    state = policy.init_state(1, "cpu")
+    ema, k, expected = (policy.r_plus + policy.r_minus) / 2, policy.k_init, []  # the hand loop
+    for block in range(20):
+        outcomes = [True, True, True, block % 2 == 0]
+        verdict = Verdict(accept=torch.tensor([outcomes]), correction=torch.zeros(1, 4, dtype=torch.long),
+                          bonus=torch.zeros(1, 5, dtype=torch.long))
+        state = policy.update(state, verdict, torch.tensor([sum(outcomes)]), torch.tensor([4]), torch.tensor([True]))
+        for o in outcomes:
+            ema = (1 - 0.1) * ema + 0.1 * o
+        k = min(max(k + (ema < policy.r_minus) - (ema > policy.r_plus), policy.k_min), policy.k_max)
+        expected.append((ema, k))
+        assert float(state.success[0]) == pytest.approx(ema) and float(state.k_base[0]) == k, block
+    assert all(0.74 < e < 0.9 for e, _ in expected[2:])  # tracks the 7/8 acceptance, with the EMA's lag
+    assert expected[-1][1] <= policy.k_init - 15  # K fell by one per block once the EMA passed r_plus

@@ -335,7 +335,7 @@ def encode(run: Run, records) -> list:
 
 
 def loss_params(lc) -> dict:
-    """The LossConfig fields that the configured loss function takes (temperature, beta, top_k, ...)."""
+    """The LossConfig fields that the configured loss function takes (temperature, beta, sparse_top_k, ...)."""
     sig = inspect.signature(losses.LOSSES[lc.name]).parameters
     return {k: getattr(lc, k) for k, p in sig.items() if p.kind is p.KEYWORD_ONLY and hasattr(lc, k)}
 
