@@ -5,6 +5,7 @@ import pytest
 from specdistill import losses
 from specdistill.config import Config, ConfigError, LossConfig, RolloutConfig, load_config, save_config
 from specdistill.engine import AdaptiveTopKPolicy, TopKPolicy
+from specdistill.train import loss_params
 
 
 def write(tmp_path, text):
@@ -91,3 +92,4 @@ def test_defaults_shared_with_the_policies_and_losses_agree():
     assert rollout.skd_min_prob == TopKPolicy.min_prob == policy["min_prob"]
     assert rollout.ema == 0.1  # the weight of the newest token: 0.9 would make the EMA the last token's outcome
     assert LossConfig().chunk_size == losses.DEFAULT_CHUNK_SIZE == 256
+    assert loss_params(LossConfig(name="jsd"))["chunk_size"] == 256  # what the trainer hands the loss
