@@ -1,6 +1,7 @@
 """Speculative decoding with a draft: lossless under greedy decoding and under sampling, and the bench command."""
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -10,7 +11,9 @@ from conftest import ARCHS, tiny_config
 from specdistill.cli import main
 from specdistill.data.tokenizer import build_tokenizer
 from specdistill.engine import SpeculativePolicy, Verdict, generate, Sampling
-from specdistill.evaluate.speculative import leviathan_speedup, run_speculative
+from specdistill.engine import GenerationStats
+from specdistill.evaluate import speculative
+from specdistill.evaluate.speculative import bench_pair, leviathan_speedup, run_speculative
 
 TOK = build_tokenizer()
 ALL_ARCHS = {**ARCHS, "qwen3": (Qwen3Config, Qwen3ForCausalLM)}
@@ -172,3 +175,26 @@ def test_bench_and_generate_commands(tmp_path, capsys):
     gen = json.loads(gen_json.read_text())
     assert gen["outputs"][0]["token_ids"] == hf_greedy(target, prompt_ids(1)[0], 8)
     assert gen["stats"]["rollout/target_calls"] > 0
+
+
+def test_the_hf_comparison_gives_both_drafts_the_targets_prompt(monkeypatch):
+    """With the draft on the student view, transformers' assistant still reads the target's prompt, so the engine
+    run behind speedup_vs_hf_assisted must too. Fake runs: an engine run on the student view takes 100 s, on the
+    target's view 1 s; transformers takes 2 s; each writes 3 tokens per prompt."""
+    calls = []
+
+    def fake_speculative(target, draft, prompts, tokenizer, batch_size=1, draft_prompts=None, **kw):
+        calls.append((batch_size, draft_prompts))
+        student_view = draft_prompts is not None and draft_prompts != prompts
+        return [[5, 6, 7]] * len(prompts), GenerationStats(drafted=4, accepted=3, blocks=2), 100.0 if student_view else 1.0
+
+    monkeypatch.setattr(speculative, "run_speculative", fake_speculative)
+    monkeypatch.setattr(speculative, "run_target_alone", lambda t, p, tok, **kw: ([[5, 6, 7]] * len(p), 3.0))
+    monkeypatch.setattr(speculative, "run_hf_assisted", lambda t, d, p, tok, **kw: ([[5, 6, 7]] * len(p), 2.0))
+    monkeypatch.setattr(speculative, "forward_cost_ratio", lambda *a, **kw: 0.5)
+    tok = SimpleNamespace(eos_token_id=2, pad_token_id=0)
+    target_view, student_view = [[1, 9, 9], [1, 8]], [[9, 9], [8]]
+    r = bench_pair(None, None, target_view, tok, draft_prompts=student_view, compare_hf=True, warmup=1, repeats=1)
+    assert r["tokens_per_s"] == pytest.approx(6 / 100)  # the engine's own figures use the student view
+    assert r["tokens_per_s_b1"] == pytest.approx(6 / 1) and r["speedup_vs_hf_assisted"] == pytest.approx(2.0)
+    assert (1, None) in calls and r["matches_hf_assisted"] is True

@@ -154,7 +154,8 @@ def bench_pair(target, draft, prompts, tokenizer, *, gamma=4, schedule="constant
     a change in the machine's load hits them alike; each keeps its median time. Outputs do not change between
     repeats (seeded). compile: run the engine, for speculative decoding and for the target alone, with
     torch.compile'd forwards (the warmup compiles the graphs); transformers' assisted generation runs as
-    shipped, eagerly."""
+    shipped, eagerly. transformers' assistant reads the target's prompt, so the engine run it is compared with
+    (`tokens_per_s_b1`) does too, at batch size 1, whatever `draft_prompts` the other figures use."""
     kw = dict(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed, compile=compile)
     spec = functools.partial(run_speculative, target, draft, tokenizer=tokenizer, gamma=gamma, schedule=schedule, **kw)
     # name -> run(prompts, draft prompts); each returns (outputs, ..., seconds)
@@ -162,8 +163,8 @@ def bench_pair(target, draft, prompts, tokenizer, *, gamma=4, schedule="constant
             "base": lambda p, d: run_target_alone(target, p, tokenizer, batch_size=batch_size, **kw)}
     if compare_hf:
         runs["hf"] = lambda p, d: run_hf_assisted(target, draft, p, tokenizer, gamma=gamma, max_new_tokens=max_new_tokens)
-        if batch_size != 1:
-            runs["b1"] = lambda p, d: spec(p, batch_size=1, draft_prompts=d)
+        if batch_size != 1 or (draft_prompts is not None and draft_prompts != prompts):
+            runs["b1"] = lambda p, d: spec(p, batch_size=1, draft_prompts=None)  # on equal terms: the target's view
     w = max(warmup, 1)
     for run in runs.values():
         run(prompts[:w], draft_prompts and draft_prompts[:w])
