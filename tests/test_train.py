@@ -172,6 +172,26 @@ def test_lora_trains_saves_a_merged_folder_and_resumes_exactly(tmp_path, monkeyp
     assert_same_weights(final, tmp_path / "resumed" / "final")
 
 
+# ---------------------------------------------------------------- validation
+def test_validation_on_a_file_dataset_writes_samples(tmp_path):
+    """docs/training.md: samples.jsonl holds a few validation completions each time validation runs, whether
+    the validation records come from a built-in task or from a file (which has no scorer, hence no val metric)."""
+    from specdistill.data import load_task
+
+    rows = load_task("arith", "validation")[:6]
+    data = tmp_path / "val.jsonl"
+    data.write_text("".join(json.dumps({k: r[k] for k in ("id", "query", "response")}) + "\n" for r in rows))
+    cfg = make_config(tmp_path / "run", max_steps=2, eval_every=1, save_every=0, grad_accum=1)
+    cfg.data.validation = build(type(cfg.data.train[0]), {"path": str(data)})
+    train.run_training(cfg, sft=True)
+    samples = [json.loads(line) for line in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in samples] == [1] * train.SAMPLES_LOGGED + [2] * train.SAMPLES_LOGGED
+    assert [s["id"] for s in samples[: train.SAMPLES_LOGGED]] == [r["id"] for r in rows[: train.SAMPLES_LOGGED]]
+    assert all(isinstance(s["prediction"], str) and s["reference"] for s in samples)
+    metrics = read_rows(tmp_path / "run")
+    assert "val/loss" in metrics[1] and not any(k.startswith("val/exact") for k in metrics[1])
+
+
 # ---------------------------------------------------------------- NaN guard
 def test_nan_steps_are_skipped_counted_and_stop_the_run_resumably(tmp_path, monkeypatch):
     """NaN at step 2 (skipped, counted), then at steps 4 and 5: max_bad_steps=2 in a row stops the run with a

@@ -466,12 +466,11 @@ def validate(run: Run) -> dict:
             with acc.autocast():
                 sums[0] += float(micro_loss(run, rb, student))
             sums[1] += rb.num_tokens
-        if task is not None and records:
-            view = "teacher" if run.sft and cfg.data.views.sft_view == "teacher" else "student"
-            result = evaluate_records(student, run.tokenizer, records, cfg.data.views, task.scorer, view,
-                                      max_new_tokens=cfg.rollout.max_new_tokens, batch_size=cfg.train.batch_size)
-            sums[2] += result["exact_match"] * result["n"]
-            sums[3] += result["n"]
+        if records:
+            result = _greedy_answers(run, student, records, task)
+            if task is not None:
+                sums[2] += result["exact_match"] * result["n"]
+                sums[3] += result["n"]
             if acc.is_main_process:
                 _log_samples(run, result["samples"][:SAMPLES_LOGGED])
     if split:
@@ -482,6 +481,18 @@ def validate(run: Run) -> dict:
     if task is not None:
         metrics[f"val/{task.metric}"] = float(sums[2] / sums[3].clamp_min(1))
     return metrics
+
+
+def _greedy_answers(run: Run, student, records, task) -> dict:
+    """Greedy answers to validation records, as `evaluate_records` returns them. A task scores every record
+    (exact_match); a file dataset has no scorer, so only the records whose samples are logged are answered."""
+    cfg = run.cfg
+    view = "teacher" if run.sft and cfg.data.views.sft_view == "teacher" else "student"
+    if task is None:
+        records = records[:SAMPLES_LOGGED]
+    return evaluate_records(student, run.tokenizer, records, cfg.data.views, task and task.scorer, view,
+                            max_new_tokens=cfg.rollout.max_new_tokens, batch_size=cfg.train.batch_size,
+                            metrics=("exact_match",) if task is not None else (), answers=True)
 
 
 def _log_samples(run: Run, samples: list[dict]) -> None:

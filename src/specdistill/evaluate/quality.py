@@ -43,20 +43,22 @@ def reference_ids(tokenizer, text: str) -> list[int]:
 
 
 def evaluate_records(model, tokenizer, records: list[Record], views, scorer=None, view: str = "student",
-                     max_new_tokens: int = 64, batch_size: int = 32, metrics=("exact_match",)) -> dict:
+                     max_new_tokens: int = 64, batch_size: int = 32, metrics=("exact_match",),
+                     answers: bool = False) -> dict:
     """Score `records` with `metrics` (names of `metrics.METRICS`): {<metric>: value, "n", "samples"}.
 
     exact_match, chrf, bleu and rouge_l score greedy answers generated from the given view (scorer: the task's
     (prediction, record) -> 0/1 for exact_match; None = GSM8K `####`); perplexity scores the reference
     responses, untruncated and ending with EOS, after the same view's prompt. A metric the records cannot
-    support (see `metrics.missing_requirement`) is a ValueError. Each sample holds its per-record values."""
+    support (see `metrics.missing_requirement`) is a ValueError. Each sample holds its per-record values.
+    answers: generate the greedy answers (each sample's `prediction`) even when no metric needs them."""
     rows = [{**r.extra, "response": r.response} for r in records]
     select_metrics(list(metrics), rows, scorer is not None)  # raises before any model work
     examples = [encode_example(r, tokenizer, views) for r in records]
     prompts = [e.teacher_prompt if view == "teacher" else e.student_prompt for e in examples]
     samples = [{"id": r.id, "query": r.query} for r in records]
     result = {}
-    if any(m in GENERATED for m in metrics):
+    if answers or any(m in GENERATED for m in metrics):
         texts = generate_texts(model, tokenizer, prompts, max_new_tokens, batch_size)
         for s, t, r in zip(samples, texts, records):
             s.update(prediction=t, reference=r.response)
