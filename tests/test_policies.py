@@ -241,11 +241,33 @@ def test_adaptive_top_k_moves_its_baseline_with_the_success_ema():
     assert state.k_base.tolist() == [4.0, 6.0, 5.0]  # down, up, and row 2 (not running) unchanged
 
 
-@pytest.mark.parametrize("name", ["speculative", "greedy", "top_k", "adaptive_top_k"])
-def test_make_policy_by_name(name):
-    assert make_policy(name).name == name
-    with pytest.raises(ValueError, match="unknown policy"):
+def test_make_policy_builds_each_named_rule_with_its_options():
+    """One hand-made block judged by each policy made by name, with options: the verdicts follow each rule.
+    Drafts 1, 2 under p_0 = [0.1, 0.2, 0.3, 0.4] and p_1 = [0.4, 0.3, 0.2, 0.1]; the student's q_0 = q_1 =
+    [0.25, 0.25, 0.4, 0.1]; u_accept = 0.6 at both positions."""
+    p = [[0.1, 0.2, 0.3, 0.4], [0.4, 0.3, 0.2, 0.1], [0.25, 0.25, 0.25, 0.25]]
+    q = [[0.25, 0.25, 0.4, 0.1]] * 2
+    b = block([1, 2], p, q, u_accept=[0.6, 0.6])
+    hot = Sampling(1.0)
+    verdicts = {
+        # greedy: argmax p_0 = 3, argmax p_1 = 0: neither draft
+        ("greedy", ()): [[False, False]],
+        # speculative: p/q = 0.2/0.25 = 0.8 > 0.6 accepts token 1; 0.2/0.4 = 0.5 < 0.6 rejects token 2
+        ("speculative", (("target", hot),)): [[True, False]],
+        # top_k: token 1 is 3rd under p_0, token 2 is 3rd under p_1
+        ("top_k", (("k", 2), ("target", hot))): [[False, False]],
+        ("top_k", (("k", 3), ("target", hot))): [[True, True]],
+        ("top_k", (("k", 3), ("min_prob", 0.25), ("target", hot))): [[False, False]],
+        ("adaptive_top_k", (("k_init", 3), ("entropy_gain", 0.0), ("target", hot))): [[True, True]],
+        ("adaptive_top_k", (("k_init", 2), ("entropy_gain", 0.0), ("target", hot))): [[False, False]],
+    }
+    for (name, options), accept in verdicts.items():
+        policy = make_policy(name, **dict(options))
+        assert policy.judge(b, policy.init_state(1, "cpu")).accept.tolist() == accept, (name, options)
+    with pytest.raises(ValueError, match="unknown policy 'nope'"):
         make_policy("nope")
+    with pytest.raises(TypeError):
+        make_policy("greedy", k=3)  # an option the policy does not have
 
 
 def test_settle_takes_leading_accepts_within_each_rows_gamma():
