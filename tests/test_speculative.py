@@ -76,10 +76,19 @@ def test_greedy_speculative_equals_the_targets_own_greedy_generate(arch):
     assert accepted > 0  # the close draft was accepted at times: both accept and reject paths ran
 
 
-def test_leviathan_formula():
-    assert leviathan_speedup(0.0, 4, 0.25) == pytest.approx(1 / 2)
-    assert leviathan_speedup(1.0, 4, 0.25) == pytest.approx(5 / 2)
-    assert leviathan_speedup(0.8, 4, 0.1) == pytest.approx((1 - 0.8**5) / (0.2 * 1.4))
+def speedup_by_enumeration(alpha: float, gamma: int, c: float) -> float:
+    """Leviathan's setting enumerated outcome by outcome: a block accepts k drafts with probability
+    alpha^k (1 - alpha) for k < gamma and alpha^gamma for k = gamma, and emits k + 1 tokens; it costs gamma draft
+    forwards (c each) and one target forward, where the target alone emits one token per forward."""
+    outcomes = [(k + 1, alpha**k * (1 - alpha)) for k in range(gamma)] + [(gamma + 1, alpha**gamma)]
+    assert sum(p for _, p in outcomes) == pytest.approx(1.0)
+    return sum(tokens * p for tokens, p in outcomes) / (gamma * c + 1)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.3, 0.8, 0.95, 1.0])
+@pytest.mark.parametrize("gamma, c", [(1, 0.5), (4, 0.1), (4, 0.25), (7, 0.05)])
+def test_leviathan_formula_equals_the_enumerated_expectation(alpha, gamma, c):
+    assert leviathan_speedup(alpha, gamma, c) == pytest.approx(speedup_by_enumeration(alpha, gamma, c))
 
 
 # ---------------------------------------------------------------- lossless sampling: a chi-square test
@@ -146,11 +155,50 @@ def test_speculative_sampling_reproduces_the_target_distribution(gamma):
 
 
 # ---------------------------------------------------------------- the commands
+@torch.no_grad()
+def brute_force_blocks(target, draft, prompt: list[int], gamma: int, budget: int) -> list[tuple[int, int]]:
+    """Greedy speculative decoding of one prompt by full forwards without any cache: (drafted, accepted) per block.
+
+    The output is the target's greedy continuation y (lossless), up to its first EOS. A block starting at
+    response index s drafts g = min(gamma, budget - s) tokens, the draft's argmax after prompt + y[:s + i] for
+    each i; it keeps the leading drafts equal to y and commits them plus one target token."""
+    y = []
+    for _ in range(budget):
+        y.append(int(target(torch.tensor([prompt + y])).logits[0, -1].argmax()))
+    end = y.index(TOK.eos_token_id) + 1 if TOK.eos_token_id in y else budget
+    blocks, s = [], 0
+    while s < end:
+        g = min(gamma, budget - s)
+        guesses = [int(draft(torch.tensor([prompt + y[: s + i]])).logits[0, -1].argmax()) for i in range(g)]
+        n = next((i for i in range(g) if guesses[i] != y[s + i]), g)
+        blocks.append((g, n))
+        s += n + 1
+    return blocks
+
+
+def expected_bench_figures(target, draft, prompts, gamma, batch_size, budget) -> dict:
+    """acceptance_rate, mean_accepted_length, per_position_acceptance and target_calls from the brute force:
+    the teacher is called once per block of a batch, and a batch runs as many blocks as its longest row."""
+    rows = [brute_force_blocks(target, draft, p, gamma, budget) for p in prompts]
+    flat = [b for row in rows for b in row]
+    reached = [sum(1 for g, n in flat if i < g and i <= n) for i in range(gamma)]
+    accepted = [sum(1 for g, n in flat if i < n) for i in range(gamma)]
+    new_tokens = sum(min(sum(n + 1 for _, n in row), budget) for row in rows)
+    return {
+        "acceptance_rate": sum(n for _, n in flat) / sum(g for g, _ in flat),
+        "mean_accepted_length": new_tokens / len(flat),
+        "per_position_acceptance": [a / r for a, r in zip(accepted, reached) if r],
+        "target_calls": sum(max(len(r) for r in rows[i : i + batch_size]) for i in range(0, len(rows), batch_size)),
+    }
+
+
 def test_bench_and_generate_commands(tmp_path, capsys):
-    target, draft = tiny("llama", 0), None
+    from specdistill.cli import _bench_prompts
+
+    target, draft = tiny("llama", 0), perturbed(tiny("llama", 0), 0.3, 1)
     target.save_pretrained(tmp_path / "target")
     TOK.save_pretrained(tmp_path / "target")
-    perturbed(target, 0.3, 1).save_pretrained(tmp_path / "draft")
+    draft.save_pretrained(tmp_path / "draft")
     TOK.save_pretrained(tmp_path / "draft")
     out, plot = tmp_path / "bench.json", tmp_path / "bench.png"
     assert main(["bench", "--target", str(tmp_path / "target"), "--draft", str(tmp_path / "draft"), "--limit", "3",
@@ -158,12 +206,18 @@ def test_bench_and_generate_commands(tmp_path, capsys):
                  "--json", str(out), "--plot", str(plot)]) == 0
     report = json.loads(out.read_text())
     assert [(r["batch_size"], r["gamma"]) for r in report["results"]] == [(1, 1), (1, 3), (2, 1), (2, 3)]
+    prompts, _ = _bench_prompts(SimpleNamespace(prompts=None, task="arith", limit=3, draft_view="target"), TOK)
     for r in report["results"]:
         assert r["matches_target_greedy"] is True
-        for key in ("acceptance_rate", "mean_accepted_length", "per_position_acceptance", "target_calls",
-                    "tokens_per_s", "target_tokens_per_s", "speedup_vs_target", "cost_ratio_c", "predicted_speedup"):
-            assert key in r
-        assert r["target_calls"] > 0 and r["tokens_per_s"] > 0
+        want = expected_bench_figures(target, draft, prompts, r["gamma"], r["batch_size"], budget=8)
+        assert 0 < want["acceptance_rate"] < 1  # both the accept and the reject paths are counted
+        for key, value in want.items():
+            assert r[key] == pytest.approx(value), (r["batch_size"], r["gamma"], key)
+        blocks = [b for p in prompts for b in brute_force_blocks(target, draft, p, r["gamma"], 8)]
+        gamma_mean = sum(g for g, _ in blocks) / len(blocks)  # the last blocks of a row may be shorter
+        assert r["predicted_speedup"] == pytest.approx(leviathan_speedup(want["acceptance_rate"], gamma_mean,
+                                                                         r["cost_ratio_c"]))
+        assert r["speedup_vs_target"] == pytest.approx(r["tokens_per_s"] / r["target_tokens_per_s"])
     b1 = report["results"][0]
     assert b1["matches_hf_assisted"] is True and b1["speedup_vs_hf_assisted"] > 0
     assert "speedup_vs_hf_assisted" not in report["results"][2]  # HF assisted generation is batch size 1 only
