@@ -240,7 +240,8 @@ def test_the_hf_comparison_gives_both_drafts_the_targets_prompt(monkeypatch):
     def fake_speculative(target, draft, prompts, tokenizer, batch_size=1, draft_prompts=None, **kw):
         calls.append((batch_size, draft_prompts))
         student_view = draft_prompts is not None and draft_prompts != prompts
-        return [[5, 6, 7]] * len(prompts), GenerationStats(drafted=4, accepted=3, blocks=2), 100.0 if student_view else 1.0
+        stats = GenerationStats(drafted=4, accepted=3, blocks=2)
+        return [[5, 6, 7]] * len(prompts), stats, 100.0 if student_view else 1.0
 
     monkeypatch.setattr(speculative, "run_speculative", fake_speculative)
     monkeypatch.setattr(speculative, "run_target_alone", lambda t, p, tok, **kw: ([[5, 6, 7]] * len(p), 3.0))
