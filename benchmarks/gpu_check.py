@@ -158,7 +158,7 @@ def check_skd(fam, tmp: Path, steps: int):
         out = tmp / name
         cfg = {"model": {"teacher": str(fam.teacher), "student": str(fam.student), **model},
                "data": {"train": [{"task": "arith"}]},
-               "rollout": {"strategy": "skd", "policy": "top_k", "top_k": 5, "gamma": 3, "max_new_tokens": 24, **rollout},
+               "rollout": {"strategy": "skd", "policy": "top_k", "skd_top_k": 5, "gamma": 3, "max_new_tokens": 24, **rollout},
                "loss": {"name": "fkl"},
                "train": {"output_dir": str(out), "max_steps": steps, "batch_size": 8, "lr": 1e-3, "warmup_steps": 2,
                          "progress": False}}

@@ -1,6 +1,11 @@
+import dataclasses
+
 import pytest
 
-from specdistill.config import Config, ConfigError, load_config, save_config
+from specdistill import losses
+from specdistill.config import Config, ConfigError, LossConfig, RolloutConfig, load_config, save_config
+from specdistill.engine import AdaptiveTopKPolicy, TopKPolicy
+from specdistill.train import loss_params
 
 
 def write(tmp_path, text):
@@ -11,10 +16,11 @@ def write(tmp_path, text):
 
 def test_yaml_and_overrides_build_typed_dataclasses(tmp_path):
     p = write(tmp_path, "train:\n  max_steps: 7\n  lr: 1.0e-3\nrollout:\n  strategy: skd\n")
-    cfg = load_config(p, ["train.lr=3e-4", "rollout.top_k=5", "data.train=[{task: facts}]", "loss.top_k=null"])
+    cfg = load_config(p, ["train.lr=3e-4", "rollout.skd_top_k=5", "data.train=[{task: facts}]",
+                          "loss.sparse_top_k=null"])
     assert isinstance(cfg, Config)
     assert cfg.train.max_steps == 7 and cfg.train.lr == pytest.approx(3e-4)  # "3e-4" is a string in YAML 1.1
-    assert cfg.rollout.strategy == "skd" and cfg.rollout.top_k == 5 and cfg.loss.top_k is None
+    assert cfg.rollout.strategy == "skd" and cfg.rollout.skd_top_k == 5 and cfg.loss.sparse_top_k is None
     assert cfg.data.train[0].task == "facts" and cfg.data.train[0].split == "train"
 
 
@@ -35,6 +41,9 @@ def test_int_is_accepted_for_float_fields():
     (["train.trackers=[mlflow]"], "train.trackers: 'mlflow' is not allowed"),
     (["model.lora.r=x"], "model.lora.r: expected int, got 'x'"),
     (["trainmax_steps"], "must look like section.field=value"),
+    (["rollout.ema=0"], "rollout.ema: 0.0; the weight of the newest token must lie in (0, 1]"),
+    (["rollout.policy=adaptive_top_k", "rollout.skd_top_k=80", "rollout.k_max=50"],
+     "rollout.skd_top_k: 80 (adaptive_top_k's starting K); must lie in [rollout.k_min=1, rollout.k_max=50]"),
 ])
 def test_errors_name_field_value_and_allowed(override, expected):
     with pytest.raises(ConfigError) as err:
@@ -58,3 +67,29 @@ def test_resolved_config_round_trips(tmp_path):
     cfg = load_config(None, ["rollout.strategy=mixed", "rollout.lam=0.3", "data.views.few_shot=[{query: q, response: r}]"])
     save_config(cfg, tmp_path / "out" / "config.yaml")
     assert load_config(tmp_path / "out" / "config.yaml") == cfg
+
+
+@pytest.mark.parametrize("old, new", [
+    ("rollout.top_k", "rollout.skd_top_k"), ("rollout.min_prob", "rollout.skd_min_prob"),
+    ("loss.top_k", "loss.sparse_top_k"),
+])
+def test_renamed_keys_are_errors_that_name_the_new_key(tmp_path, old, new):
+    section, key = old.split(".")
+    with pytest.raises(ConfigError, match=f"config key '{old}' was renamed: use '{new}'"):
+        load_config(None, [f"{old}=5"])
+    with pytest.raises(ConfigError, match=rf"c\.yaml: config key '{old}' was renamed: use '{new}'"):
+        load_config(write(tmp_path, f"{section}:\n  {key}: 5\n"))
+    assert load_config(None, [f"{new}=5"])  # the new key loads
+
+
+def test_defaults_shared_with_the_policies_and_losses_agree():
+    """One source of defaults: what a config leaves out is what the policy or the loss would use."""
+    rollout = RolloutConfig()
+    policy = {f.name: f.default for f in dataclasses.fields(AdaptiveTopKPolicy)}
+    for key in ("k_min", "k_max", "r_plus", "r_minus", "ema", "entropy_gain"):
+        assert getattr(rollout, key) == policy[key], key
+    assert rollout.skd_top_k == TopKPolicy.k == policy["k_init"]
+    assert rollout.skd_min_prob == TopKPolicy.min_prob == policy["min_prob"]
+    assert rollout.ema == 0.1  # the weight of the newest token: 0.9 would make the EMA the last token's outcome
+    assert LossConfig().chunk_size == losses.DEFAULT_CHUNK_SIZE == 256
+    assert loss_params(LossConfig(name="jsd"))["chunk_size"] == 256  # what the trainer hands the loss

@@ -144,14 +144,12 @@ TEACHER_GREEDY = [1, 2, 3, 4, 5, 6, 7, 0, 1, 2]
 LOSSLESS = {
     "greedy": lambda: GreedyPolicy(),
     "speculative-t0": lambda: SpeculativePolicy(),
-    "speculative-t1": lambda: SpeculativePolicy(target=Sampling(1.0)),
-}
+}  # speculative sampling at temperature 1 is tested on soft logits: test_speculative_sampling_on_soft_bigrams
 
 
 @pytest.mark.parametrize("name", list(LOSSLESS))
 def test_lossless_policies_always_accept(name):
-    draft_sampling = Sampling(1.0) if name.endswith("t1") else Sampling()
-    out = run_stub(LOSSLESS[name](), student(lambda t: t + 1), draft_sampling=draft_sampling)
+    out = run_stub(LOSSLESS[name](), student(lambda t: t + 1))
     # blocks: [1 2 +3] [4 5 +6] [7 0 +1] [2 (+3 cut by the budget)]
     check(out, TEACHER_GREEDY, [2, 5, 8], drafted=7, accepted=7, replaced=0, bonus=4, full=4, first=4,
           per_position=[1.0, 1.0])  # fmt: skip
@@ -159,8 +157,7 @@ def test_lossless_policies_always_accept(name):
 
 @pytest.mark.parametrize("name", list(LOSSLESS))
 def test_lossless_policies_never_accept(name):
-    draft_sampling = Sampling(1.0) if name.endswith("t1") else Sampling()
-    out = run_stub(LOSSLESS[name](), student(lambda t: t + 3), draft_sampling=draft_sampling)
+    out = run_stub(LOSSLESS[name](), student(lambda t: t + 3))
     # every block: the first draft t+3 is rejected and the teacher writes t+1; the last block drafts 1 token
     check(out, TEACHER_GREEDY, list(range(10)), drafted=19, accepted=0, replaced=10, bonus=0, full=0, first=0,
           per_position=[0.0])  # fmt: skip
@@ -168,11 +165,45 @@ def test_lossless_policies_never_accept(name):
 
 @pytest.mark.parametrize("name", list(LOSSLESS))
 def test_lossless_policies_partly_accept(name):
-    draft_sampling = Sampling(1.0) if name.endswith("t1") else Sampling()
-    out = run_stub(LOSSLESS[name](), student(lambda t: t + 2 if t == 3 else t + 1), draft_sampling=draft_sampling)
+    out = run_stub(LOSSLESS[name](), student(lambda t: t + 2 if t == 3 else t + 1))
     # blocks: [1 2 +3] [5 rejected -> 4] [5 6 +7] [0 1 +2]
     check(out, TEACHER_GREEDY, [2, 3, 6, 9], drafted=8, accepted=6, replaced=1, bonus=3, full=3, first=3,
           per_position=[0.75, 1.0])  # fmt: skip
+
+
+def soft_bigrams(scale: float, favourite: int) -> BigramLM:
+    """After token t: logit -scale * |j - favourite| for token t + j (j = 1..V), so sampling is far from greedy."""
+    table = torch.empty(V, V)
+    for t in range(V):
+        for j in range(1, V + 1):
+            table[t, (t + j) % V] = -scale * abs(j - favourite)
+    return BigramLM(table)
+
+
+def test_speculative_sampling_on_soft_bigrams():
+    """Temperature-1 speculative sampling with a teacher that prefers t+1 and a student that prefers t+2, both
+    soft (logit steps of 0.7 and 0.5). Expected values by hand: the first draft is accepted with probability
+    sum_x min(p(x|0), q(x|0)) (Leviathan's alpha), and the first two response tokens follow the teacher's own
+    bigram distribution p(t1|0) p(t2|t1), whatever the student proposes (chi-square over 64 cells)."""
+    from scipy.stats import chisquare
+
+    teacher, draft = soft_bigrams(0.7, favourite=1), soft_bigrams(0.5, favourite=2)
+    rows = 6000
+    ids = torch.tensor([[7, 0]]).expand(rows, -1)  # the pending token is 0
+    out = generate(draft, ids, torch.ones_like(ids), teacher, ids, torch.ones_like(ids),
+                   policy=SpeculativePolicy(target=Sampling(1.0)), draft_sampling=Sampling(1.0), gamma=2,
+                   max_new_tokens=2, seed=torch.arange(rows), trace=True)  # fmt: skip
+    p, q = teacher.table.double().softmax(-1), draft.table.double().softmax(-1)  # [V, V]: row t is p(. | t)
+    alpha = float(torch.minimum(p[0], q[0]).sum())
+    first_accepted = float((out.trace[0]["accepted"] >= 1).double().mean())
+    assert abs(first_accepted - alpha) < 4 * math.sqrt(alpha * (1 - alpha) / rows), (first_accepted, alpha)
+    joint = (p[0][:, None] * p).flatten()  # [V*V]: p(t1 | 0) p(t2 | t1)
+    counts = torch.bincount(out.tokens[:, 0] * V + out.tokens[:, 1], minlength=V * V).double()
+    keep = joint * rows > 5  # chi-square's validity rule; the rest pooled into one cell
+    observed = torch.cat([counts[keep], counts[~keep].sum()[None]])
+    expected = torch.cat([joint[keep], joint[~keep].sum()[None]])
+    expected = expected / expected.sum() * rows
+    assert chisquare(observed.numpy(), expected.numpy()).pvalue > 1e-3
 
 
 GREEDY_TEACHER = Sampling()  # top-K ranks by raw logits; the teacher writes its argmax t+1

@@ -19,12 +19,14 @@ from specdistill.engine import (
     generate,
     make_policy,
     make_schedule,
+    sample,
     sample_tokens,
     settle,
     uniforms,
     warp_logits,
 )
 from specdistill.engine.policies import Verdict
+from specdistill.engine.sampling import derive_seed, row_seeds
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -105,6 +107,25 @@ def test_uniforms_are_keyed_by_seed_position_and_stream():
     assert chi2_pvalue(torch.histc(many.float(), bins=10, min=0, max=1), [0.1] * 10) > 1e-3
 
 
+def test_row_seeds_are_hashed_from_seed_and_row():
+    a = row_seeds(0, 8)
+    assert torch.equal(a, row_seeds(0, 8)) and torch.equal(row_seeds(0, 5, first_row=3), a[3:])  # pure in (seed, row)
+    assert row_seeds(torch.tensor([4, 9]), 2).tolist() == [4, 9]  # explicit per-row seeds pass through
+    for s in range(20):  # seed s at row i against seed s + 1 at row i - 1: `seed + row` would make them equal
+        assert not (row_seeds(s, 8)[1:] == row_seeds(s + 1, 8)[:-1]).any()
+    assert derive_seed(3, 1, 2) != derive_seed(3, 2, 1)
+
+
+def test_sampled_rows_of_neighbouring_seeds_are_independent():
+    """A uniform 5-token model sampled with seeds 0 and 1: row i of one run and row i - 1 of the other share a
+    token at a position with probability 1/5 (independent streams), not 1 (one stream)."""
+    ids = torch.ones(6, 1, dtype=torch.long)
+    runs = [sample(FixedLM([0.2] * 5), ids, torch.ones_like(ids), sampling=Sampling(1.0), max_new_tokens=60,
+                   seed=seed).tokens for seed in (0, 1)]  # [6, 60] each
+    same = (runs[0][1:] == runs[1][:-1]).double().mean().item()  # over 5 * 60 = 300 positions
+    assert abs(same - 0.2) < 0.1, same
+
+
 def test_inverse_cdf_sampling_matches_distribution_and_skips_zero_mass():
     probs = [0.1, 0.0, 0.6, 0.3]
     u = uniforms(torch.tensor([3]), torch.arange(6000)[None], stream=1)[0]
@@ -163,6 +184,27 @@ def test_top_k_uses_rank_support_and_min_prob():
     assert TopKPolicy(k=3, target=Sampling()).judge(block(drafts, p)).accept.tolist() == [[True, True, False]]
 
 
+@pytest.mark.parametrize("target", [Sampling(), Sampling(1.0)], ids=["greedy", "sampled"])
+@pytest.mark.parametrize("policy", ["top_k", "adaptive_top_k"])
+def test_top_k_lets_exactly_k_tokens_through_when_bf16_logits_tie(policy, target):
+    """2.0, 2.001 and 2.002 are one bf16 value (its spacing at 2 is 1/64): tokens 0-2 tie, and so do 4-5. Tie rule:
+    the smaller id ranks first, so the accepted set is always the first K tokens of the order 0 1 2 3 4 5 6."""
+    raw = torch.tensor([2.0, 2.001, 2.002, 1.5, 1.0, 1.001, 0.0])
+    logits = raw.to(torch.bfloat16)
+    assert logits[0] == logits[1] == logits[2] and logits[4] == logits[5]
+    V = len(raw)
+    for k in range(1, V + 1):
+        options = {"k": k} if policy == "top_k" else {"k_init": k, "k_min": 1, "k_max": V, "entropy_gain": 0.0}
+        judge = make_policy(policy, target=target, **options)
+        state = judge.init_state(V, "cpu")
+        every = Block(draft_tokens=torch.arange(V)[:, None],  # row x drafts token x: brute force over the vocabulary
+                      draft_logits=None, target_logits=logits.expand(V, 2, V),
+                      u_accept=torch.full((V, 1), 0.5, dtype=torch.double),
+                      u_target=torch.full((V, 2), 0.5, dtype=torch.double))
+        accepted = judge.judge(every, state).accept[:, 0]
+        assert accepted.nonzero().flatten().tolist() == list(range(k)), k
+
+
 def test_top_k_replacement_samples_the_warped_teacher():
     p = [[0.5, 0.3, 0.15, 0.05], [0.25, 0.25, 0.25, 0.25]]
     # u = 0.6 falls in token 1 of p; with temperature -> 0 the teacher writes its argmax instead.
@@ -199,11 +241,33 @@ def test_adaptive_top_k_moves_its_baseline_with_the_success_ema():
     assert state.k_base.tolist() == [4.0, 6.0, 5.0]  # down, up, and row 2 (not running) unchanged
 
 
-@pytest.mark.parametrize("name", ["speculative", "greedy", "top_k", "adaptive_top_k"])
-def test_make_policy_by_name(name):
-    assert make_policy(name).name == name
-    with pytest.raises(ValueError, match="unknown policy"):
+def test_make_policy_builds_each_named_rule_with_its_options():
+    """One hand-made block judged by each policy made by name, with options: the verdicts follow each rule.
+    Drafts 1, 2 under p_0 = [0.1, 0.2, 0.3, 0.4] and p_1 = [0.4, 0.3, 0.2, 0.1]; the student's q_0 = q_1 =
+    [0.25, 0.25, 0.4, 0.1]; u_accept = 0.6 at both positions."""
+    p = [[0.1, 0.2, 0.3, 0.4], [0.4, 0.3, 0.2, 0.1], [0.25, 0.25, 0.25, 0.25]]
+    q = [[0.25, 0.25, 0.4, 0.1]] * 2
+    b = block([1, 2], p, q, u_accept=[0.6, 0.6])
+    hot = Sampling(1.0)
+    verdicts = {
+        # greedy: argmax p_0 = 3, argmax p_1 = 0: neither draft
+        ("greedy", ()): [[False, False]],
+        # speculative: p/q = 0.2/0.25 = 0.8 > 0.6 accepts token 1; 0.2/0.4 = 0.5 < 0.6 rejects token 2
+        ("speculative", (("target", hot),)): [[True, False]],
+        # top_k: token 1 is 3rd under p_0, token 2 is 3rd under p_1
+        ("top_k", (("k", 2), ("target", hot))): [[False, False]],
+        ("top_k", (("k", 3), ("target", hot))): [[True, True]],
+        ("top_k", (("k", 3), ("min_prob", 0.25), ("target", hot))): [[False, False]],
+        ("adaptive_top_k", (("k_init", 3), ("entropy_gain", 0.0), ("target", hot))): [[True, True]],
+        ("adaptive_top_k", (("k_init", 2), ("entropy_gain", 0.0), ("target", hot))): [[False, False]],
+    }
+    for (name, options), accept in verdicts.items():
+        policy = make_policy(name, **dict(options))
+        assert policy.judge(b, policy.init_state(1, "cpu")).accept.tolist() == accept, (name, options)
+    with pytest.raises(ValueError, match="unknown policy 'nope'"):
         make_policy("nope")
+    with pytest.raises(TypeError):
+        make_policy("greedy", k=3)  # an option the policy does not have
 
 
 def test_settle_takes_leading_accepts_within_each_rows_gamma():

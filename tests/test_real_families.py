@@ -48,7 +48,7 @@ def distill_config(path, fam, method, data, out, dtype="float32"):
     rollout = {"max_new_tokens": 12, "temperature": 1.0}
     views = {}
     if method in ("skd", "lupi_skd"):
-        rollout.update(strategy="skd", policy="top_k", top_k=5, gamma=3)
+        rollout.update(strategy="skd", policy="top_k", skd_top_k=5, gamma=3)
         if method == "lupi_skd":
             rollout.update(gamma_schedule="lupi", max_gamma=8)
             views = {"system_prompt": LUPI_SYSTEM, "teacher_knowledge": True}
@@ -321,7 +321,7 @@ def test_a_rollout_ends_at_the_first_end_of_turn_token_and_trains_on_it(family):
     for model in (student, teacher):
         add_to_logits(model, end, 7.0)  # about half of the sampled tokens end the turn
     records = [Record(id=str(i), query=f"What is {i}+{i}*2?") for i in range(8)]
-    cfg = load_config(None, ["rollout.strategy=skd", "rollout.max_new_tokens=24", "rollout.top_k=5"]).rollout
+    cfg = load_config(None, ["rollout.strategy=skd", "rollout.max_new_tokens=24", "rollout.skd_top_k=5"]).rollout
     batch = make_rollout(cfg, collate([encode_example(r, tok, ViewConfig()) for r in records], tok.pad_token_id),
                          student, teacher, tok, list(range(8)))
     ended = 0

@@ -1,6 +1,7 @@
 """Speculative decoding with a draft: lossless under greedy decoding and under sampling, and the bench command."""
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -10,7 +11,9 @@ from conftest import ARCHS, tiny_config
 from specdistill.cli import main
 from specdistill.data.tokenizer import build_tokenizer
 from specdistill.engine import SpeculativePolicy, Verdict, generate, Sampling
-from specdistill.evaluate.speculative import leviathan_speedup, run_speculative
+from specdistill.engine import GenerationStats
+from specdistill.evaluate import speculative
+from specdistill.evaluate.speculative import bench_pair, leviathan_speedup, run_speculative
 
 TOK = build_tokenizer()
 ALL_ARCHS = {**ARCHS, "qwen3": (Qwen3Config, Qwen3ForCausalLM)}
@@ -73,10 +76,19 @@ def test_greedy_speculative_equals_the_targets_own_greedy_generate(arch):
     assert accepted > 0  # the close draft was accepted at times: both accept and reject paths ran
 
 
-def test_leviathan_formula():
-    assert leviathan_speedup(0.0, 4, 0.25) == pytest.approx(1 / 2)
-    assert leviathan_speedup(1.0, 4, 0.25) == pytest.approx(5 / 2)
-    assert leviathan_speedup(0.8, 4, 0.1) == pytest.approx((1 - 0.8**5) / (0.2 * 1.4))
+def speedup_by_enumeration(alpha: float, gamma: int, c: float) -> float:
+    """Leviathan's setting enumerated outcome by outcome: a block accepts k drafts with probability
+    alpha^k (1 - alpha) for k < gamma and alpha^gamma for k = gamma, and emits k + 1 tokens; it costs gamma draft
+    forwards (c each) and one target forward, where the target alone emits one token per forward."""
+    outcomes = [(k + 1, alpha**k * (1 - alpha)) for k in range(gamma)] + [(gamma + 1, alpha**gamma)]
+    assert sum(p for _, p in outcomes) == pytest.approx(1.0)
+    return sum(tokens * p for tokens, p in outcomes) / (gamma * c + 1)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.3, 0.8, 0.95, 1.0])
+@pytest.mark.parametrize("gamma, c", [(1, 0.5), (4, 0.1), (4, 0.25), (7, 0.05)])
+def test_leviathan_formula_equals_the_enumerated_expectation(alpha, gamma, c):
+    assert leviathan_speedup(alpha, gamma, c) == pytest.approx(speedup_by_enumeration(alpha, gamma, c))
 
 
 # ---------------------------------------------------------------- lossless sampling: a chi-square test
@@ -143,11 +155,50 @@ def test_speculative_sampling_reproduces_the_target_distribution(gamma):
 
 
 # ---------------------------------------------------------------- the commands
+@torch.no_grad()
+def brute_force_blocks(target, draft, prompt: list[int], gamma: int, budget: int) -> list[tuple[int, int]]:
+    """Greedy speculative decoding of one prompt by full forwards without any cache: (drafted, accepted) per block.
+
+    The output is the target's greedy continuation y (lossless), up to its first EOS. A block starting at
+    response index s drafts g = min(gamma, budget - s) tokens, the draft's argmax after prompt + y[:s + i] for
+    each i; it keeps the leading drafts equal to y and commits them plus one target token."""
+    y = []
+    for _ in range(budget):
+        y.append(int(target(torch.tensor([prompt + y])).logits[0, -1].argmax()))
+    end = y.index(TOK.eos_token_id) + 1 if TOK.eos_token_id in y else budget
+    blocks, s = [], 0
+    while s < end:
+        g = min(gamma, budget - s)
+        guesses = [int(draft(torch.tensor([prompt + y[: s + i]])).logits[0, -1].argmax()) for i in range(g)]
+        n = next((i for i in range(g) if guesses[i] != y[s + i]), g)
+        blocks.append((g, n))
+        s += n + 1
+    return blocks
+
+
+def expected_bench_figures(target, draft, prompts, gamma, batch_size, budget) -> dict:
+    """acceptance_rate, mean_accepted_length, per_position_acceptance and target_calls from the brute force:
+    the teacher is called once per block of a batch, and a batch runs as many blocks as its longest row."""
+    rows = [brute_force_blocks(target, draft, p, gamma, budget) for p in prompts]
+    flat = [b for row in rows for b in row]
+    reached = [sum(1 for g, n in flat if i < g and i <= n) for i in range(gamma)]
+    accepted = [sum(1 for g, n in flat if i < n) for i in range(gamma)]
+    new_tokens = sum(min(sum(n + 1 for _, n in row), budget) for row in rows)
+    return {
+        "acceptance_rate": sum(n for _, n in flat) / sum(g for g, _ in flat),
+        "mean_accepted_length": new_tokens / len(flat),
+        "per_position_acceptance": [a / r for a, r in zip(accepted, reached) if r],
+        "target_calls": sum(max(len(r) for r in rows[i : i + batch_size]) for i in range(0, len(rows), batch_size)),
+    }
+
+
 def test_bench_and_generate_commands(tmp_path, capsys):
-    target, draft = tiny("llama", 0), None
+    from specdistill.cli import _bench_prompts
+
+    target, draft = tiny("llama", 0), perturbed(tiny("llama", 0), 0.3, 1)
     target.save_pretrained(tmp_path / "target")
     TOK.save_pretrained(tmp_path / "target")
-    perturbed(target, 0.3, 1).save_pretrained(tmp_path / "draft")
+    draft.save_pretrained(tmp_path / "draft")
     TOK.save_pretrained(tmp_path / "draft")
     out, plot = tmp_path / "bench.json", tmp_path / "bench.png"
     assert main(["bench", "--target", str(tmp_path / "target"), "--draft", str(tmp_path / "draft"), "--limit", "3",
@@ -155,12 +206,18 @@ def test_bench_and_generate_commands(tmp_path, capsys):
                  "--json", str(out), "--plot", str(plot)]) == 0
     report = json.loads(out.read_text())
     assert [(r["batch_size"], r["gamma"]) for r in report["results"]] == [(1, 1), (1, 3), (2, 1), (2, 3)]
+    prompts, _ = _bench_prompts(SimpleNamespace(prompts=None, task="arith", limit=3, draft_view="target"), TOK)
     for r in report["results"]:
         assert r["matches_target_greedy"] is True
-        for key in ("acceptance_rate", "mean_accepted_length", "per_position_acceptance", "target_calls",
-                    "tokens_per_s", "target_tokens_per_s", "speedup_vs_target", "cost_ratio_c", "predicted_speedup"):
-            assert key in r
-        assert r["target_calls"] > 0 and r["tokens_per_s"] > 0
+        want = expected_bench_figures(target, draft, prompts, r["gamma"], r["batch_size"], budget=8)
+        assert 0 < want["acceptance_rate"] < 1  # both the accept and the reject paths are counted
+        for key, value in want.items():
+            assert r[key] == pytest.approx(value), (r["batch_size"], r["gamma"], key)
+        blocks = [b for p in prompts for b in brute_force_blocks(target, draft, p, r["gamma"], 8)]
+        gamma_mean = sum(g for g, _ in blocks) / len(blocks)  # the last blocks of a row may be shorter
+        assert r["predicted_speedup"] == pytest.approx(leviathan_speedup(want["acceptance_rate"], gamma_mean,
+                                                                         r["cost_ratio_c"]))
+        assert r["speedup_vs_target"] == pytest.approx(r["tokens_per_s"] / r["target_tokens_per_s"])
     b1 = report["results"][0]
     assert b1["matches_hf_assisted"] is True and b1["speedup_vs_hf_assisted"] > 0
     assert "speedup_vs_hf_assisted" not in report["results"][2]  # HF assisted generation is batch size 1 only
@@ -172,3 +229,27 @@ def test_bench_and_generate_commands(tmp_path, capsys):
     gen = json.loads(gen_json.read_text())
     assert gen["outputs"][0]["token_ids"] == hf_greedy(target, prompt_ids(1)[0], 8)
     assert gen["stats"]["rollout/target_calls"] > 0
+
+
+def test_the_hf_comparison_gives_both_drafts_the_targets_prompt(monkeypatch):
+    """With the draft on the student view, transformers' assistant still reads the target's prompt, so the engine
+    run behind speedup_vs_hf_assisted must too. Fake runs: an engine run on the student view takes 100 s, on the
+    target's view 1 s; transformers takes 2 s; each writes 3 tokens per prompt."""
+    calls = []
+
+    def fake_speculative(target, draft, prompts, tokenizer, batch_size=1, draft_prompts=None, **kw):
+        calls.append((batch_size, draft_prompts))
+        student_view = draft_prompts is not None and draft_prompts != prompts
+        stats = GenerationStats(drafted=4, accepted=3, blocks=2)
+        return [[5, 6, 7]] * len(prompts), stats, 100.0 if student_view else 1.0
+
+    monkeypatch.setattr(speculative, "run_speculative", fake_speculative)
+    monkeypatch.setattr(speculative, "run_target_alone", lambda t, p, tok, **kw: ([[5, 6, 7]] * len(p), 3.0))
+    monkeypatch.setattr(speculative, "run_hf_assisted", lambda t, d, p, tok, **kw: ([[5, 6, 7]] * len(p), 2.0))
+    monkeypatch.setattr(speculative, "forward_cost_ratio", lambda *a, **kw: 0.5)
+    tok = SimpleNamespace(eos_token_id=2, pad_token_id=0)
+    target_view, student_view = [[1, 9, 9], [1, 8]], [[9, 9], [8]]
+    r = bench_pair(None, None, target_view, tok, draft_prompts=student_view, compare_hf=True, warmup=1, repeats=1)
+    assert r["tokens_per_s"] == pytest.approx(6 / 100)  # the engine's own figures use the student view
+    assert r["tokens_per_s_b1"] == pytest.approx(6 / 1) and r["speedup_vs_hf_assisted"] == pytest.approx(2.0)
+    assert (1, None) in calls and r["matches_hf_assisted"] is True

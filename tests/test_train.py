@@ -172,6 +172,26 @@ def test_lora_trains_saves_a_merged_folder_and_resumes_exactly(tmp_path, monkeyp
     assert_same_weights(final, tmp_path / "resumed" / "final")
 
 
+# ---------------------------------------------------------------- validation
+def test_validation_on_a_file_dataset_writes_samples(tmp_path):
+    """docs/training.md: samples.jsonl holds a few validation completions each time validation runs, whether
+    the validation records come from a built-in task or from a file (which has no scorer, hence no val metric)."""
+    from specdistill.data import load_task
+
+    rows = load_task("arith", "validation")[:6]
+    data = tmp_path / "val.jsonl"
+    data.write_text("".join(json.dumps({k: r[k] for k in ("id", "query", "response")}) + "\n" for r in rows))
+    cfg = make_config(tmp_path / "run", max_steps=2, eval_every=1, save_every=0, grad_accum=1)
+    cfg.data.validation = build(type(cfg.data.train[0]), {"path": str(data)})
+    train.run_training(cfg, sft=True)
+    samples = [json.loads(line) for line in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in samples] == [1] * train.SAMPLES_LOGGED + [2] * train.SAMPLES_LOGGED
+    assert [s["id"] for s in samples[: train.SAMPLES_LOGGED]] == [r["id"] for r in rows[: train.SAMPLES_LOGGED]]
+    assert all(isinstance(s["prediction"], str) and s["reference"] for s in samples)
+    metrics = read_rows(tmp_path / "run")
+    assert "val/loss" in metrics[1] and not any(k.startswith("val/exact") for k in metrics[1])
+
+
 # ---------------------------------------------------------------- NaN guard
 def test_nan_steps_are_skipped_counted_and_stop_the_run_resumably(tmp_path, monkeypatch):
     """NaN at step 2 (skipped, counted), then at steps 4 and 5: max_bad_steps=2 in a row stops the run with a
@@ -471,11 +491,18 @@ def test_compiled_loss_phase_gives_the_eager_steps(tmp_path):
 
 
 def test_bf16_mixed_precision_trains_fp32_weights(tmp_path):
-    cfg = make_config(tmp_path, validation=False, max_steps=2, save_every=0, mixed_precision="bf16")
-    last = train.run_training(cfg, sft=True)  # CPU autocast here; CUDA autocast on GPUs
-    assert math.isfinite(last["train/loss"])
-    assert all(v.dtype == torch.float32 for v in checkpoint.read_safetensors(tmp_path / "final").values())
-    train.run_training(make_config(tmp_path / "fp32", validation=False, max_steps=1, save_every=0), sft=True)
+    """bf16 against the same run in fp32: step 1 (same weights, same batch) has a loss that differs by bf16
+    rounding only (autocast is on: not equal; it is the same computation: within 2%), and the saved weights
+    stay fp32."""
+    losses = {}
+    for precision in ("bf16", "no"):
+        cfg = make_config(tmp_path / precision, validation=False, max_steps=2, save_every=0, mixed_precision=precision)
+        train.run_training(cfg, sft=True)  # CPU autocast here; CUDA autocast on GPUs
+        losses[precision] = read_rows(tmp_path / precision)[1]["train/loss"]
+        weights = checkpoint.read_safetensors(tmp_path / precision / "final")
+        assert all(v.dtype == torch.float32 for v in weights.values())
+    assert losses["bf16"] != losses["no"]
+    assert losses["bf16"] == pytest.approx(losses["no"], rel=0.02)
 
 
 def test_processes_that_accelerate_left_unconnected_are_refused(monkeypatch):

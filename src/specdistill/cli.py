@@ -85,7 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--draft-view", default="target", choices=["target", "student"],
                    help="the draft reads the target's prompt (default) or the student view, without knowledge")
-    p.add_argument("--compare-hf", action="store_true", help="also run transformers' assisted generation (batch 1)")
+    p.add_argument("--compare-hf", action="store_true",
+                   help="also run transformers' assisted generation (batch 1); its draft reads the target's prompt, "
+                   "so the engine run it is compared with does too, whatever --draft-view says")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per figure, interleaved; the median is kept")
     p.add_argument("--compile", action="store_true",
                    help="run the engine with torch.compile'd model forwards (same tokens; graphs compile during warmup)")

@@ -1,9 +1,10 @@
 """Configs: YAML files become dataclasses; `--set a.b=c` overrides any field; errors name the field.
 
-    cfg = load_config("configs/skd.yaml", overrides=["train.max_steps=10", "rollout.top_k=5"])
+    cfg = load_config("configs/skd.yaml", overrides=["train.max_steps=10", "rollout.skd_top_k=5"])
 
 Every field is typed. Loading checks types and allowed values, and an unknown key is an error that suggests
-the closest valid key.
+the closest valid key; a renamed key is an error that names its new key (RENAMED). Defaults that a policy or a
+loss also has are read from it, so the two cannot disagree.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ from typing import Any, Literal, Optional, Union
 import yaml
 
 from .errors import UserError
+from .engine.policies import AdaptiveTopKPolicy, TopKPolicy
+from .losses import DEFAULT_CHUNK_SIZE
+
 
 
 class ConfigError(UserError):
@@ -119,18 +123,18 @@ class RolloutConfig:
     teacher_temperature: float = 1.0
     teacher_top_p: float = 1.0
     policy: Literal["top_k", "adaptive_top_k"] = "top_k"
-    top_k: int = 25
-    min_prob: float = 0.0
-    bonus: bool = False
+    skd_top_k: int = TopKPolicy.k  # K of the SKD policy (top_k), or its starting K_base (adaptive_top_k)
+    skd_min_prob: float = TopKPolicy.min_prob  # teacher probability a kept draft needs; 0 = off
+    bonus: bool = TopKPolicy.bonus_token
     gamma: int = 4
     gamma_schedule: Literal["constant", "lupi", "heuristic"] = "constant"
     max_gamma: int = 16
-    k_min: int = 1
-    k_max: int = 50
-    r_plus: float = 0.8
-    r_minus: float = 0.5
-    ema: float = 0.9
-    entropy_gain: float = 2.0
+    k_min: int = AdaptiveTopKPolicy.k_min  # adaptive_top_k from here on
+    k_max: int = AdaptiveTopKPolicy.k_max
+    r_plus: float = AdaptiveTopKPolicy.r_plus
+    r_minus: float = AdaptiveTopKPolicy.r_minus
+    ema: float = AdaptiveTopKPolicy.ema  # weight of the newest token in the success EMA (0.1: about 10 tokens)
+    entropy_gain: float = AdaptiveTopKPolicy.entropy_gain
     verification: Literal["parallel", "sequential"] = "parallel"
     compile: bool = False
     trace: bool = False
@@ -143,10 +147,10 @@ class LossConfig:
     beta: float = 0.5
     alpha: float = 0.1
     ce_weight: float = 0.5
-    rank_top_k: int = 8
+    rank_top_k: int = 8  # rank loss: the teacher's top-k tokens whose order the student keeps
     margin: float = 0.0
-    top_k: Optional[int] = None  # sparse KD: the teacher's top-k logits plus a tail bucket; None = dense
-    chunk_size: int = 1024
+    sparse_top_k: Optional[int] = None  # sparse KD: the teacher's top-k logits plus a tail bucket; None = dense
+    chunk_size: int = DEFAULT_CHUNK_SIZE  # positions per fp32 chunk (docs/methods.md: memory)
 
 
 @dataclass
@@ -227,6 +231,14 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
     return value
 
 
+# Keys that were renamed, because `top_k` meant four things: old key -> (new key, what it is).
+RENAMED = {
+    "rollout.top_k": ("rollout.skd_top_k", "the K of the SKD top-K policy"),
+    "rollout.min_prob": ("rollout.skd_min_prob", "the teacher probability an SKD draft needs"),
+    "loss.top_k": ("loss.sparse_top_k", "the teacher's top-k logits of sparse KD"),
+}
+
+
 def build(cls: type, data: dict, where: str = "") -> Any:
     """Make dataclass `cls` from a (nested) dict; unknown keys are errors that suggest the closest key."""
     hints = typing.get_type_hints(cls)
@@ -234,6 +246,9 @@ def build(cls: type, data: dict, where: str = "") -> Any:
     kwargs = {}
     for key, value in data.items():
         path = f"{where}.{key}" if where else str(key)
+        if path in RENAMED:
+            new, meaning = RENAMED[path]
+            raise ConfigError(f"config key {path!r} was renamed: use {new!r} ({meaning})")
         if key not in hints:
             close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.5)
             hint = f"; did you mean {(where + '.' if where else '') + close[0]!r}?" if close else f"; valid keys: {', '.join(names)}"
@@ -308,16 +323,22 @@ def validate(cfg: Config) -> None:
     _check(r.max_new_tokens >= 1, f"rollout.max_new_tokens: {r.max_new_tokens}; must be >= 1")
     _check(r.temperature >= 0 and r.teacher_temperature >= 0, "rollout.temperature and teacher_temperature must be >= 0")
     _check(0 < r.top_p <= 1 and 0 < r.teacher_top_p <= 1, "rollout.top_p and teacher_top_p must lie in (0, 1]")
-    _check(r.top_k >= 1, f"rollout.top_k: {r.top_k}; must be >= 1")
-    _check(r.min_prob >= 0, f"rollout.min_prob: {r.min_prob}; must be >= 0 (> 1 makes every token teacher-written)")
+    _check(r.skd_top_k >= 1, f"rollout.skd_top_k: {r.skd_top_k}; must be >= 1")
+    _check(r.skd_min_prob >= 0,
+           f"rollout.skd_min_prob: {r.skd_min_prob}; must be >= 0 (> 1 makes every token teacher-written)")
     _check(1 <= r.gamma <= r.max_gamma, f"rollout.gamma: {r.gamma}; must lie in [1, rollout.max_gamma={r.max_gamma}]")
     _check(1 <= r.k_min <= r.k_max, f"rollout.k_min/k_max: {r.k_min}/{r.k_max}; need 1 <= k_min <= k_max")
+    _check(r.policy != "adaptive_top_k" or r.k_min <= r.skd_top_k <= r.k_max,
+           f"rollout.skd_top_k: {r.skd_top_k} (adaptive_top_k's starting K); must lie in [rollout.k_min={r.k_min}, "
+           f"rollout.k_max={r.k_max}]")
     _check(0 <= r.r_minus <= r.r_plus <= 1, "rollout.r_minus <= rollout.r_plus, both in [0, 1]")
+    _check(0 < r.ema <= 1, f"rollout.ema: {r.ema}; the weight of the newest token must lie in (0, 1]")
     _check(0 <= l.beta <= 1, f"loss.beta: {l.beta} is not allowed; allowed range [0, 1]")
     _check(0 <= l.alpha <= 1, f"loss.alpha: {l.alpha} is not allowed; allowed range [0, 1]")
     _check(0 <= l.ce_weight <= 1, f"loss.ce_weight: {l.ce_weight} is not allowed; allowed range [0, 1]")
     _check(l.temperature > 0, f"loss.temperature: {l.temperature}; must be > 0")
-    _check(l.top_k is None or l.top_k >= 1, f"loss.top_k: {l.top_k}; must be >= 1 or null")
+    _check(l.sparse_top_k is None or l.sparse_top_k >= 1, f"loss.sparse_top_k: {l.sparse_top_k}; must be >= 1 or null")
+    _check(l.chunk_size >= 1, f"loss.chunk_size: {l.chunk_size}; must be >= 1")
     _check(t.max_steps >= 1 and t.batch_size >= 1 and t.grad_accum >= 1, "train.max_steps, batch_size, grad_accum must be >= 1")
     _check(t.lr > 0, f"train.lr: {t.lr}; must be > 0")
     _check(t.keep_last >= 1, f"train.keep_last: {t.keep_last}; must be >= 1")

@@ -10,8 +10,8 @@ The gradient of each chunk is taken as soon as the chunk is done, so only one ch
 intermediates are ever alive; a [L, 150k] vocabulary never materialises in fp32 at full size.
 Teacher logits are constants: they get no gradient. Double backward is not supported.
 
-Logits are aligned with the tokens they predict: use `shift_mask` and `shift_labels` to turn a mask and
-ids over tokens into a mask and labels over logit positions.
+Logits come aligned with the tokens they predict: position j of the logits predicts label j (the trainer
+gets them from `scoring.response_logits`).
 """
 
 from __future__ import annotations
@@ -58,46 +58,46 @@ def _bucket_logits(x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     return torch.cat([x.gather(-1, ids), rest.clamp_min(torch.finfo(x.dtype).min)], -1)
 
 
-def _log_probs(s, t, temperature, top_k):
-    """Student and teacher log-probs at ``temperature``: [n, V] logits -> [n, V], or [n, k+1] with top_k."""
+def _log_probs(s, t, temperature, sparse_top_k):
+    """Student and teacher log-probs at ``temperature``: [n, V] logits -> [n, V], or [n, k+1] with sparse_top_k."""
     if temperature != 1:  # skip two [n, V] copies in the common case
         s, t = s / temperature, t / temperature
-    if top_k is not None:
-        ids = t.topk(top_k, dim=-1).indices  # [n, k], the teacher's top-k tokens
+    if sparse_top_k is not None:
+        ids = t.topk(sparse_top_k, dim=-1).indices  # [n, k], the teacher's top-k tokens
         s, t = _bucket_logits(s, ids), _bucket_logits(t, ids)
     return s.log_softmax(-1), t.log_softmax(-1)
 
 
-def _fkl_rows(s, t, y, temperature, top_k):
-    ls, lt = _log_probs(s, t, temperature, top_k)
+def _fkl_rows(s, t, y, temperature, sparse_top_k):
+    ls, lt = _log_probs(s, t, temperature, sparse_top_k)
     return _kl(lt, ls)
 
 
-def _rkl_rows(s, t, y, temperature, top_k):
-    ls, lt = _log_probs(s, t, temperature, top_k)
+def _rkl_rows(s, t, y, temperature, sparse_top_k):
+    ls, lt = _log_probs(s, t, temperature, sparse_top_k)
     return _kl(ls, lt)
 
 
-def _jsd_rows(s, t, y, temperature, top_k, beta):
-    ls, lt = _log_probs(s, t, temperature, top_k)
+def _jsd_rows(s, t, y, temperature, sparse_top_k, beta):
+    ls, lt = _log_probs(s, t, temperature, sparse_top_k)
     if beta in (0, 1):  # TRL's convention: the endpoints are the two KLs, not the (zero) limits
         return _kl(lt, ls) if beta == 0 else _kl(ls, lt)
     lm = _log_mix(lt, ls, beta)  # m = beta * p_T + (1 - beta) * p_S
     return beta * _kl(lt, lm) + (1 - beta) * _kl(ls, lm)
 
 
-def _tvd_rows(s, t, y, temperature, top_k):
-    ls, lt = _log_probs(s, t, temperature, top_k)
+def _tvd_rows(s, t, y, temperature, sparse_top_k):
+    ls, lt = _log_probs(s, t, temperature, sparse_top_k)
     return 0.5 * (lt.exp() - ls.exp()).abs().sum(-1)
 
 
-def _skew_fkl_rows(s, t, y, temperature, top_k, alpha):
-    ls, lt = _log_probs(s, t, temperature, top_k)
+def _skew_fkl_rows(s, t, y, temperature, sparse_top_k, alpha):
+    ls, lt = _log_probs(s, t, temperature, sparse_top_k)
     return _kl(lt, _log_mix(lt, ls, alpha))  # KL(p_T || alpha p_T + (1 - alpha) p_S)
 
 
-def _skew_rkl_rows(s, t, y, temperature, top_k, alpha):
-    ls, lt = _log_probs(s, t, temperature, top_k)
+def _skew_rkl_rows(s, t, y, temperature, sparse_top_k, alpha):
+    ls, lt = _log_probs(s, t, temperature, sparse_top_k)
     return _kl(ls, _log_mix(ls, lt, alpha))  # KL(p_S || alpha p_S + (1 - alpha) p_T)
 
 
@@ -105,8 +105,8 @@ def _ce_rows(s, t, y, temperature):
     return F.cross_entropy(s / temperature, y, reduction="none")
 
 
-def _hybrid_rows(s, t, y, temperature, top_k, ce_weight):
-    soft = temperature**2 * _fkl_rows(s, t, y, temperature, top_k)  # Hinton's T^2 keeps gradient scale
+def _hybrid_rows(s, t, y, temperature, sparse_top_k, ce_weight):
+    soft = temperature**2 * _fkl_rows(s, t, y, temperature, sparse_top_k)  # Hinton's T^2 keeps gradient scale
     return ce_weight * _ce_rows(s, t, y, 1.0) + (1 - ce_weight) * soft
 
 
@@ -155,7 +155,7 @@ def _check(name: str, value, ok: bool, allowed: str) -> None:
         raise ValueError(f"{name}={value!r} is invalid: expected {allowed}")
 
 
-def _check_inputs(s, t, mask, labels, top_k, chunk_size, temperature) -> None:
+def _check_inputs(s, t, mask, labels, sparse_top_k, chunk_size, temperature) -> None:
     _check("student_logits.shape", tuple(s.shape), s.dim() == 3, "[B, L, V]")
     _check("teacher_logits.shape", None if t is None else tuple(t.shape),
            t is None or t.shape == s.shape, f"the student's shape {tuple(s.shape)}")
@@ -168,14 +168,14 @@ def _check_inputs(s, t, mask, labels, top_k, chunk_size, temperature) -> None:
                f"ids in [0, {s.shape[-1]}) at every position of mask (no -100 inside the mask)")
     _check("temperature", temperature, temperature > 0 and math.isfinite(temperature), "a finite number > 0")
     _check("chunk_size", chunk_size, isinstance(chunk_size, int) and chunk_size >= 1, "an int >= 1")
-    _check("top_k", top_k, top_k is None or (isinstance(top_k, int) and 1 <= top_k <= s.shape[-1]),
-           f"None or an int in [1, {s.shape[-1]}]")
+    k_ok = sparse_top_k is None or (isinstance(sparse_top_k, int) and 1 <= sparse_top_k <= s.shape[-1])
+    _check("sparse_top_k", sparse_top_k, k_ok, f"None or an int in [1, {s.shape[-1]}]")
 
 
 def _run(rows_fn, student_logits, teacher_logits, mask, labels=None, *, temperature=1.0,
          chunk_size=DEFAULT_CHUNK_SIZE, **params):
     """Validate, select the valid positions, and sum ``rows_fn`` over them chunk by chunk."""
-    _check_inputs(student_logits, teacher_logits, mask, labels, params.get("top_k"), chunk_size, temperature)
+    _check_inputs(student_logits, teacher_logits, mask, labels, params.get("sparse_top_k"), chunk_size, temperature)
     where = mask.nonzero(as_tuple=True)  # ([N], [N]): padding is never touched
     teacher = None if teacher_logits is None else teacher_logits.detach()
     rows_fn = _bind(rows_fn, temperature=temperature, **params)
@@ -196,22 +196,22 @@ _SHAPES = """
     mask [B, L] bool over logit positions. Returns (loss_sum, n_tokens), both 0-dim tensors."""
 
 
-def fkl(student_logits, teacher_logits, mask, *, temperature=1.0, top_k=None, chunk_size=DEFAULT_CHUNK_SIZE):
+def fkl(student_logits, teacher_logits, mask, *, temperature=1.0, sparse_top_k=None, chunk_size=DEFAULT_CHUNK_SIZE):
     """Forward KL(p_T || p_S) = sum_v p_T,v (log p_T,v - log p_S,v), with p = softmax(logits / T).
 
-    top_k: compare the two distributions over the teacher's top-k tokens plus one bucket holding the rest
-    of each distribution's mass (sparse KD); with top_k = V this is the dense loss."""
-    return _run(_fkl_rows, student_logits, teacher_logits, mask, temperature=temperature, top_k=top_k,
+    sparse_top_k: compare the two distributions over the teacher's top-k tokens plus one bucket holding the rest
+    of each distribution's mass (sparse KD); with sparse_top_k = V this is the dense loss."""
+    return _run(_fkl_rows, student_logits, teacher_logits, mask, temperature=temperature, sparse_top_k=sparse_top_k,
                 chunk_size=chunk_size)
 
 
-def rkl(student_logits, teacher_logits, mask, *, temperature=1.0, top_k=None, chunk_size=DEFAULT_CHUNK_SIZE):
+def rkl(student_logits, teacher_logits, mask, *, temperature=1.0, sparse_top_k=None, chunk_size=DEFAULT_CHUNK_SIZE):
     """Reverse KL(p_S || p_T) = sum_v p_S,v (log p_S,v - log p_T,v). Options as in `fkl`."""
-    return _run(_rkl_rows, student_logits, teacher_logits, mask, temperature=temperature, top_k=top_k,
+    return _run(_rkl_rows, student_logits, teacher_logits, mask, temperature=temperature, sparse_top_k=sparse_top_k,
                 chunk_size=chunk_size)
 
 
-def jsd(student_logits, teacher_logits, mask, *, beta=0.5, temperature=1.0, top_k=None,
+def jsd(student_logits, teacher_logits, mask, *, beta=0.5, temperature=1.0, sparse_top_k=None,
         chunk_size=DEFAULT_CHUNK_SIZE):
     """Generalised JSD (GKD, TRL's convention), beta in [0, 1]:
 
@@ -219,51 +219,51 @@ def jsd(student_logits, teacher_logits, mask, *, beta=0.5, temperature=1.0, top_
         JSD_beta = beta KL(p_T || m) + (1 - beta) KL(p_S || m)   (log m by logaddexp, in log space).
     Options as in `fkl`."""
     _check("beta", beta, 0 <= beta <= 1, "a number in [0, 1]")
-    return _run(_jsd_rows, student_logits, teacher_logits, mask, temperature=temperature, top_k=top_k,
+    return _run(_jsd_rows, student_logits, teacher_logits, mask, temperature=temperature, sparse_top_k=sparse_top_k,
                 chunk_size=chunk_size, beta=beta)
 
 
-def tvd(student_logits, teacher_logits, mask, *, temperature=1.0, top_k=None, chunk_size=DEFAULT_CHUNK_SIZE):
+def tvd(student_logits, teacher_logits, mask, *, temperature=1.0, sparse_top_k=None, chunk_size=DEFAULT_CHUNK_SIZE):
     """Total variation distance 0.5 * sum_v |p_T,v - p_S,v|, in [0, 1] per position. Options as in `fkl`."""
-    return _run(_tvd_rows, student_logits, teacher_logits, mask, temperature=temperature, top_k=top_k,
+    return _run(_tvd_rows, student_logits, teacher_logits, mask, temperature=temperature, sparse_top_k=sparse_top_k,
                 chunk_size=chunk_size)
 
 
-def skew_fkl(student_logits, teacher_logits, mask, *, alpha=0.1, temperature=1.0, top_k=None,
+def skew_fkl(student_logits, teacher_logits, mask, *, alpha=0.1, temperature=1.0, sparse_top_k=None,
              chunk_size=DEFAULT_CHUNK_SIZE):
     """Skew forward KL (DistiLLM): KL(p_T || alpha p_T + (1 - alpha) p_S), alpha in [0, 1).
 
     alpha = 0 is the forward KL. Options as in `fkl`."""
     _check("alpha", alpha, 0 <= alpha < 1, "a number in [0, 1)")
-    return _run(_skew_fkl_rows, student_logits, teacher_logits, mask, temperature=temperature, top_k=top_k,
-                chunk_size=chunk_size, alpha=alpha)
+    return _run(_skew_fkl_rows, student_logits, teacher_logits, mask, temperature=temperature,
+                sparse_top_k=sparse_top_k, chunk_size=chunk_size, alpha=alpha)
 
 
-def skew_rkl(student_logits, teacher_logits, mask, *, alpha=0.1, temperature=1.0, top_k=None,
+def skew_rkl(student_logits, teacher_logits, mask, *, alpha=0.1, temperature=1.0, sparse_top_k=None,
              chunk_size=DEFAULT_CHUNK_SIZE):
     """Skew reverse KL (DistiLLM): KL(p_S || alpha p_S + (1 - alpha) p_T), alpha in [0, 1).
 
     alpha = 0 is the reverse KL. Options as in `fkl`."""
     _check("alpha", alpha, 0 <= alpha < 1, "a number in [0, 1)")
-    return _run(_skew_rkl_rows, student_logits, teacher_logits, mask, temperature=temperature, top_k=top_k,
-                chunk_size=chunk_size, alpha=alpha)
+    return _run(_skew_rkl_rows, student_logits, teacher_logits, mask, temperature=temperature,
+                sparse_top_k=sparse_top_k, chunk_size=chunk_size, alpha=alpha)
 
 
 def ce(student_logits, teacher_logits, mask, labels, *, temperature=1.0, chunk_size=DEFAULT_CHUNK_SIZE):
     """Cross-entropy with hard labels: -log softmax(s / T)[y]. teacher_logits is unused (may be None).
 
-    labels [B, L]: the token each logit position predicts (see `shift_labels`), valid ids inside mask."""
+    labels [B, L]: the token each logit position predicts, valid ids inside mask."""
     return _run(_ce_rows, student_logits, None, mask, labels, temperature=temperature, chunk_size=chunk_size)
 
 
-def hybrid(student_logits, teacher_logits, mask, labels, *, ce_weight=0.5, temperature=1.0, top_k=None,
+def hybrid(student_logits, teacher_logits, mask, labels, *, ce_weight=0.5, temperature=1.0, sparse_top_k=None,
            chunk_size=DEFAULT_CHUNK_SIZE):
     """Hinton's mix: ce_weight * CE(y, p_S at T=1) + (1 - ce_weight) * T^2 * KL(p_T || p_S) at temperature T.
 
-    ce_weight in [0, 1]; labels as in `ce`; top_k applies to the KL term as in `fkl`."""
+    ce_weight in [0, 1]; labels as in `ce`; sparse_top_k applies to the KL term as in `fkl`."""
     _check("ce_weight", ce_weight, 0 <= ce_weight <= 1, "a number in [0, 1]")
     return _run(_hybrid_rows, student_logits, teacher_logits, mask, labels, temperature=temperature,
-                top_k=top_k, chunk_size=chunk_size, ce_weight=ce_weight)
+                sparse_top_k=sparse_top_k, chunk_size=chunk_size, ce_weight=ce_weight)
 
 
 def rank(student_logits, teacher_logits, mask, *, rank_top_k=8, margin=0.0, temperature=1.0,
@@ -290,7 +290,7 @@ def compute(name, student_logits, teacher_logits, mask, labels=None, **params):
     """Loss ``name`` summed over the valid positions: returns (loss_sum, n_tokens).
 
     name: one of `LOSSES`; labels [B, L] is required by ce and hybrid and ignored by the others;
-    params: the loss's keyword options (temperature, chunk_size, top_k, beta, alpha, ce_weight,
+    params: the loss's keyword options (temperature, chunk_size, sparse_top_k, beta, alpha, ce_weight,
     rank_top_k, margin: see each function)."""
     if name not in LOSSES:
         raise ValueError(f"unknown loss {name!r}: expected one of {', '.join(LOSSES)}")
@@ -305,26 +305,7 @@ def compute(name, student_logits, teacher_logits, mask, labels=None, **params):
     return fn(student_logits, teacher_logits, mask, **params)
 
 
-# ---------------------------------------------------------------- alignment and normalisation
-
-
-def shift_mask(response_mask: torch.Tensor) -> torch.Tensor:
-    """Mask over tokens [B, L] -> mask over the logit positions that predict them [B, L].
-
-    The logits at position p predict token p + 1, so a response token at position P + j is predicted by
-    the logits at P + j - 1: the first response token (j = 0) is predicted at P - 1, the last prompt position."""
-    out = torch.zeros_like(response_mask, dtype=torch.bool)
-    out[:, :-1] = response_mask[:, 1:]
-    return out
-
-
-def shift_labels(input_ids: torch.Tensor) -> torch.Tensor:
-    """Ids over tokens [B, L] -> labels over logit positions [B, L]: labels[:, p] = input_ids[:, p + 1].
-
-    The last position predicts nothing (label 0); `shift_mask` never marks it."""
-    out = torch.zeros_like(input_ids)
-    out[:, :-1] = input_ids[:, 1:]
-    return out
+# ---------------------------------------------------------------- normalisation
 
 
 def global_token_count(masks, accelerator=None) -> torch.Tensor:

@@ -100,19 +100,22 @@ def model_rollout(cfg, prompts: PromptBatch, model, tokenizer, seeds: list[int],
     return assemble(prompts, response, resp_mask, written, gen.stats)
 
 
+def skd_policy(cfg):
+    """The acceptance policy of an SKD rollout (`cfg` is a RolloutConfig): `top_k` or `adaptive_top_k`."""
+    target = Sampling(cfg.teacher_temperature, cfg.teacher_top_p)
+    if cfg.policy == "top_k":
+        return make_policy("top_k", k=cfg.skd_top_k, min_prob=cfg.skd_min_prob, target=target, bonus_token=cfg.bonus)
+    return make_policy("adaptive_top_k", k_init=cfg.skd_top_k, k_min=cfg.k_min, k_max=cfg.k_max, r_plus=cfg.r_plus,
+                       r_minus=cfg.r_minus, ema=cfg.ema, entropy_gain=cfg.entropy_gain, min_prob=cfg.skd_min_prob,
+                       target=target, bonus_token=cfg.bonus)
+
+
 def skd_rollout(cfg, prompts: PromptBatch, student, teacher, tokenizer, seeds: list[int]) -> RolloutBatch:
     """SKD: the student drafts from its view, the teacher verifies on its own (maybe privileged) view and
     replaces drafted tokens outside its top-K (policy `top_k` or `adaptive_top_k`)."""
-    target = Sampling(cfg.teacher_temperature, cfg.teacher_top_p)
-    if cfg.policy == "top_k":
-        policy = make_policy("top_k", k=cfg.top_k, min_prob=cfg.min_prob, target=target, bonus_token=cfg.bonus)
-    else:
-        policy = make_policy("adaptive_top_k", k_init=cfg.top_k, k_min=cfg.k_min, k_max=cfg.k_max, r_plus=cfg.r_plus,
-                             r_minus=cfg.r_minus, ema=cfg.ema, entropy_gain=cfg.entropy_gain, min_prob=cfg.min_prob,
-                             target=target, bonus_token=cfg.bonus)
     s_dev, t_dev = next(student.parameters()).device, next(teacher.parameters()).device
     gen = generate(student, prompts.student_ids.to(s_dev), prompts.student_mask.to(s_dev), teacher,
-                   prompts.teacher_ids.to(t_dev), prompts.teacher_mask.to(t_dev), policy=policy,
+                   prompts.teacher_ids.to(t_dev), prompts.teacher_mask.to(t_dev), policy=skd_policy(cfg),
                    gamma=make_schedule(cfg.gamma_schedule, cfg.gamma, cfg.max_gamma),
                    draft_sampling=Sampling(cfg.temperature, cfg.top_p), verify=cfg.verification,
                    **_decode_args(cfg, tokenizer, seeds, student, teacher))

@@ -28,7 +28,6 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from accelerate import Accelerator, PartialState
 from accelerate.state import AcceleratorState, GradientState
@@ -42,11 +41,12 @@ from .data.records import load_records
 from .data.tasks import get_task
 from .data.views import collate, encode_example
 from .engine.compiling import compiled_model
+from .engine.sampling import derive_seed
 from .evaluate.quality import evaluate_records
 from .data.templates import end_token_ids
-from .models import (check_same_tokenizer, check_vocab, embedding_rows, load_model, load_tokenizer,
-                     position_ids_from_mask, resolve_device)
+from .models import check_same_tokenizer, check_vocab, embedding_rows, load_model, load_tokenizer, resolve_device
 from .rollout import RolloutBatch, dataset_rollout, make_rollout, rollout_metrics
+from .scoring import eval_mode, response_logits
 
 TEACHER_LOSSES = {"fkl", "rkl", "jsd", "tvd", "skew_fkl", "skew_rkl", "hybrid", "rank"}
 TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb"}
@@ -327,18 +327,6 @@ def gathered_for_generation(accelerator, model, enabled: bool = True):
         yield
 
 
-@contextmanager
-def eval_mode(model):
-    """Generation runs in eval mode: no dropout, and gradient checkpointing (active only in training mode)
-    would otherwise turn the KV cache off."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
-
-
 # ---------------------------------------------------------------- one step
 def encode(run: Run, records) -> list:
     """Encode records; under `sft` with sft_view=teacher the trained model sees the teacher's view."""
@@ -349,19 +337,8 @@ def encode(run: Run, records) -> list:
     return examples
 
 
-def response_logits(model, ids, mask, prompt_len: int, length: int, vocab: int) -> torch.Tensor:
-    """Logits predicting the response tokens: [B, P + T] ids -> [B, T, V].
-
-    The logits that predict response token j sit at column P + j - 1, so the first response token (predicted
-    from the last prompt position) is included. Only the last T + 1 positions are projected to the vocabulary.
-    """
-    out = model(input_ids=ids, attention_mask=mask.long(), position_ids=position_ids_from_mask(mask),
-                logits_to_keep=length + 1, use_cache=False)
-    return out.logits[:, :length, :vocab]
-
-
 def loss_params(lc) -> dict:
-    """The LossConfig fields that the configured loss function takes (temperature, beta, top_k, ...)."""
+    """The LossConfig fields that the configured loss function takes (temperature, beta, sparse_top_k, ...)."""
     sig = inspect.signature(losses.LOSSES[lc.name]).parameters
     return {k: getattr(lc, k) for k, p in sig.items() if p.kind is p.KEYWORD_ONLY and hasattr(lc, k)}
 
@@ -373,14 +350,13 @@ def micro_loss(run: Run, rb: RolloutBatch, student=None) -> torch.Tensor:
     view goes to its model's device; the teacher's logits come back to the student's."""
     lc, T, dev = run.cfg.loss, rb.response.shape[1], run.device
     student = run.score_student if student is None else student
-    s_logits = response_logits(student, rb.student_ids.to(dev), rb.student_mask.to(dev), rb.student_prompt_len, T,
-                               run.vocab)
+    s_logits = response_logits(student, rb.student_ids.to(dev), rb.student_mask.to(dev), T, run.vocab)
     t_logits = None
     if lc.name in TEACHER_LOSSES:
         tdev = run.teacher_device
         with torch.no_grad():
-            t_logits = response_logits(run.score_teacher, rb.teacher_ids.to(tdev), rb.teacher_mask.to(tdev),
-                                       rb.teacher_prompt_len, T, run.vocab).to(dev)
+            t_logits = response_logits(run.score_teacher, rb.teacher_ids.to(tdev), rb.teacher_mask.to(tdev), T,
+                                       run.vocab).to(dev)
     loss_sum, _ = losses.compute(lc.name, s_logits, t_logits, rb.response_mask.to(dev), labels=rb.response.to(dev),
                                  **loss_params(lc))
     return loss_sum
@@ -400,17 +376,12 @@ def rollout_step(run: Run) -> list[RolloutBatch]:
             g = acc.process_index * accum + i  # this rank's i-th micro-batch in the global batch
             prompts = collate(encode(run, groups[g]), run.tokenizer.pad_token_id)
             # Rows draw their noise from (seed, step, global row index): independent of batch layout and rank.
-            seeds = [row_seed(cfg.train.seed, run.step, g * bs + r) for r in range(bs)]
+            seeds = [derive_seed(cfg.train.seed, run.step, g * bs + r) for r in range(bs)]
             if run.sft:
                 batches.append(dataset_rollout(prompts, run.tokenizer.pad_token_id))
             else:
                 batches.append(make_rollout(cfg.rollout, prompts, student, run.teacher, run.tokenizer, seeds))
     return batches
-
-
-def row_seed(seed: int, step: int, row: int) -> int:
-    """A 31-bit seed for one sequence of one step, from (run seed, step, global row index)."""
-    return int(np.random.SeedSequence([seed, step, row]).generate_state(1)[0] >> 1)
 
 
 def train_step(run: Run) -> dict:
@@ -498,12 +469,11 @@ def validate(run: Run) -> dict:
             with acc.autocast():
                 sums[0] += float(micro_loss(run, rb, student))
             sums[1] += rb.num_tokens
-        if task is not None and records:
-            view = "teacher" if run.sft and cfg.data.views.sft_view == "teacher" else "student"
-            result = evaluate_records(student, run.tokenizer, records, cfg.data.views, task.scorer, view,
-                                      max_new_tokens=cfg.rollout.max_new_tokens, batch_size=cfg.train.batch_size)
-            sums[2] += result["exact_match"] * result["n"]
-            sums[3] += result["n"]
+        if records:
+            result = _greedy_answers(run, student, records, task)
+            if task is not None:
+                sums[2] += result["exact_match"] * result["n"]
+                sums[3] += result["n"]
             if acc.is_main_process:
                 _log_samples(run, result["samples"][:SAMPLES_LOGGED])
     if split:
@@ -514,6 +484,18 @@ def validate(run: Run) -> dict:
     if task is not None:
         metrics[f"val/{task.metric}"] = float(sums[2] / sums[3].clamp_min(1))
     return metrics
+
+
+def _greedy_answers(run: Run, student, records, task) -> dict:
+    """Greedy answers to validation records, as `evaluate_records` returns them. A task scores every record
+    (exact_match); a file dataset has no scorer, so only the records whose samples are logged are answered."""
+    cfg = run.cfg
+    view = "teacher" if run.sft and cfg.data.views.sft_view == "teacher" else "student"
+    if task is None:
+        records = records[:SAMPLES_LOGGED]
+    return evaluate_records(student, run.tokenizer, records, cfg.data.views, task and task.scorer, view,
+                            max_new_tokens=cfg.rollout.max_new_tokens, batch_size=cfg.train.batch_size,
+                            metrics=("exact_match",) if task is not None else (), answers=True)
 
 
 def _log_samples(run: Run, samples: list[dict]) -> None:

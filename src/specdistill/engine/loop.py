@@ -150,7 +150,8 @@ def generate(
     draft_sampling: the student's own temperature / top-p for drafting (the teacher's is in the policy).
     eos_token_id: id(s) that end a row (included in the response); None = never.
     stop: token-id sequences, or strings with `tokenizer`, that end a row (included in the response).
-    seed: int (row b uses seed + b) or [B] per-row seeds; noise is keyed by (row seed, response position).
+    seed: int (row b's seed is hashed from (seed, b): sampling.row_seeds) or [B] per-row seeds; noise is keyed
+        by (row seed, response position).
     verify: "parallel" (one teacher forward per block) or "sequential" (one per drafted token; the reference).
     compile: torch.compile both models' forward calls and, with a teacher, the policy's per-block functions
         (True = inductor, or a backend name); anything that fails to compile runs eagerly. pick_token, a few

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field, fields
 
 import torch
 
+from .policies import judged_positions
+
 FINISH_REASONS = ("running", "eos", "stop", "length")  # index = the engine's reason code
 
 
@@ -181,7 +183,7 @@ class StatsAccumulator:
             return
         self.blocks.append((active, gamma_rows, n, full, has_next))
         if top_k is not None:
-            judged = torch.where(active, torch.minimum(n + 1, gamma_rows), 0)  # [B]
+            judged = judged_positions(n, gamma_rows, active)  # [B]
             on = torch.arange(top_k.shape[1], device=n.device) < judged[:, None]  # [B, g+1]
             self.top_k.append(torch.stack([(top_k * on).sum(), on.sum()]))
 

@@ -15,10 +15,11 @@ on the drafted token that is kept, never on a fresh sample.
 |------------------|----------------------------------------------|--------------------------|----------------------|
 | speculative      | u < min(1, p_i(x) / q_i(x))                  | sample norm(max(0, p-q)) | sample p_{g+1}       |
 | greedy           | x == argmax p_i                              | argmax p_i               | argmax p_{g+1}       |
-| top_k            | x in top-K of p_i and p_i(x) >= min_prob     | sample p_i               | off (option: p_{g+1}) |
+| top_k            | rank_i(x) < K and p_i(x) >= min_prob         | sample p_i               | off (option: p_{g+1}) |
 | adaptive_top_k   | as top_k with K_eff per position             | sample p_i               | as top_k             |
 
 p is the teacher's distribution warped by the policy's `target` sampling; q the student's drafting distribution.
+rank_i(x) counts the tokens before x in p_i's order, ties broken by token id (`top_k_rank`): exactly K pass.
 """
 
 from __future__ import annotations
@@ -56,20 +57,36 @@ def _teacher_samples(warped: torch.Tensor, block: Block, sampling: Sampling) -> 
     return sample_tokens(warped, None if sampling.greedy else block.u_target)
 
 
-def _top_k_test(block: Block, warped: torch.Tensor, target: Sampling, k: torch.Tensor | int, min_prob: float):
-    """accept [B, g]: x is in the top-k of the warped teacher p [B, g+1, V] (rank = number of strictly more likely
-    tokens) and p(x) >= min_prob. A greedy teacher ranks by its raw logits."""
+def top_k_rank(scores: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Rank of token x among scores [B, g, V] (x [B, g] long) -> [B, g] long, 0 = best.
+
+    Tie rule: tokens with a higher score rank before x, and so do tokens with an equal score and a smaller id.
+    Ranks are then a strict order, so exactly K tokens have rank < K even where logits tie (frequent in bf16)."""
+    x = x.unsqueeze(-1)  # [B, g, 1]
+    s_x = scores.gather(-1, x)  # [B, g, 1]
+    ids = torch.arange(scores.shape[-1], device=scores.device)  # [V]
+    return ((scores > s_x) | ((scores == s_x) & (ids < x))).sum(-1)
+
+
+def _top_k_test(block: Block, warped: torch.Tensor, target: Sampling, k: torch.Tensor, min_prob: float):
+    """accept [B, g]: x is in the top-k [B, g+1] of the warped teacher p [B, g+1, V] (`top_k_rank`) and
+    p(x) >= min_prob. A greedy teacher ranks by its raw logits."""
     g = block.draft_tokens.shape[1]
     # Ranks come from the raw logits when greedy (a one-hot p would tie every other token).
     scores = block.target_logits.float()[:, :g] if target.greedy else warped[:, :g]
     x = block.draft_tokens.unsqueeze(-1)  # [B, g, 1]
-    rank = (scores > scores.gather(-1, x)).sum(-1)  # [B, g] number of strictly better tokens
     p_x = warped[:, :g].softmax(-1).gather(-1, x).squeeze(-1)  # [B, g]
     # Outside the teacher's support (top-p / top-k / min-p filters) a token is never in its top-K.
     supported = True if target.greedy else warped[:, :g].gather(-1, x).squeeze(-1) > -math.inf
-    if isinstance(k, torch.Tensor):
-        k = k[:, :g]
-    return (rank < k) & supported & (p_x >= min_prob)
+    return (top_k_rank(scores, block.draft_tokens) < k[:, :g]) & supported & (p_x >= min_prob)
+
+
+def _top_k_verdict(block: Block, warped: torch.Tensor, target: Sampling, k: torch.Tensor, min_prob: float) -> Verdict:
+    """The verdict of both top-K policies, given the warped teacher logits [B, g+1, V] and K [B, g+1]: the top-K
+    test on each draft, and a teacher sample (stream TARGET) as correction and bonus at every position."""
+    accept = _top_k_test(block, warped, target, k, min_prob)  # [B, g]
+    teacher = _teacher_samples(warped, block, target)  # [B, g+1]
+    return Verdict(accept=accept, correction=teacher[:, : accept.shape[1]], bonus=teacher, top_k=k)
 
 
 @dataclass(frozen=True)
@@ -150,10 +167,8 @@ class TopKPolicy:
 
     def judge(self, block: Block, state=None) -> Verdict:
         warped = warp_logits(block.target_logits, self.target)  # [B, g+1, V]
-        accept = _top_k_test(block, warped, self.target, self.k, self.min_prob)
-        teacher = _teacher_samples(warped, block, self.target)  # [B, g+1]
-        k = torch.full_like(teacher, self.k)
-        return Verdict(accept=accept, correction=teacher[:, : accept.shape[1]], bonus=teacher, top_k=k)
+        k = torch.full(warped.shape[:2], self.k, dtype=torch.long, device=warped.device)  # [B, g+1]
+        return _top_k_verdict(block, warped, self.target, k, self.min_prob)
 
     def update(self, state, verdict, n, gamma_rows, active):
         return state
@@ -214,15 +229,12 @@ class AdaptiveTopKPolicy:
         return k.round().clamp(self.k_min, self.k_max).long()
 
     def judge(self, block: Block, state: AdaptiveState) -> Verdict:
-        warped = warp_logits(block.target_logits, self.target)
-        k = self.effective_k(warped, state.k_base)
-        accept = _top_k_test(block, warped, self.target, k, self.min_prob)
-        teacher = _teacher_samples(warped, block, self.target)
-        return Verdict(accept=accept, correction=teacher[:, : accept.shape[1]], bonus=teacher, top_k=k)
+        warped = warp_logits(block.target_logits, self.target)  # [B, g+1, V]
+        return _top_k_verdict(block, warped, self.target, self.effective_k(warped, state.k_base), self.min_prob)
 
     def update(self, state: AdaptiveState, verdict: Verdict, n, gamma_rows, active) -> AdaptiveState:
         g = verdict.accept.shape[1]
-        judged = torch.where(active, torch.minimum(n + 1, gamma_rows), 0)  # [B] positions judged in order
+        judged = judged_positions(n, gamma_rows, active)  # [B]
         i = torch.arange(g, device=n.device)
         age = (judged[:, None] - 1 - i).clamp_min(0)  # [B, g] tokens judged after position i
         weight = self.ema * (1 - self.ema) ** age * (i < judged[:, None])
@@ -255,6 +267,12 @@ class Settled:
     has_next: torch.Tensor  # [B] bool
 
 
+def judged_positions(n: torch.Tensor, gamma_rows: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+    """Draft positions a block judged per row [B]: the n accepted drafts and the first rejection (n + 1), at most
+    the row's own block length gamma_rows; 0 for rows not running. n, gamma_rows [B] long, active [B] bool."""
+    return torch.where(active, torch.minimum(n + 1, gamma_rows), 0)
+
+
 def settle(verdict: Verdict, gamma_rows: torch.Tensor, bonus_token: bool) -> Settled:
     """Per-row outcome of a verdict. gamma_rows [B]: each row's own block length (<= g; 0 for finished rows)."""
     g = verdict.accept.shape[1]
@@ -277,6 +295,8 @@ __all__ = [
     "SpeculativePolicy",
     "TopKPolicy",
     "Verdict",
+    "judged_positions",
     "make_policy",
     "settle",
+    "top_k_rank",
 ]

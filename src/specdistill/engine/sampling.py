@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 # Noise streams: independent draws at the same (row, position).
@@ -25,7 +26,7 @@ _GOLDEN32 = 0x9E3779B9
 class Sampling:
     """How one model turns logits into a token.
 
-    temperature: 0 = greedy (argmax); > 0 divides the logits.
+    temperature: 0 = greedy (argmax; the filters below are then unused); > 0 divides the logits.
     top_p: nucleus mass kept, in (0, 1]; 1 = off.
     top_k: tokens kept by rank; 0 = off.
     min_p: tokens below min_p * max probability are dropped, in [0, 1); 0 = off.
@@ -119,15 +120,25 @@ def _mix32(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 16)
 
 
-def row_seeds(seed: int | torch.Tensor, batch_size: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """Per-row seeds [B] int64. An int gives seed + row index; pass a [B] tensor (e.g. example ids) to make
-    sampled results independent of batch composition."""
+def derive_seed(*keys: int) -> int:
+    """A 31-bit seed hashed from non-negative integer keys, e.g. (run seed, step, row), by numpy's SeedSequence.
+
+    Neighbouring keys give unrelated seeds: with `seed + row` instead, seed s at row i would reuse the noise of
+    seed s + 1 at row i - 1, so runs meant to be independent would share it."""
+    return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1)[0] >> 1)
+
+
+def row_seeds(seed: int | torch.Tensor, batch_size: int, device: torch.device | str = "cpu",
+              first_row: int = 0) -> torch.Tensor:
+    """Per-row seeds [B] int64. An int gives derive_seed(seed, first_row + b) for row b, a pure function of
+    (seed, row index); pass a [B] tensor (e.g. seeds derived from example ids) to set each row's own seed."""
     if isinstance(seed, torch.Tensor):
         seeds = seed.to(device=device, dtype=torch.long).reshape(-1)
         if seeds.numel() != batch_size:
             raise ValueError(f"seed has {seeds.numel()} entries; pass one per row ({batch_size}) or an int")
         return seeds
-    return torch.arange(batch_size, device=device, dtype=torch.long) + int(seed)
+    seeds = [derive_seed(seed, first_row + b) for b in range(batch_size)]
+    return torch.tensor(seeds, device=device, dtype=torch.long)
 
 
 def uniforms(seeds: torch.Tensor, positions: torch.Tensor, stream: int) -> torch.Tensor:

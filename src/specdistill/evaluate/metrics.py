@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from ..data.tasks import extract_final_number
 from ..data.views import left_pad, right_pad
+from ..scoring import eval_mode, response_logits
 
 METRICS = ("exact_match", "chrf", "bleu", "rouge_l", "perplexity")
 TEXT_METRICS = ("chrf", "bleu", "rouge_l")  # compare generated text with the reference response
@@ -156,23 +157,20 @@ def response_nll(model, prompts: list[list[int]], responses: list[list[int]], pa
     nll_i = -sum_j log softmax(z_ij[:vocab])[y_ij] over the response tokens y_i (EOS included, if present),
     z_ij the logits after prompt_i + y_i,<j. Prompts are left-padded and responses right-padded, so each batch
     is one forward pass; logits are sliced to the tokenizer's `vocab` (padded embedding rows excluded)."""
-    from ..train import response_logits  # imported here: train imports this package
-
     if not prompts:
         return torch.zeros(0, dtype=torch.float64), torch.zeros(0, dtype=torch.long)
-    was_training, device = model.training, next(model.parameters()).device
-    model.eval()
+    device = next(model.parameters()).device
     sums, counts = [], []
-    for i in range(0, len(prompts), batch_size):
-        p_ids, p_mask = left_pad(prompts[i : i + batch_size], pad_id)  # [B, P]
-        r_ids, r_mask = right_pad(responses[i : i + batch_size], pad_id)  # [B, T]
-        ids, mask = torch.cat([p_ids, r_ids], 1).to(device), torch.cat([p_mask, r_mask], 1).to(device)
-        logits = response_logits(model, ids, mask, p_ids.shape[1], r_ids.shape[1], vocab)  # [B, T, V]
-        for row, labels, keep in zip(logits, r_ids.to(device), r_mask.to(device)):  # one fp32 [T, V] at a time
-            nll = F.cross_entropy(row.float(), labels, reduction="none")  # [T]
-            sums.append(nll[keep].sum().double().cpu())
-        counts.append(r_mask.sum(1))
-    model.train(was_training)
+    with eval_mode(model):
+        for i in range(0, len(prompts), batch_size):
+            p_ids, p_mask = left_pad(prompts[i : i + batch_size], pad_id)  # [B, P]
+            r_ids, r_mask = right_pad(responses[i : i + batch_size], pad_id)  # [B, T]
+            ids, mask = torch.cat([p_ids, r_ids], 1).to(device), torch.cat([p_mask, r_mask], 1).to(device)
+            logits = response_logits(model, ids, mask, r_ids.shape[1], vocab)  # [B, T, V]
+            for row, labels, keep in zip(logits, r_ids.to(device), r_mask.to(device)):  # one fp32 [T, V] at a time
+                nll = F.cross_entropy(row.float(), labels, reduction="none")  # [T]
+                sums.append(nll[keep].sum().double().cpu())
+            counts.append(r_mask.sum(1))
     return torch.stack(sums), torch.cat(counts).long()
 
 
@@ -194,8 +192,6 @@ def top1_agreement(student, teacher, student_prompts: list[list[int]], teacher_p
     """(positions where the two models' argmax tokens agree, response positions), each model reading its own view
     followed by the same reference response (teacher forcing). Argmaxes are over the tokenizer's ids [:vocab].
     The share agree / positions is the cheapest predictor of greedy acceptance."""
-    from ..train import response_logits  # imported here: train imports this package
-
     agree = total = 0
     for i in range(0, len(responses), batch_size):
         r_ids, r_mask = right_pad(responses[i : i + batch_size], pad_id)  # [B, T]
@@ -204,7 +200,7 @@ def top1_agreement(student, teacher, student_prompts: list[list[int]], teacher_p
             device = next(model.parameters()).device
             p_ids, p_mask = left_pad(prompts[i : i + batch_size], pad_id)  # [B, P]
             ids, mask = torch.cat([p_ids, r_ids], 1).to(device), torch.cat([p_mask, r_mask], 1).to(device)
-            logits = response_logits(model, ids, mask, p_ids.shape[1], r_ids.shape[1], vocab)  # [B, T, V]
+            logits = response_logits(model, ids, mask, r_ids.shape[1], vocab)  # [B, T, V]
             argmax.append(logits.argmax(-1).cpu())
         agree += int(((argmax[0] == argmax[1]) & r_mask).sum())
         total += int(r_mask.sum())

@@ -7,7 +7,9 @@ import torch
 from ..data.records import Record
 from ..data.templates import end_token_ids, turn_end_id
 from ..data.views import encode_example, left_pad
-from ..engine import GREEDY, Sampling, sample
+from ..engine import Sampling, sample
+from ..engine.sampling import row_seeds
+from ..scoring import eval_mode
 from .metrics import GENERATED, TEXT_SCORES, exact_match, perplexity, response_nll, select_metrics, top1_agreement
 
 
@@ -15,19 +17,17 @@ from .metrics import GENERATED, TEXT_SCORES, exact_match, perplexity, response_n
 def generate_ids(model, tokenizer, prompts: list[list[int]], max_new_tokens: int = 64, batch_size: int = 32,
                  temperature: float = 0.0, top_p: float = 1.0, seed: int = 0) -> list[list[int]]:
     """Decode each prompt (token ids) with the engine until EOS or max_new_tokens; temperature 0 = greedy.
-    Row i draws its noise from seed + i, so results do not depend on batch_size."""
-    was_training = model.training
-    model.eval()
+    Prompt i draws its noise from (seed, i) (engine.sampling.row_seeds), so results do not depend on batch_size."""
     device = next(model.parameters()).device
-    sampling = Sampling(temperature, top_p) if temperature > 0 else GREEDY
+    sampling = Sampling(temperature, top_p)  # temperature 0 is greedy
     outputs = []
-    for i in range(0, len(prompts), batch_size):
-        ids, mask = left_pad(prompts[i : i + batch_size], tokenizer.pad_token_id)
-        gen = sample(model, ids.to(device), mask.to(device), sampling=sampling, max_new_tokens=max_new_tokens,
-                     eos_token_id=end_token_ids(tokenizer, model), pad_token_id=tokenizer.pad_token_id,
-                     seed=torch.arange(i, i + ids.shape[0]) + seed, vocab_size=len(tokenizer))
-        outputs += gen.rows()
-    model.train(was_training)
+    with eval_mode(model):
+        for i in range(0, len(prompts), batch_size):
+            ids, mask = left_pad(prompts[i : i + batch_size], tokenizer.pad_token_id)
+            gen = sample(model, ids.to(device), mask.to(device), sampling=sampling, max_new_tokens=max_new_tokens,
+                         eos_token_id=end_token_ids(tokenizer, model), pad_token_id=tokenizer.pad_token_id,
+                         seed=row_seeds(seed, ids.shape[0], first_row=i), vocab_size=len(tokenizer))
+            outputs += gen.rows()
     return outputs
 
 
@@ -54,20 +54,22 @@ def agreement_on_records(student, teacher, tokenizer, records: list[Record], vie
 
 
 def evaluate_records(model, tokenizer, records: list[Record], views, scorer=None, view: str = "student",
-                     max_new_tokens: int = 64, batch_size: int = 32, metrics=("exact_match",)) -> dict:
+                     max_new_tokens: int = 64, batch_size: int = 32, metrics=("exact_match",),
+                     answers: bool = False) -> dict:
     """Score `records` with `metrics` (names of `metrics.METRICS`): {<metric>: value, "n", "samples"}.
 
     exact_match, chrf, bleu and rouge_l score greedy answers generated from the given view (scorer: the task's
     (prediction, record) -> 0/1 for exact_match; None = GSM8K `####`); perplexity scores the reference
     responses, untruncated and ending with EOS, after the same view's prompt. A metric the records cannot
-    support (see `metrics.missing_requirement`) is a ValueError. Each sample holds its per-record values."""
+    support (see `metrics.missing_requirement`) is a ValueError. Each sample holds its per-record values.
+    answers: generate the greedy answers (each sample's `prediction`) even when no metric needs them."""
     rows = [{**r.extra, "response": r.response} for r in records]
     select_metrics(list(metrics), rows, scorer is not None)  # raises before any model work
     examples = [encode_example(r, tokenizer, views) for r in records]
     prompts = [e.teacher_prompt if view == "teacher" else e.student_prompt for e in examples]
     samples = [{"id": r.id, "query": r.query} for r in records]
     result = {}
-    if any(m in GENERATED for m in metrics):
+    if answers or any(m in GENERATED for m in metrics):
         texts = generate_texts(model, tokenizer, prompts, max_new_tokens, batch_size)
         for s, t, r in zip(samples, texts, records):
             s.update(prediction=t, reference=r.response)

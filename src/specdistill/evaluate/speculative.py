@@ -13,7 +13,8 @@ import torch
 
 from ..data.templates import end_token_ids
 from ..data.views import left_pad
-from ..engine import GREEDY, GenerationStats, Sampling, generate, make_policy, make_schedule, sample
+from ..engine import GenerationStats, Sampling, generate, make_policy, make_schedule, sample
+from ..engine.sampling import row_seeds
 from ..engine.views import ForwardClock, ModelView
 
 
@@ -55,10 +56,10 @@ def run_speculative(target, draft, prompts, tokenizer, *, gamma=4, schedule="con
         start = time.perf_counter()
         gen = generate(draft, d_ids.to(ddev), d_mask.to(ddev), target, t_ids.to(tdev), t_mask.to(tdev),
                        policy=spec_policy(temperature, top_p), gamma=make_schedule(schedule, gamma),
-                       draft_sampling=Sampling(temperature, top_p) if temperature > 0 else GREEDY,
-                       max_new_tokens=max_new_tokens, eos_token_id=end_token_ids(tokenizer, target),
-                       pad_token_id=tokenizer.pad_token_id, seed=torch.arange(i, i + len(chunk)) + seed, verify=verify,
-                       compile=compile, vocab_size=len(tokenizer))
+                       draft_sampling=Sampling(temperature, top_p), max_new_tokens=max_new_tokens,
+                       eos_token_id=end_token_ids(tokenizer, target), pad_token_id=tokenizer.pad_token_id,
+                       seed=row_seeds(seed, len(chunk), first_row=i), verify=verify, compile=compile,
+                       vocab_size=len(tokenizer))
         _sync(tdev)
         seconds += time.perf_counter() - start
         outputs += gen.rows()
@@ -75,9 +76,9 @@ def run_target_alone(target, prompts, tokenizer, *, temperature=0.0, top_p=1.0, 
         ids, mask = left_pad(chunk, tokenizer.pad_token_id)
         _sync(dev)
         start = time.perf_counter()
-        gen = sample(target, ids.to(dev), mask.to(dev), sampling=Sampling(temperature, top_p) if temperature > 0 else GREEDY,
+        gen = sample(target, ids.to(dev), mask.to(dev), sampling=Sampling(temperature, top_p),
                      max_new_tokens=max_new_tokens, eos_token_id=end_token_ids(tokenizer, target),
-                     pad_token_id=tokenizer.pad_token_id, seed=torch.arange(i, i + len(chunk)) + seed, chunk=1,
+                     pad_token_id=tokenizer.pad_token_id, seed=row_seeds(seed, len(chunk), first_row=i), chunk=1,
                      compile=compile, vocab_size=len(tokenizer))
         _sync(dev)
         seconds += time.perf_counter() - start
@@ -168,7 +169,8 @@ def bench_pair(target, draft, prompts, tokenizer, *, gamma=4, schedule="constant
     a change in the machine's load hits them alike; each keeps its median time. Outputs do not change between
     repeats (seeded). compile: run the engine, for speculative decoding and for the target alone, with
     torch.compile'd forwards (the warmup compiles the graphs); transformers' assisted generation runs as
-    shipped, eagerly."""
+    shipped, eagerly. transformers' assistant reads the target's prompt, so the engine run it is compared with
+    (`tokens_per_s_b1`) does too, at batch size 1, whatever `draft_prompts` the other figures use."""
     kw = dict(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed, compile=compile)
     spec = functools.partial(run_speculative, target, draft, tokenizer=tokenizer, gamma=gamma, schedule=schedule, **kw)
     # name -> run(prompts, draft prompts); each returns (outputs, ..., seconds)
@@ -176,8 +178,8 @@ def bench_pair(target, draft, prompts, tokenizer, *, gamma=4, schedule="constant
             "base": lambda p, d: run_target_alone(target, p, tokenizer, batch_size=batch_size, **kw)}
     if compare_hf:
         runs["hf"] = lambda p, d: run_hf_assisted(target, draft, p, tokenizer, gamma=gamma, max_new_tokens=max_new_tokens)
-        if batch_size != 1:
-            runs["b1"] = lambda p, d: spec(p, batch_size=1, draft_prompts=d)
+        if batch_size != 1 or (draft_prompts is not None and draft_prompts != prompts):
+            runs["b1"] = lambda p, d: spec(p, batch_size=1, draft_prompts=None)  # on equal terms: the target's view
     w = max(warmup, 1)
     for run in runs.values():
         run(prompts[:w], draft_prompts and draft_prompts[:w])

@@ -1,0 +1,38 @@
+"""Teacher-forced scoring of responses: the logits that predict each response token, and eval mode.
+
+Both the trainer (losses, validation) and evaluation (perplexity) score responses this way, so it lives below
+both of them: train.py imports evaluate/, and neither imports the other back.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+
+from .models import position_ids_from_mask
+
+
+def response_logits(model, ids: torch.Tensor, mask: torch.Tensor, length: int, vocab: int) -> torch.Tensor:
+    """Logits predicting the last `length` tokens of each row: [B, P + T] ids and mask -> [B, T, V].
+
+    ids is a left-padded prompt of width P followed by a right-padded response of width T = length. The logits
+    that predict response token j sit at column P + j - 1, so the first response token (predicted from the last
+    prompt position) is included. Only the last T + 1 positions are projected to the vocabulary; columns at or
+    beyond `vocab` (padded embedding rows) are dropped.
+    """
+    out = model(input_ids=ids, attention_mask=mask.long(), position_ids=position_ids_from_mask(mask),
+                logits_to_keep=length + 1, use_cache=False)
+    return out.logits[:, :length, :vocab]
+
+
+@contextmanager
+def eval_mode(model):
+    """Run a block with `model` in eval mode (no dropout; gradient checkpointing, active only in training mode,
+    would otherwise turn the KV cache off), then restore its mode, also when the block raises."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)

@@ -1,0 +1,70 @@
+"""Response alignment against a brute-force reference, and eval mode restored even when scoring fails."""
+
+import pytest
+import torch
+from transformers import LlamaForCausalLM
+
+from conftest import tiny_config
+from specdistill.data.tokenizer import build_tokenizer
+from specdistill.data.views import left_pad, right_pad
+from specdistill.evaluate.metrics import response_nll
+from specdistill.evaluate.quality import generate_ids
+from specdistill.scoring import eval_mode, response_logits
+
+TOK = build_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return LlamaForCausalLM(tiny_config("llama", len(TOK) + 3)).eval()  # 3 padded embedding rows
+
+
+@torch.no_grad()
+def test_response_logits_are_the_predictions_from_each_prefix(model):
+    """Logits for response token j == the last logits of the model run on prompt + response[:j] alone (no
+    padding, no batch): the first response token is predicted from the prompt, the last prediction is dropped."""
+    prompts, responses = [[5, 9, 11, 4], [7, 3]], [[20, 21, 22], [30]]
+    p_ids, p_mask = left_pad(prompts, TOK.pad_token_id)
+    r_ids, r_mask = right_pad(responses, TOK.pad_token_id)
+    ids, mask = torch.cat([p_ids, r_ids], 1), torch.cat([p_mask, r_mask], 1)
+    vocab = len(TOK)
+    got = response_logits(model, ids, mask, r_ids.shape[1], vocab)  # [B, T, V]
+    assert got.shape == (2, 3, vocab)
+    for b, (prompt, response) in enumerate(zip(prompts, responses)):
+        for j in range(len(response)):
+            alone = model(torch.tensor([prompt + response[:j]])).logits[0, -1, :vocab]
+            torch.testing.assert_close(got[b, j], alone, rtol=1e-4, atol=1e-4)
+
+
+class Failing(torch.nn.Module):
+    """A model whose forward raises, to check that callers restore its training mode."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, *args, **kwargs):
+        raise RuntimeError("forward failed")
+
+
+@pytest.mark.parametrize("call", [
+    lambda m: generate_ids(m, TOK, [[5, 6]], max_new_tokens=2),
+    lambda m: response_nll(m, [[5, 6]], [[7]], TOK.pad_token_id, len(TOK)),
+], ids=["generate_ids", "response_nll"])
+def test_training_mode_is_restored_when_scoring_raises(call):
+    model = Failing().train()
+    with pytest.raises(RuntimeError, match="forward failed"):
+        call(model)
+    assert model.training
+
+
+def test_eval_mode_restores_the_previous_mode():
+    model = Failing()
+    for before in (True, False):
+        model.train(before)
+        with pytest.raises(KeyError):
+            with eval_mode(model):
+                assert not model.training
+                raise KeyError("inside")
+        assert model.training is before
