@@ -24,7 +24,6 @@ from .engine.policies import AdaptiveTopKPolicy, TopKPolicy
 from .losses import DEFAULT_CHUNK_SIZE
 
 
-
 class ConfigError(UserError):
     """A config value or key is not allowed. The message names the file, the field and what is allowed."""
 
