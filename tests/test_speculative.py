@@ -247,6 +247,8 @@ def test_the_hf_comparison_gives_both_drafts_the_targets_prompt(monkeypatch):
     monkeypatch.setattr(speculative, "run_target_alone", lambda t, p, tok, **kw: ([[5, 6, 7]] * len(p), 3.0))
     monkeypatch.setattr(speculative, "run_hf_assisted", lambda t, d, p, tok, **kw: ([[5, 6, 7]] * len(p), 2.0))
     monkeypatch.setattr(speculative, "forward_cost_ratio", lambda *a, **kw: 0.5)
+    monkeypatch.setattr(speculative, "hf_same_vocab", lambda target, draft: True)  # no models in this fake run
+    monkeypatch.setattr(speculative, "end_token_ids", lambda tokenizer, *models: [2])
     tok = SimpleNamespace(eos_token_id=2, pad_token_id=0)
     target_view, student_view = [[1, 9, 9], [1, 8]], [[9, 9], [8]]
     r = bench_pair(None, None, target_view, tok, draft_prompts=student_view, compare_hf=True, warmup=1, repeats=1)
