@@ -3,7 +3,10 @@ import dataclasses
 import pytest
 
 from specdistill import losses
-from specdistill.config import Config, ConfigError, LossConfig, RolloutConfig, load_config, save_config
+from specdistill.config import (Config, ConfigError, LossConfig, MixtureStage, RolloutConfig, load_config, rollout_at,
+                                rollout_stages, save_config)
+from specdistill.data.mixture import MixtureStream
+from specdistill.data.records import Record
 from specdistill.engine import AdaptiveTopKPolicy, TopKPolicy
 from specdistill.train import loss_params
 
@@ -93,3 +96,46 @@ def test_defaults_shared_with_the_policies_and_losses_agree():
     assert rollout.ema == 0.1  # the weight of the newest token: 0.9 would make the EMA the last token's outcome
     assert LossConfig().chunk_size == losses.DEFAULT_CHUNK_SIZE == 256
     assert loss_params(LossConfig(name="jsd"))["chunk_size"] == 256  # what the trainer hands the loss
+
+
+# ---------------------------------------------------------------- rollout.schedule and rollout.mix
+def test_rollout_schedule_lays_its_stages_over_the_steps():
+    """Stages start at a step or a fraction (0.3 of 10 steps is 3, float noise aside, as for data.schedule); each
+    is the top-level settings with its own keys replaced, not the previous stage's."""
+    cfg = load_config(None, ["train.max_steps=10", "rollout.temperature=0.7", "rollout.schedule=["
+                             "{start: 0.3, strategy: student, temperature: 0.2},"
+                             "{step: 6, strategy: mixed, mix: [skd, dataset], lam: 0.2}]"])
+    stages = rollout_stages(cfg.rollout, 10)
+    assert [(first, r.strategy) for first, r in stages] == [(0, "dataset"), (3, "student"), (6, "mixed")]
+    assert [r.temperature for _, r in stages] == [0.7, 0.2, 0.7]
+    assert stages[2][1].mix == ["skd", "dataset"] and stages[2][1].lam == 0.2 and stages[1][1].lam == 0.5
+    assert [rollout_at(cfg.rollout, s, 10)[0] for s in range(10)] == [0, 0, 0, 1, 1, 1, 2, 2, 2, 2]
+    assert rollout_at(RolloutConfig(), 4, 10) == (0, RolloutConfig())  # no schedule: the top-level settings
+    stream = MixtureStream([[Record("a", "q")], [Record("b", "q")]], [1, 0], [MixtureStage(0.3, [0, 1])], 10, 0)
+    assert [stream.weights_at(s)[1] for s in (2, 3)] == [0, 1]  # data.schedule switches at the same step
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("rollout.schedule=[{strategy: student}]", "rollout.schedule[0]: give exactly one of 'start'"),
+    ("rollout.schedule=[{start: 0.5, step: 3}]", "rollout.schedule[0]: give exactly one of 'start'"),
+    ("rollout.schedule=[{start: 1.0}]", "rollout.schedule[0].start: 1.0; allowed range [0, 1)"),
+    ("rollout.schedule=[{step: 100}]", "rollout.schedule[0].step: 100; allowed range [0, train.max_steps=100)"),
+    ("rollout.schedule=[{step: 50}, {start: 0.2}]", "rollout.schedule[1]: starts at step 20, before the stage listed"),
+    ("rollout.schedule=[{step: 5, stratgy: skd}]", "unknown config key 'rollout.schedule[0].stratgy'; did you mean "
+                                                    "'rollout.schedule[0].strategy'?"),
+    ("rollout.schedule=[{step: 5, top_k: 3}]", "config key 'rollout.schedule[0].top_k' was renamed: use 'skd_top_k'"),
+    ("rollout.schedule=[{step: 5, lam: 2}]", "rollout.schedule[0]: rollout.lam: 2.0 is not allowed; allowed range"),
+    ("rollout.schedule=[{step: 5, schedule: []}]", "rollout.schedule[0]: a stage cannot have a schedule of its own"),
+    ("rollout.mix=[skd, skd]", "rollout.mix: ['skd', 'skd']; give two different strategies"),
+    ("rollout.mix=[mixed, dataset]", "rollout.mix[0]: 'mixed' is not allowed; allowed values: dataset, teacher"),
+])
+def test_rollout_schedule_and_mix_errors_name_the_stage_and_key(override, expected):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override])
+    assert expected in str(err.value)
+
+
+def test_a_schedule_round_trips_through_the_resolved_config(tmp_path):
+    cfg = load_config(None, ["rollout.schedule=[{start: 0.5, strategy: mixed, mix: [skd, dataset], lam: 0.25}]"])
+    save_config(cfg, tmp_path / "config.yaml")
+    assert load_config(tmp_path / "config.yaml") == cfg

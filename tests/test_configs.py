@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from specdistill.config import load_config
-from specdistill.train import run_training
+from specdistill.train import TEACHER_LOSSES, run_training
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 
@@ -15,7 +15,7 @@ CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"
 def test_every_method_has_a_config():
     names = {p.stem for p in CONFIGS}
     assert {"sft", "supervised_kd", "seqkd", "onpolicy_kd", "gkd", "imitkd", "skd", "lupi_skd", "adaptive_topk",
-            "distillspec", "hybrid", "lupi_curriculum", "rank"} <= names
+            "distillspec", "hybrid", "lupi_curriculum", "rank", "mixed_train", "mixed_skd"} <= names
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
@@ -33,4 +33,8 @@ def test_example_config_runs_two_steps(path, tmp_path):
     assert all(math.isfinite(r["train/loss"]) for r in steps)
     if cfg.rollout.strategy == "skd":
         assert "rollout/acceptance_rate" in steps[0]
+    if cfg.rollout.schedule:  # mixed_train: the second of the 2 steps is in the second stage
+        assert [r["rollout/stage"] for r in steps] == [0, 1]
+    if cfg.loss.name in TEACHER_LOSSES:
+        assert all(0 <= r["train/top1_agreement"] <= 1 for r in steps)
     assert (tmp_path / "final" / "config.json").exists()

@@ -1,4 +1,5 @@
 import threading
+from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
@@ -10,7 +11,8 @@ from specdistill.data.records import Record
 from specdistill.data.tokenizer import build_tokenizer
 from specdistill.models import load_model
 from specdistill.engine import GenerationStats, Verdict
-from specdistill.rollout import make_rollout, rollout_metrics, skd_policy
+from specdistill.engine.sampling import derive_seed
+from specdistill.rollout import make_rollout, mix_choice, rollout_metrics, skd_policy
 
 TOK = build_tokenizer()
 
@@ -112,6 +114,53 @@ def test_mixed_lambda_endpoints(pair):
     every = make_rollout(RolloutConfig(strategy="mixed", lam=1.0, **args), batch, student, teacher, TOK, seeds)
     own = make_rollout(RolloutConfig(strategy="student", **args), batch, student, teacher, TOK, seeds)
     assert torch.equal(every.student_ids, own.student_ids) and torch.equal(every.response_mask, own.response_mask)
+
+
+@pytest.mark.parametrize("lam", [0.1, 0.5, 0.85])
+def test_mix_choice_takes_the_first_strategy_with_probability_lambda(lam):
+    """20,000 rows' coins, seeded as training seeds them (seed, step, global row): the number that take mix[0] passes
+    an exact two-sided binomial test at p > 0.001 (the seeds are fixed, so the test is deterministic)."""
+    from scipy.stats import binomtest
+
+    seeds = [derive_seed(7, step, row) for step in range(50) for row in range(400)]
+    first = mix_choice(seeds, lam)
+    assert binomtest(sum(first), len(seeds), lam).pvalue > 1e-3
+    assert first == mix_choice(list(seeds), lam)  # a function of the seeds alone
+    assert mix_choice(seeds, 0.0) == [False] * len(seeds) and mix_choice(seeds, 1.0) == [True] * len(seeds)
+
+
+def test_mixed_skd_rows_are_their_own_skd_rollout_or_the_gold_response(pair):
+    """mix [skd, dataset]: a row whose coin says SKD holds exactly the SKD rollout of that row alone with its seed
+    (response and teacher-written marks); every other row holds its reference response, with no teacher tokens."""
+    student, teacher = pair
+    n = 8
+    batch = prompts(n)
+    seeds = [derive_seed(3, 0, row) for row in range(n)]
+    cfg = RolloutConfig(strategy="mixed", mix=["skd", "dataset"], lam=0.5, max_new_tokens=5, temperature=1.0,
+                        skd_top_k=2)
+    rb = make_rollout(cfg, batch, student, teacher, TOK, seeds)
+    check_views(rb, batch)
+    skd_rows = mix_choice(seeds, cfg.lam)
+    assert 0 < sum(skd_rows) < n
+    for i, (example, seed) in enumerate(zip(batch.examples, seeds)):
+        written = rb.teacher_written[i][rb.response_mask[i]].tolist()
+        if skd_rows[i]:
+            alone = make_rollout(replace(cfg, strategy="skd"), prompts(1, first=i), student, teacher, TOK, [seed])
+            assert responses(rb)[i] == responses(alone)[0]
+            assert written == alone.teacher_written[0][alone.response_mask[0]].tolist()
+        else:
+            assert responses(rb)[i] == example.response and not any(written)
+    assert rb.teacher_written.any(), "top-2 of a random teacher should replace some drafts"
+    assert rollout_metrics([rb])["tokens/drafted"] > 0
+
+
+def test_mixed_with_the_dataset_needs_every_reference_whichever_rows_the_coins_pick(pair):
+    student, teacher = pair
+    batch = prompts(2)
+    batch.examples[1].response = None
+    cfg = RolloutConfig(strategy="mixed", mix=["student", "dataset"], lam=1.0, max_new_tokens=4)
+    with pytest.raises(ValueError, match="needs reference responses"):
+        make_rollout(cfg, batch, student, teacher, TOK, [1, 2])
 
 
 def test_skd_teacher_verifies_against_the_view_with_knowledge(pair):

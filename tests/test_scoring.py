@@ -1,4 +1,5 @@
-"""Response alignment against a brute-force reference, and eval mode restored even when scoring fails."""
+"""Response alignment against a brute-force reference, top-1 agreement on hand-made logits, and eval mode restored
+even when scoring fails."""
 
 import pytest
 import torch
@@ -9,7 +10,7 @@ from specdistill.data.tokenizer import build_tokenizer
 from specdistill.data.views import left_pad, right_pad
 from specdistill.evaluate.metrics import response_nll
 from specdistill.evaluate.quality import generate_ids
-from specdistill.scoring import eval_mode, response_logits
+from specdistill.scoring import eval_mode, response_logits, top1_agreements
 
 TOK = build_tokenizer()
 
@@ -68,3 +69,15 @@ def test_eval_mode_restores_the_previous_mode():
                 assert not model.training
                 raise KeyError("inside")
         assert model.training is before
+
+
+def test_top1_agreements_count_the_masked_positions_whose_argmaxes_match():
+    """A stub pair's logits written by hand, [2, 3, 3]: argmaxes match at 4 positions, one of them masked out (a
+    padded position), so the count is 3. A tie goes to the lower id, as greedy decoding's argmax does."""
+    student = torch.tensor([[[3.0, 1, 0], [0, 2, 1], [1, 0, 5]],
+                            [[0.0, 0, 1], [9, 0, 0], [0, 7, 0]]])  # argmax [[0, 1, 2], [2, 0, 1]]
+    teacher = torch.tensor([[[2.0, 2, 0], [0, 4, 3], [6, 0, 1]],
+                            [[0.0, 3, 1], [1, 0, 0], [0, 5, 2]]])  # argmax [[0 (tie), 1, 0], [1, 0, 1]]
+    mask = torch.tensor([[True, True, True], [True, True, False]])
+    assert int(top1_agreements(student, teacher, mask)) == 3
+    assert int(top1_agreements(student, student, mask)) == int(mask.sum())

@@ -202,8 +202,8 @@ def test_nan_steps_are_skipped_counted_and_stop_the_run_resumably(tmp_path, monk
     real_loss, real_step = train.micro_loss, train.train_step
 
     def nan_loss(run, rb, student=None):
-        loss = real_loss(run, rb, student)
-        return loss * float("nan") if run.step + 1 in bad else loss
+        loss, agreements = real_loss(run, rb, student)
+        return (loss * float("nan") if run.step + 1 in bad else loss), agreements
 
     def checked_step(run):
         before = [p.detach().clone() for p in run.student.parameters()]
@@ -531,3 +531,124 @@ def test_resume_of_a_student_with_tied_embeddings(tmp_path):
     other = save_tiny_model(tmp_path / "other", arch="llama", hidden=64)
     with pytest.raises(ValueError, match="do not match the student"):
         checkpoint.load_model_weights(AutoModelForCausalLM.from_pretrained(other), ckpt / "model")
+
+
+# ---------------------------------------------------------------- rollout schedules, mixed rows, top-1 agreement
+def test_rollout_schedule_switches_at_its_step_also_after_a_resume_in_the_middle_of_a_stage(tmp_path, monkeypatch):
+    """The dataset's responses for steps 1-2, SKD from `step: 2` (steps 3-4), the student's samples from
+    `start: 0.8` (step 5): the strategy each step rolls out with, and rollout/stage in its row. A run resumed from
+    the step-3 checkpoint, inside the SKD stage, goes on with SKD, then the student, and logs the full run's rows."""
+    used = []
+    real_rollout = train.make_rollout
+
+    def recording_rollout(rcfg, *args):
+        used.append(rcfg.strategy)
+        return real_rollout(rcfg, *args)
+
+    def config(out, **overrides):
+        cfg = make_config(out, teacher="tiny-teacher", loss="fkl", validation=False, max_steps=5, grad_accum=1,
+                          save_every=1, keep_last=5, **overrides)
+        cfg.rollout.schedule = [{"step": 2, "strategy": "skd", "skd_top_k": 2}, {"start": 0.8, "strategy": "student"}]
+        validate(cfg)
+        return cfg
+
+    monkeypatch.setattr(train, "make_rollout", recording_rollout)
+    train.run_training(config(tmp_path / "full"))
+    assert used == ["dataset", "dataset", "skd", "skd", "student"]
+    full = read_rows(tmp_path / "full")
+    assert [full[s]["rollout/stage"] for s in range(1, 6)] == [0, 0, 1, 1, 2]
+    assert [full[s].get("tokens/drafted", 0) > 0 for s in range(1, 6)] == [False, False, True, True, False]
+
+    used.clear()
+    train.run_training(config(tmp_path / "resumed", resume=str(tmp_path / "full" / "checkpoints" / "step-00000003")))
+    assert used == ["skd", "student"]
+    rows = read_rows(tmp_path / "resumed")
+    assert sorted(rows) == [4, 5]
+    for step in (4, 5):
+        assert_rows_match(full[step], rows[step])
+
+
+def test_mixed_rows_choose_alike_with_one_or_two_processes_and_any_micro_batch_split(tmp_path, monkeypatch):
+    """One global batch of 8 rows rolled out by rollout_step in four layouts: 1 process with 1 micro-batch of 8 or
+    2 of 4, and 2 processes (each rank's accelerator stood in for) with 2 micro-batches of 2 or 1 of 4. Every global
+    row gets the same record, seed, coin (SKD or its reference) and response in each layout."""
+    cfg = make_config(tmp_path, teacher="tiny-teacher", loss="fkl", validation=False)
+    cfg.rollout.strategy, cfg.rollout.mix, cfg.rollout.skd_top_k = "mixed", ["skd", "dataset"], 2
+    run = train.setup(cfg)
+    accelerator, cursor = run.accelerator, run.stream.state_dict()
+    rows: list = []
+    real_rollout = train.make_rollout
+
+    def recording_rollout(rcfg, prompts, *args):
+        rb = real_rollout(rcfg, prompts, *args)
+        seeds = args[-1]
+        for i, (example, seed) in enumerate(zip(prompts.examples, seeds)):
+            mask = rb.response_mask[i]
+            rows.append((example.record.id, seed, rb.response[i][mask].tolist(), rb.teacher_written[i][mask].tolist()))
+        return rb
+
+    monkeypatch.setattr(train, "make_rollout", recording_rollout)
+    layouts = {}
+    try:
+        for processes, accum, size in [(1, 1, 8), (1, 2, 4), (2, 2, 2), (2, 1, 4)]:
+            run.cfg.train.grad_accum, run.cfg.train.batch_size = accum, size
+            rows = []
+            for rank in range(processes):  # rank-major: rank r's micro-batch i is global micro-batch r * accum + i
+                run.accelerator = _fake_accelerator(DistributedType.MULTI_CPU)
+                run.accelerator.process_index, run.accelerator.num_processes = rank, processes
+                run.accelerator.unwrap_model = accelerator.unwrap_model
+                run.stream.load_state_dict(cursor)  # every rank draws the same global batch
+                train.rollout_step(run)
+            layouts[(processes, accum, size)] = rows
+    finally:
+        run.accelerator = accelerator
+        train.cleanup(run)
+    reference = layouts[(1, 1, 8)]
+    assert len(reference) == 8 and len({r[0] for r in reference}) == 8
+    for layout, got in layouts.items():
+        assert got == reference, layout
+    from specdistill.rollout import mix_choice
+
+    skd = mix_choice([r[1] for r in reference], cfg.rollout.lam)
+    assert 0 < sum(skd) < 8
+    assert not any(any(r[3]) for r, s in zip(reference, skd) if not s)  # reference rows: no teacher tokens
+    assert any(any(r[3]) for r, s in zip(reference, skd) if s)  # top-2 of a random teacher replaces some drafts
+
+
+def test_train_top1_agreement_equals_a_brute_force_count(tmp_path, monkeypatch):
+    """train/top1_agreement of a step of 2 micro-batches (mixed SKD and reference rows): the trained positions where
+    the student's argmax (before the step's update) equals the teacher's, counted one position at a time with
+    each model run on its own view's unpadded prompt and the response so far, without a cache."""
+    import copy
+
+    cfg = make_config(tmp_path, teacher="tiny-teacher", loss="fkl", validation=False, max_steps=1)
+    cfg.rollout.strategy, cfg.rollout.mix, cfg.rollout.skd_top_k = "mixed", ["skd", "dataset"], 2
+    run = train.setup(cfg)
+    batches = []
+    real_rollout_step = train.rollout_step
+
+    def recording_rollout_step(run):
+        batches.extend(real_rollout_step(run))
+        return batches
+
+    try:
+        student = copy.deepcopy(run.accelerator.unwrap_model(run.student)).eval()
+        monkeypatch.setattr(train, "rollout_step", recording_rollout_step)
+        metrics = train.train_step(run)
+    finally:
+        train.cleanup(run)
+    agree = total = 0
+    with torch.no_grad():
+        for rb in batches:
+            P, Q = rb.student_prompt_len, rb.teacher_prompt_len
+            for i in range(len(rb.response)):
+                views = [(student, rb.student_ids[i, :P][rb.student_mask[i, :P]]),
+                         (run.teacher, rb.teacher_ids[i, :Q][rb.teacher_mask[i, :Q]])]
+                for j in range(int(rb.response_mask[i].sum())):
+                    picks = [model(torch.cat([prompt, rb.response[i, :j]])[None]).logits[0, -1, : run.vocab].argmax()
+                             for model, prompt in views]
+                    agree += int(picks[0] == picks[1])
+                    total += 1
+    assert len(batches) == 2 and metrics["tokens/trained"] == total
+    assert 0 < agree < total
+    assert metrics["train/top1_agreement"] == pytest.approx(agree / total, abs=1e-12)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -115,7 +116,8 @@ class DataConfig:
 @dataclass
 class RolloutConfig:
     strategy: Literal["dataset", "teacher", "student", "mixed", "skd"] = "dataset"
-    lam: float = 0.5  # mixed: probability that a sequence is the student's own sample
+    mix: list[Literal["dataset", "teacher", "student", "skd"]] = field(default_factory=lambda: ["student", "dataset"])
+    lam: float = 0.5  # mixed: probability that a sequence comes from mix[0] (by default the student's own sample)
     max_new_tokens: int = 64
     temperature: float = 1.0  # student sampling; 0 = greedy
     top_p: float = 1.0
@@ -137,6 +139,9 @@ class RolloutConfig:
     verification: Literal["parallel", "sequential"] = "parallel"
     compile: bool = False
     trace: bool = False
+    # Stages that change the settings above during training: [{start: fraction | step: N, <rollout keys>}, ...];
+    # each stage is these settings with its own keys replaced (docs/training.md). Empty: the same settings throughout.
+    schedule: list[dict] = field(default_factory=list)
 
 
 @dataclass
@@ -315,10 +320,65 @@ def _check(ok: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def stage_step(start: float, max_steps: int) -> int:
+    """The first optimizer step (counted from 0) of a stage that starts at fraction `start` of max_steps: the
+    stage is in force from the step that has start * max_steps steps behind it (rounding noise such as
+    0.3 * 10 = 3.0000000000000004 aside)."""
+    return math.ceil(round(start * max_steps, 9))
+
+
+def rollout_stages(r: RolloutConfig, max_steps: int) -> list[tuple[int, RolloutConfig]]:
+    """rollout.schedule laid out over max_steps: [(first step, settings in force)] for the top-level settings
+    (from step 0) and then each stage, whose settings are the top-level ones with the stage's keys replaced.
+    Steps count optimizer steps from 0, so `step: N` (or start N / max_steps) trains its first step after N steps.
+    A later stage that starts at the same step replaces an earlier one. Errors name the stage's key."""
+    stages = [(0, r)]
+    base = {f.name: getattr(r, f.name) for f in dataclasses.fields(r) if f.name != "schedule"}
+    for i, stage in enumerate(r.schedule):
+        where = f"rollout.schedule[{i}]"
+        settings = dict(stage)
+        start, step = settings.pop("start", None), settings.pop("step", None)
+        _check((start is None) != (step is None),
+               f"{where}: give exactly one of 'start' (a fraction of train.max_steps in [0, 1)) or 'step' (a step "
+               f"count in [0, train.max_steps))")
+        if start is not None:
+            start = _convert(start, float, f"{where}.start")
+            _check(0 <= start < 1, f"{where}.start: {start}; allowed range [0, 1)")
+            first = stage_step(start, max_steps)
+        else:
+            first = _convert(step, int, f"{where}.step")
+            _check(0 <= first < max_steps, f"{where}.step: {first}; allowed range [0, train.max_steps={max_steps})")
+        _check("schedule" not in settings, f"{where}: a stage cannot have a schedule of its own")
+        renamed = [k for k in settings if f"rollout.{k}" in RENAMED]
+        if renamed:
+            new_key, meaning = RENAMED[f"rollout.{renamed[0]}"]
+            raise ConfigError(f"config key '{where}.{renamed[0]}' was renamed: use {new_key.split('.')[-1]!r} "
+                              f"({meaning})")
+        _check(first >= stages[-1][0], f"{where}: starts at step {first}, before the stage listed above it (step "
+               f"{stages[-1][0]}); list the stages in the order they start")
+        stages.append((first, build(RolloutConfig, {**base, **settings}, where)))
+    return stages
+
+
+def rollout_at(r: RolloutConfig, step: int, max_steps: int) -> tuple[int, RolloutConfig]:
+    """(stage index, settings) in force at optimizer step `step` (from 0): index 0 is the top-level settings,
+    i the i-th stage of rollout.schedule. A pure function of the step, so a resumed run is in the right stage."""
+    if not r.schedule:
+        return 0, r
+    index, settings = 0, r
+    for i, (first, stage) in enumerate(rollout_stages(r, max_steps)):
+        if step >= first:
+            index, settings = i, stage
+    return index, settings
+
+
 def validate(cfg: Config) -> None:
     """Range checks that types alone cannot express."""
     r, t, l, d = cfg.rollout, cfg.train, cfg.loss, cfg.data
     _check(0.0 <= r.lam <= 1.0, f"rollout.lam: {r.lam} is not allowed; allowed range [0, 1]")
+    _check(len(r.mix) == 2 and r.mix[0] != r.mix[1],
+           f"rollout.mix: {r.mix}; give two different strategies: [the one taken with probability rollout.lam, "
+           f"the other]")
     _check(r.max_new_tokens >= 1, f"rollout.max_new_tokens: {r.max_new_tokens}; must be >= 1")
     _check(r.temperature >= 0 and r.teacher_temperature >= 0, "rollout.temperature and teacher_temperature must be >= 0")
     _check(0 < r.top_p <= 1 and 0 < r.teacher_top_p <= 1, "rollout.top_p and teacher_top_p must lie in (0, 1]")
@@ -361,6 +421,11 @@ def validate(cfg: Config) -> None:
            f"(the response and its end-of-turn token)")
     for tr in t.trackers:
         _check(tr in ("tensorboard", "wandb"), f"train.trackers: {tr!r} is not allowed; allowed: tensorboard, wandb")
+    for i, (_, stage) in enumerate(rollout_stages(r, t.max_steps)[1:]):
+        try:  # each stage's settings pass the same checks as the top-level ones
+            validate(dataclasses.replace(cfg, rollout=stage))
+        except ConfigError as exc:
+            raise ConfigError(f"rollout.schedule[{i}]: {exc}") from None
 
 
 def to_dict(cfg: Any) -> dict:

@@ -1,20 +1,21 @@
 """Rollout strategies: which response tokens the student is trained on.
 
-| strategy  | response comes from                                         | known as               |
-|-----------|-------------------------------------------------------------|------------------------|
-| dataset   | the dataset's reference answer                              | supervised KD, SFT     |
-| teacher   | teacher samples                                             | SeqKD                  |
-| student   | student samples                                             | on-policy KD, GKD l=1  |
-| mixed     | per sequence, the student with probability lam, else dataset | GKD lam, ImitKD        |
-| skd       | the engine with the top_k / adaptive_top_k policy           | SKD, LUPI-SKD          |
+| strategy  | response comes from                                         | known as                   |
+|-----------|-------------------------------------------------------------|----------------------------|
+| dataset   | the dataset's reference answer                              | supervised KD, SFT         |
+| teacher   | teacher samples                                             | SeqKD                      |
+| student   | student samples                                             | on-policy KD, GKD l=1      |
+| mixed     | per sequence, mix[0] with probability lam, else mix[1]      | GKD lam, ImitKD, mixed_skd |
+| skd       | the engine with the top_k / adaptive_top_k policy           | SKD, LUPI-SKD              |
 
 Every strategy returns the same `RolloutBatch`: each view's own prompt followed by the same response.
+`rollout.schedule` changes the strategy and its settings during training (config.rollout_at; mixed_train).
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields, replace
 
 import torch
 
@@ -65,12 +66,16 @@ def assemble(prompts: PromptBatch, response: torch.Tensor, response_mask: torch.
 
 def dataset_rollout(prompts: PromptBatch, pad_id: int) -> RolloutBatch:
     """The dataset's reference responses (supervised KD; SFT when the loss is CE)."""
+    response, mask = right_pad(_references(prompts), pad_id)
+    return assemble(prompts, response, mask)
+
+
+def _references(prompts: PromptBatch) -> list[list[int]]:
     responses = [e.response for e in prompts.examples]
     missing = [e.record.id for e, r in zip(prompts.examples, responses) if r is None]
     if missing:
         raise ValueError(f"rollout 'dataset' needs reference responses; records without one: {missing[:5]}")
-    response, mask = right_pad(responses, pad_id)
-    return assemble(prompts, response, mask)
+    return responses
 
 
 def _as_response(gen: Generation) -> tuple[torch.Tensor, torch.Tensor]:
@@ -123,22 +128,56 @@ def skd_rollout(cfg, prompts: PromptBatch, student, teacher, tokenizer, seeds: l
     return assemble(prompts, response, resp_mask, gen.teacher_written.cpu(), gen.stats)
 
 
-def mixed_rollout(cfg, prompts: PromptBatch, student, tokenizer, seeds: list[int]) -> RolloutBatch:
-    """Per sequence: the student's own sample with probability lam, else the dataset's response (GKD, ImitKD).
-    The coin of each row comes from its seed, so it does not depend on the batch layout."""
-    own = [random.Random(s).random() < cfg.lam for s in seeds]
-    reference = dataset_rollout(prompts, tokenizer.pad_token_id)
-    if not any(own):
-        return reference
-    rows = [i for i, o in enumerate(own) if o]
-    sub = PromptBatch(prompts.student_ids[rows], prompts.student_mask[rows], prompts.teacher_ids[rows],
-                      prompts.teacher_mask[rows], [prompts.examples[i] for i in rows])
-    sampled = model_rollout(cfg, sub, student, tokenizer, [seeds[i] for i in rows], "student")
-    responses = [r[m].tolist() for r, m in zip(reference.response, reference.response_mask)]
-    for j, i in enumerate(rows):
-        responses[i] = sampled.response[j][sampled.response_mask[j]].tolist()
-    response, mask = right_pad(responses, tokenizer.pad_token_id)
-    return assemble(prompts, response, mask, stats=sampled.stats)
+def mix_choice(seeds: list[int], lam: float) -> list[bool]:
+    """Per row: True when it takes the first strategy of rollout.mix, with probability lam. Each row's coin is a
+    function of its seed alone, which training derives from (seed, step, global row): the choice does not depend
+    on how rows are split into micro-batches or processes."""
+    return [random.Random(s).random() < lam for s in seeds]
+
+
+def mixed_rollout(cfg, prompts: PromptBatch, student, teacher, tokenizer, seeds: list[int]) -> RolloutBatch:
+    """Per sequence: a response from strategy cfg.mix[0] with probability cfg.lam, else from cfg.mix[1]. The
+    student's sample against the dataset's response is GKD's lambda and ImitKD; SKD against the dataset's is
+    mixed_skd. Each strategy runs once, on its own rows, with those rows' seeds."""
+    if "dataset" in cfg.mix:
+        _references(prompts)  # every record needs one, whichever rows the coins give the dataset
+    first = mix_choice(seeds, cfg.lam)
+    parts = []
+    for name, take in zip(cfg.mix, (True, False)):
+        rows = [i for i, f in enumerate(first) if f == take]
+        if len(rows) == len(seeds):
+            return make_rollout(replace(cfg, strategy=name), prompts, student, teacher, tokenizer, seeds)
+        if rows:
+            parts.append((rows, make_rollout(replace(cfg, strategy=name), select_rows(prompts, rows), student, teacher,
+                                             tokenizer, [seeds[i] for i in rows])))
+    return merge_rows(prompts, parts, tokenizer.pad_token_id)
+
+
+def select_rows(prompts: PromptBatch, rows: list[int]) -> PromptBatch:
+    """The prompts of `rows`, without the left padding that only the other rows needed."""
+
+    def cut(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        ids, mask = ids[rows], mask[rows]
+        first = int(mask.any(0).long().argmax())  # the first column a kept row uses
+        return ids[:, first:], mask[:, first:]
+
+    return PromptBatch(*cut(prompts.student_ids, prompts.student_mask), *cut(prompts.teacher_ids, prompts.teacher_mask),
+                       [prompts.examples[i] for i in rows])
+
+
+def merge_rows(prompts: PromptBatch, parts: list[tuple[list[int], RolloutBatch]], pad_id: int) -> RolloutBatch:
+    """One RolloutBatch for every row of `prompts` from rollouts of disjoint row subsets: (rows, their batch)."""
+    responses: list[list[int]] = [[] for _ in prompts.examples]
+    written: list[list[int]] = [[] for _ in prompts.examples]
+    stats = GenerationStats()
+    for rows, rb in parts:
+        for j, i in enumerate(rows):
+            responses[i] = rb.response[j][rb.response_mask[j]].tolist()
+            written[i] = rb.teacher_written[j][rb.response_mask[j]].long().tolist()
+        stats = stats.combine(rb.stats)
+    response, mask = right_pad(responses, pad_id)
+    teacher_written = right_pad(written, 0)[0].bool()
+    return assemble(prompts, response, mask, teacher_written, stats)
 
 
 def make_rollout(cfg, prompts: PromptBatch, student, teacher, tokenizer, seeds: list[int]) -> RolloutBatch:
@@ -146,7 +185,7 @@ def make_rollout(cfg, prompts: PromptBatch, student, teacher, tokenizer, seeds: 
     if cfg.strategy == "dataset":
         return dataset_rollout(prompts, tokenizer.pad_token_id)
     if cfg.strategy == "mixed":
-        return mixed_rollout(cfg, prompts, student, tokenizer, seeds)
+        return mixed_rollout(cfg, prompts, student, teacher, tokenizer, seeds)
     if cfg.strategy == "student":
         return model_rollout(cfg, prompts, student, tokenizer, seeds, "student")
     if teacher is None:
@@ -154,6 +193,11 @@ def make_rollout(cfg, prompts: PromptBatch, student, teacher, tokenizer, seeds: 
     if cfg.strategy == "teacher":
         return model_rollout(cfg, prompts, teacher, tokenizer, seeds, "teacher")
     return skd_rollout(cfg, prompts, student, teacher, tokenizer, seeds)
+
+
+def rollout_sources(cfg) -> set[str]:
+    """The strategies whose responses a rollout with these settings trains on (the two of `mixed`)."""
+    return set(cfg.mix) if cfg.strategy == "mixed" else {cfg.strategy}
 
 
 # Fields of GenerationStats that add up over micro-batches and processes.

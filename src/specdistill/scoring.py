@@ -1,7 +1,7 @@
-"""Teacher-forced scoring of responses: the logits that predict each response token, and eval mode.
+"""Teacher-forced scoring of responses: the logits that predict each response token, top-1 agreement, eval mode.
 
-Both the trainer (losses, validation) and evaluation (perplexity) score responses this way, so it lives below
-both of them: train.py imports evaluate/, and neither imports the other back.
+Both the trainer (losses, validation, top-1 agreement) and evaluation (perplexity, top-1 agreement) score
+responses this way, so it lives below both of them: train.py imports evaluate/, and neither imports the other back.
 """
 
 from __future__ import annotations
@@ -24,6 +24,15 @@ def response_logits(model, ids: torch.Tensor, mask: torch.Tensor, length: int, v
     out = model(input_ids=ids, attention_mask=mask.long(), position_ids=position_ids_from_mask(mask),
                 logits_to_keep=length + 1, use_cache=False)
     return out.logits[:, :length, :vocab]
+
+
+@torch.no_grad()
+def top1_agreements(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The masked positions where the two models' argmax tokens are the same: logits [B, T, V] over the same
+    vocabulary and on one device, mask [B, T] bool -> a long scalar. Divided by mask.sum() it is top-1 agreement,
+    the cheapest predictor of greedy acceptance. The trainer counts it on the logits its loss already has
+    (train/top1_agreement); `specdistill eval --teacher` reports it on reference responses (evaluate.metrics)."""
+    return ((student_logits.argmax(-1) == teacher_logits.argmax(-1)) & mask).sum()
 
 
 @contextmanager

@@ -35,7 +35,7 @@ from accelerate.utils import DistributedType, set_seed
 from tqdm.auto import tqdm
 
 from . import checkpoint, losses
-from .config import Config, ConfigError, save_config
+from .config import Config, ConfigError, rollout_at, rollout_stages, save_config
 from .data.mixture import MixtureStream
 from .data.records import load_records
 from .data.tasks import get_task
@@ -45,8 +45,8 @@ from .engine.sampling import derive_seed
 from .evaluate.quality import evaluate_records
 from .data.templates import end_token_ids
 from .models import check_same_tokenizer, check_vocab, embedding_rows, load_model, load_tokenizer, resolve_device
-from .rollout import RolloutBatch, dataset_rollout, make_rollout, rollout_metrics
-from .scoring import eval_mode, response_logits
+from .rollout import RolloutBatch, dataset_rollout, make_rollout, rollout_metrics, rollout_sources
+from .scoring import eval_mode, response_logits, top1_agreements
 
 TEACHER_LOSSES = {"fkl", "rkl", "jsd", "tvd", "skew_fkl", "skew_rkl", "hybrid", "rank"}
 TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb"}
@@ -168,7 +168,11 @@ def _start_logs(run: Run) -> None:
 
 
 def needs_teacher(cfg: Config, sft: bool) -> bool:
-    return not sft and (cfg.loss.name in TEACHER_LOSSES or cfg.rollout.strategy in ("teacher", "skd"))
+    """Whether the loss or a rollout (of any stage of rollout.schedule, either side of a mix) needs the teacher."""
+    if sft:
+        return False
+    sources = {name for _, r in rollout_stages(cfg.rollout, cfg.train.max_steps) for name in rollout_sources(r)}
+    return cfg.loss.name in TEACHER_LOSSES or bool(sources & {"teacher", "skd"})
 
 
 def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float:
@@ -343,8 +347,9 @@ def loss_params(lc) -> dict:
     return {k: getattr(lc, k) for k, p in sig.items() if p.kind is p.KEYWORD_ONLY and hasattr(lc, k)}
 
 
-def micro_loss(run: Run, rb: RolloutBatch, student=None) -> torch.Tensor:
-    """Summed loss over the response tokens of one micro-batch (a scalar on the student's device).
+def micro_loss(run: Run, rb: RolloutBatch, student=None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(summed loss over the response tokens of one micro-batch, the positions among them where the student's and
+    the teacher's argmax tokens agree, or None when the loss reads no teacher logits), scalars on the student's device.
 
     student: the model to score (default: run.score_student, the prepared student or its compiled caller). Each
     view goes to its model's device; the teacher's logits come back to the student's."""
@@ -357,9 +362,9 @@ def micro_loss(run: Run, rb: RolloutBatch, student=None) -> torch.Tensor:
         with torch.no_grad():
             t_logits = response_logits(run.score_teacher, rb.teacher_ids.to(tdev), rb.teacher_mask.to(tdev), T,
                                        run.vocab).to(dev)
-    loss_sum, _ = losses.compute(lc.name, s_logits, t_logits, rb.response_mask.to(dev), labels=rb.response.to(dev),
-                                 **loss_params(lc))
-    return loss_sum
+    mask = rb.response_mask.to(dev)
+    loss_sum, _ = losses.compute(lc.name, s_logits, t_logits, mask, labels=rb.response.to(dev), **loss_params(lc))
+    return loss_sum, None if t_logits is None else top1_agreements(s_logits, t_logits, mask)
 
 
 def rollout_step(run: Run) -> list[RolloutBatch]:
@@ -367,7 +372,8 @@ def rollout_step(run: Run) -> list[RolloutBatch]:
     cfg, acc = run.cfg, run.accelerator
     bs, accum = cfg.train.batch_size, cfg.train.grad_accum
     groups = run.stream.next_batch(run.step, accum * acc.num_processes, bs)
-    generates = not run.sft and cfg.rollout.strategy != "dataset"
+    _, settings = rollout_at(cfg.rollout, run.step, cfg.train.max_steps)  # the stage of rollout.schedule in force
+    generates = not run.sft and rollout_sources(settings) != {"dataset"}
     student = acc.unwrap_model(run.student)
     batches = []
     sampling_mode = eval_mode(student) if generates else nullcontext()
@@ -380,7 +386,7 @@ def rollout_step(run: Run) -> list[RolloutBatch]:
             if run.sft:
                 batches.append(dataset_rollout(prompts, run.tokenizer.pad_token_id))
             else:
-                batches.append(make_rollout(cfg.rollout, prompts, student, run.teacher, run.tokenizer, seeds))
+                batches.append(make_rollout(settings, prompts, student, run.teacher, run.tokenizer, seeds))
     return batches
 
 
@@ -394,15 +400,20 @@ def train_step(run: Run) -> dict:
     count = losses.global_token_count([b.response_mask.to(run.device) for b in batches], acc)
     lr = run.optimizer.param_groups[0]["lr"]  # the rate this step applies
     total = torch.zeros((), dtype=torch.float32, device=run.device)
+    agree = None  # argmax agreements on the trained positions, when the loss reads teacher logits
     for i, rb in enumerate(batches):
         last = i == len(batches) - 1
         acc.sync_gradients = last  # DeepSpeed steps its engine inside backward, only at the boundary
         with nullcontext() if last else acc.no_sync(run.student):  # DDP all-reduces once, at the last micro-batch
             with acc.autocast():
-                loss_sum = micro_loss(run, rb)
+                loss_sum, agreements = micro_loss(run, rb)
             acc.backward(losses.micro_batch_loss(loss_sum, count, acc.num_processes))
         total += loss_sum.detach().float()
+        if agreements is not None:
+            agree = agreements if agree is None else agree + agreements
     total = acc.reduce(total, reduction="sum") if acc.num_processes > 1 else total
+    if agree is not None and acc.num_processes > 1:
+        agree = acc.reduce(agree, reduction="sum")
     max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf
     norm = acc.clip_grad_norm_(run.student.parameters(), max_norm)
     grad_norm = float("nan") if norm is None else float(norm)
@@ -418,6 +429,10 @@ def train_step(run: Run) -> dict:
         "train/skipped_steps": run.skipped_steps, "tokens/trained": n,
         "time/rollout_s": t_rollout, "time/loss_s": elapsed - t_rollout, "throughput/tokens_per_s": n / elapsed,
     }
+    if agree is not None:
+        metrics["train/top1_agreement"] = float(agree) / max(n, 1.0)
+    if run.cfg.rollout.schedule:
+        metrics["rollout/stage"] = rollout_at(run.cfg.rollout, run.step, cfg.max_steps)[0]
     metrics.update(_global_rollout_stats(run, batches))
     return metrics
 
@@ -458,7 +473,8 @@ def validate(run: Run) -> dict:
     records = run.validation[acc.process_index :: acc.num_processes] if split else run.validation
     task = get_task(cfg.data.validation.task) if cfg.data.validation.task else None
     with_loss = all(r.response is not None for r in run.validation)
-    sums = torch.zeros(4, dtype=torch.float64, device=run.device)  # loss sum, tokens, score sum, records
+    sums = torch.zeros(5, dtype=torch.float64, device=run.device)  # loss sum, tokens, score sum, records, agreements
+    agreement = run.cfg.loss.name in TEACHER_LOSSES
     student = acc.unwrap_model(run.student)
     fork = torch.random.fork_rng(devices=[run.device] if run.device.type == "cuda" else [])
     with fork, gathered_for_generation(acc, run.student), eval_mode(student):
@@ -467,8 +483,10 @@ def validate(run: Run) -> dict:
             rb = dataset_rollout(collate(examples[i : i + cfg.train.batch_size], run.tokenizer.pad_token_id),
                                  run.tokenizer.pad_token_id)
             with acc.autocast():
-                sums[0] += float(micro_loss(run, rb, student))
+                loss_sum, agreements = micro_loss(run, rb, student)
+            sums[0] += float(loss_sum)
             sums[1] += rb.num_tokens
+            sums[4] += float(agreements) if agreements is not None else 0.0
         if records:
             result = _greedy_answers(run, student, records, task)
             if task is not None:
@@ -481,6 +499,8 @@ def validate(run: Run) -> dict:
     metrics = {}
     if with_loss:
         metrics["val/loss"] = float(sums[0] / sums[1].clamp_min(1))
+        if agreement:
+            metrics["val/top1_agreement"] = float(sums[4] / sums[1].clamp_min(1))
     if task is not None:
         metrics[f"val/{task.metric}"] = float(sums[2] / sums[3].clamp_min(1))
     return metrics

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..config import MixtureStage
+from ..config import MixtureStage, stage_step
 from .records import Record
 
 
@@ -27,7 +27,7 @@ class MixtureStream:
         """Mixture weights in force at `step` (the last stage whose start fraction has been reached)."""
         w = self.weights
         for stage in self.schedule:
-            if step >= stage.start * self.max_steps:
+            if step >= stage_step(stage.start, self.max_steps):
                 w = stage.weights
         w = np.asarray(w, dtype=np.float64)
         return w / w.sum()
