@@ -4,18 +4,102 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
+import traceback
 from pathlib import Path
+
+from .errors import DEBUG_ENV, UserError, one_line
+
+
+class UsageError(UserError):
+    """A command-line argument is wrong (argparse's own checks, or the ranges below); `prog` is the command."""
+
+    def __init__(self, message: str, prog: str = "specdistill"):
+        super().__init__(message)
+        self.prog = prog
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, whose usage errors are UsageErrors: main prints them on one line and returns 2."""
+
+    def error(self, message: str):
+        raise UsageError(f"{message} (see `{self.prog} --help`)", self.prog)
+
+
+# ---------------------------------------------------------------- argument types: ranges checked where values enter
+def int_at_least(low: int):
+    """argparse type: an integer >= low."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {value}")
+        return value
+
+    return parse
+
+
+def finite_float(low: float | None = None, high: float | None = None, low_open: bool = False):
+    """argparse type: a finite number in [low, high] (or (low, high] with low_open)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        bad = (not math.isfinite(value) or (low is not None and (value <= low if low_open else value < low))
+               or (high is not None and value > high))
+        if bad:
+            left = "(" if low_open else "["
+            span = f"{left}{low if low is not None else '-inf'}, {high if high is not None else 'inf'}]"
+            raise argparse.ArgumentTypeError(f"must be a finite number in {span}, got {text!r}")
+        return value
+
+    return parse
+
+
+def int_list(low: int):
+    """argparse type: a comma-separated list of integers >= low ("1,2,4"); the text is kept as given."""
+
+    def parse(text: str) -> str:
+        items = [t.strip() for t in str(text).split(",")]
+        for item in items:
+            try:
+                value = int(item)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"expected integers >= {low}, comma-separated (e.g. 1,2,4); "
+                                                 f"{item!r} in {text!r} is not one") from None
+            if value < low:
+                raise argparse.ArgumentTypeError(f"every value must be >= {low}; got {value} in {text!r}")
+        return text
+
+    return parse
+
+
+POSITIVE, NON_NEGATIVE = int_at_least(1), int_at_least(0)
+TEMPERATURE, TOP_P = finite_float(0.0), finite_float(0.0, 1.0, low_open=True)
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="YAML config file")
+    _add_debug(p)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set train.max_steps=10 (repeatable)")
 
 
+def _add_debug(p: argparse.ArgumentParser, default=argparse.SUPPRESS) -> None:
+    p.add_argument("--debug", action="store_true", default=default,
+                   help=f"show the traceback of an input error too (or set {DEBUG_ENV}=1)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="specdistill", description="Distil students that their teachers accept as drafts.")
+    parser = _Parser(prog="specdistill", description="Distil students that their teachers accept as drafts.")
+    _add_debug(parser, default=False)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("demo", help="built-in end-to-end run: teacher, student, distillation, report")
@@ -24,10 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plan", default="default", choices=["default", "paper", "quick"],
                    help="default: make demo (10 minutes with set-up on 2 CPU cores); paper: longer training and the "
                    "whole test splits, as in docs/results.md")
-    p.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
+    p.add_argument("--out", default="runs/demo", help="output directory (default runs/demo); a demo run again "
+                   "into it replaces the earlier demo's runs")
     p.add_argument("--retrain", action="store_true", help="retrain the built-in teacher instead of using the shipped one")
-    p.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
-    p.add_argument("--seeds", type=int, default=1, help="train every method with this many seeds; the report "
+    p.add_argument("--seed", type=NON_NEGATIVE, default=0, help="first seed (default 0)")
+    p.add_argument("--seeds", type=POSITIVE, default=1, help="train every method with this many seeds; the report "
                    "gives mean ± standard deviation (default 1)")
 
     for name, text in (("sft", "supervised fine-tuning (CE on response tokens)"), ("distill", "distil a student from a teacher")):
@@ -40,9 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--data", help="data file (JSON, JSONL, CSV, parquet) with references")
     p.add_argument("--split", default="test", choices=["train", "validation", "test"])
     p.add_argument("--view", default="student", choices=["student", "teacher"], help="teacher = with knowledge")
-    p.add_argument("--limit", type=int, default=None, help="score the first N records only")
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--limit", type=POSITIVE, default=None, help="score the first N records only")
+    p.add_argument("--max-new-tokens", type=POSITIVE, default=64)
+    p.add_argument("--batch-size", type=POSITIVE, default=32)
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--metrics", default=None, metavar="NAMES",
@@ -56,16 +141,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("generate", help="generate from a model, alone or with a draft (speculative decoding)")
     p.add_argument("--model", required=True, help="the target model")
     p.add_argument("--draft", help="a draft model: speculative decoding (greedy at T=0, lossless sampling at T>0)")
-    p.add_argument("--gamma", type=int, default=4, help="drafted tokens per block (with --draft)")
+    p.add_argument("--gamma", type=POSITIVE, default=4, help="drafted tokens per block (with --draft)")
     p.add_argument("--gamma-schedule", default="constant", choices=["constant", "lupi", "heuristic"])
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=POSITIVE, default=16)
     prompt = p.add_mutually_exclusive_group(required=True)
     prompt.add_argument("--prompt", help="one prompt (a user message; the chat template is applied)")
     prompt.add_argument("--prompts", help="a file with one prompt per line")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--temperature", type=TEMPERATURE, default=0.0, help="0 = greedy")
+    p.add_argument("--top-p", type=TOP_P, default=1.0)
+    p.add_argument("--max-new-tokens", type=POSITIVE, default=64)
+    p.add_argument("--seed", type=NON_NEGATIVE, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--draft-device", help="the draft's device (default: --device), e.g. cpu beside a cuda target")
@@ -77,21 +162,21 @@ def build_parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--task", default="arith", help="built-in task whose test prompts to use (default arith)")
     src.add_argument("--prompts", help="a file with one prompt per line (user messages)")
-    p.add_argument("--limit", type=int, default=64, help="number of prompts (default 64)")
-    p.add_argument("--gamma", default="4", help="drafted tokens per block; a list sweeps: 1,2,4,8")
+    p.add_argument("--limit", type=POSITIVE, default=64, help="number of prompts (default 64)")
+    p.add_argument("--gamma", type=int_list(1), default="4", help="drafted tokens per block; a list sweeps: 1,2,4,8")
     p.add_argument("--gamma-schedule", default="constant", choices=["constant", "lupi", "heuristic"])
-    p.add_argument("--batch-size", default="1", help="batch size; a list gives several: 1,8")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--batch-size", type=int_list(1), default="1", help="batch size; a list gives several: 1,8")
+    p.add_argument("--temperature", type=TEMPERATURE, default=0.0, help="0 = greedy")
+    p.add_argument("--max-new-tokens", type=POSITIVE, default=64)
     p.add_argument("--draft-view", default="target", choices=["target", "student"],
                    help="the draft reads the target's prompt (default) or the student view, without knowledge")
     p.add_argument("--compare-hf", action="store_true",
                    help="also run transformers' assisted generation (batch 1); its draft reads the target's prompt, "
                    "so the engine run it is compared with does too, whatever --draft-view says")
-    p.add_argument("--repeats", type=int, default=3, help="timed runs per figure, interleaved; the median is kept")
+    p.add_argument("--repeats", type=POSITIVE, default=3, help="timed runs per figure, interleaved; the median is kept")
     p.add_argument("--compile", action="store_true",
                    help="run the engine with torch.compile'd model forwards (same tokens; graphs compile during warmup)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=NON_NEGATIVE, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--draft-device", help="the draft's device (default: --device), e.g. cpu beside a cuda target")
@@ -104,17 +189,26 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("file")
     c.add_argument("--config", help="use the field mapping and views of this config")
     c.add_argument("--format", default="auto", choices=["auto", "lupi", "json", "jsonl", "csv", "parquet"])
+    for command in (*sub.choices.values(), c):
+        if "--debug" not in command._option_string_actions:
+            _add_debug(command)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from .errors import UserError
-
+    """Run one command; returns the exit code: 0, 2 for a user's mistake (one line on stderr: the command, then
+    the message), 3 for a diverged training run. Any other exception is a bug and propagates with its traceback
+    (exit 1). --debug or SPECDISTILL_DEBUG=1 prints the traceback of a user's mistake too."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug, prog = os.environ.get(DEBUG_ENV, "") not in ("", "0") or "--debug" in argv, "specdistill"
     try:
+        args = build_parser().parse_args(argv)
+        debug, prog = debug or args.debug, f"specdistill {args.command}"
         return COMMANDS[args.command](args) or 0
     except (UserError, FileNotFoundError) as exc:
-        print(f"specdistill {args.command}: error: {exc}", file=sys.stderr)
+        if debug:
+            traceback.print_exc()
+        print(f"{getattr(exc, 'prog', prog)}: error: {one_line(str(exc))}", file=sys.stderr)
         return 2
 
 
