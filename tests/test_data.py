@@ -89,8 +89,9 @@ def test_bad_records_in_json_array_and_csv_name_index_and_line(tmp_path):
     csv_path = tmp_path / "d.csv"
     csv_path.write_text("query,response\nfine,ok\n,empty\n")
     _, problems = check_file(csv_path)
-    assert [str(p) for p in problems] == ["d.csv:3: missing query field (looked for query, prompt, question, instruction; keys present: query, response)"]
-    with pytest.raises(DataError, match=r"d\.csv:3: missing query field"):
+    # The cell is there but empty (it once read "missing query field ... keys present: query, response").
+    assert [str(p) for p in problems] == ["d.csv:3: field 'query' is empty"]
+    with pytest.raises(DataError, match=r"d\.csv:3: field 'query' is empty"):
         load_records(DatasetConfig(path=str(csv_path)))
 
 
