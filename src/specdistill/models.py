@@ -181,6 +181,15 @@ def load_model(
     return model.to(device)
 
 
+def max_positions(model: torch.nn.Module) -> int | None:
+    """The positions a model was built for (its text config's max_position_embeddings), or None when unknown."""
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "get_text_config"):
+        config = config.get_text_config()
+    value = getattr(config, "max_position_embeddings", None)
+    return value if isinstance(value, int) and value > 0 else None
+
+
 def embedding_rows(model: torch.nn.Module) -> int:
     return model.get_input_embeddings().weight.shape[0]
 

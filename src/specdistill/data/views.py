@@ -100,6 +100,58 @@ def fit_view(record: Record, tokenizer, views: ViewConfig, teacher: bool) -> lis
                     f"raise data.views.{field} or shorten the record")
 
 
+def check_positions(examples: list[Example], budget: int, student_positions: int | None,
+                    teacher_positions: int | None = None) -> None:
+    """Refuse a prompt that leaves too few of its model's positions for `budget` new tokens (the response or
+    the generated answer): past max_position_embeddings a model decodes garbage. A DataError names the first
+    such record and what to change. positions None: no limit known (the check is skipped for that view)."""
+    for e in examples:
+        for view, ids, positions in (("student", e.student_prompt, student_positions),
+                                     ("teacher", e.teacher_prompt, teacher_positions)):
+            if positions is not None and len(ids) + budget > positions:
+                field = "max_teacher_prompt_tokens" if view == "teacher" else "max_prompt_tokens"
+                raise DataError(
+                    f"record {e.record.id}: the {view} view is {len(ids)} tokens; with {budget} new tokens it needs "
+                    f"{len(ids) + budget} positions, but the {view} model has {positions} (max_position_embeddings); "
+                    f"the prompt is refused, not cut: lower data.views.{field} to at most {positions - budget} "
+                    f"(views are cut by their stated rule), shorten the record, or lower the new tokens")
+
+
+UNKNOWN_SHARE = 0.25  # a text with more unknown tokens than this share cannot be trained or scored meaningfully
+
+
+def check_encodable(texts: list[tuple[str, str]], tokenizer, name: str = "the tokenizer") -> None:
+    """Refuse text that the tokenizer mostly cannot encode (Korean through the built-in character tokenizer:
+    every character becomes <unk>). texts: (label, text) pairs, such as ("record 7 (query)", "..."); a DataError
+    names the first text whose tokens are more than UNKNOWN_SHARE unknown, and its first unknown character.
+    A tokenizer without an unknown token (byte-level BPE) encodes everything: nothing is checked."""
+    unk = tokenizer.unk_token_id
+    if unk is None or not texts:
+        return
+    encoded = tokenizer([t for _, t in texts], add_special_tokens=False).input_ids
+    for (label, text), ids in zip(texts, encoded):
+        n = ids.count(unk)
+        if ids and n > UNKNOWN_SHARE * len(ids):
+            char = next((c for c in text if tokenizer(c, add_special_tokens=False).input_ids == [unk]), "?")
+            raise DataError(f"{label}: {n} of its {len(ids)} tokens are unknown ({tokenizer.unk_token}) to {name}, "
+                            f"starting with {char!r}: it cannot encode this text; use a model whose tokenizer covers "
+                            f"it (the built-in tokenizer knows printable ASCII and newlines only)")
+
+
+def record_texts(records: list[Record], views: ViewConfig | None = None) -> list[tuple[str, str]]:
+    """(label, text) of every text a view or a response holds: the records' fields and the views' prompts."""
+    texts = []
+    if views is not None:
+        texts += [(f"data.views.{k}", getattr(views, k)) for k in ("system_prompt", "student_system_prompt")
+                  if getattr(views, k)]
+        for i, shot in enumerate(views.few_shot):
+            texts += [(f"data.views.few_shot[{i}].{k}", shot[k]) for k in ("query", "response")]
+    for r in records:
+        texts += [(f"record {r.id} ({k})", getattr(r, k)) for k in ("query", "knowledge", "response")
+                  if getattr(r, k)]
+    return texts
+
+
 def _longest_fitting_prefix(text: str, fits) -> str:
     """The longest start of `text` (whole characters) for which fits(prefix) holds, by bisection; '' if none."""
     low, high = 0, len(text)
