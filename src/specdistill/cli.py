@@ -230,6 +230,73 @@ def cmd_train(args) -> int:
     return 0
 
 
+def check_output_file(path: str | None, flag: str) -> None:
+    """An output file (--json, --plot) must be writable where asked: checked before any work, so that a long run
+    does not fail at its end."""
+    if path is None:
+        return
+    target = Path(path)
+    if not str(path).strip() or target.is_dir():
+        raise UsageError(f"{flag} {path!r}: give a file path, not a folder")
+    if not target.parent.is_dir():
+        raise UsageError(f"{flag} {path}: the folder {target.parent} does not exist; create it first")
+    if not os.access(target.parent, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
+        raise UsageError(f"{flag} {path}: cannot write there (permission denied)")
+
+
+def read_prompts(path: str, flag: str = "--prompts") -> list[str]:
+    """The non-blank lines of a prompts file (one user message each); a missing, non-UTF-8 or empty file is a
+    UserError naming it (and the line of a bad byte)."""
+    from .data.records import decode_utf8
+
+    target = Path(path)
+    if not target.is_file():
+        raise UsageError(f"{flag} {path}: {'is a folder' if target.is_dir() else 'no such file'}; give a text file "
+                         f"with one prompt per line")
+    lines = [t for t in decode_utf8(target.read_bytes(), target.name).splitlines() if t.strip()]
+    if not lines:
+        raise UsageError(f"{flag} {path}: holds no prompts (every line is blank); write one prompt per line")
+    return lines
+
+
+def _check_models(*specs: tuple[str, str | None]) -> None:
+    """(flag, model spec) pairs: each given spec must be able to load (models.check_model_spec)."""
+    from .models import check_model_spec
+
+    for flag, spec in specs:
+        if spec is not None:
+            check_model_spec(spec, flag)
+
+
+def _check_devices(args) -> None:
+    from .models import check_device
+
+    check_device(args.device, "--device")
+    if getattr(args, "draft_device", None):
+        check_device(args.draft_device, "--draft-device")
+
+
+def _check_prompts_fit(model, prompts: list[list[int]], max_new_tokens: int, flag: str, labels: list[str]) -> None:
+    """Refuse a prompt that leaves the model fewer than --max-new-tokens positions (it would decode garbage)."""
+    from .models import max_positions
+
+    limit = max_positions(model)
+    for label, ids in zip(labels, prompts):
+        if limit is not None and len(ids) + max_new_tokens > limit:
+            raise UserError(f"{label} is {len(ids)} tokens; with --max-new-tokens {max_new_tokens} it needs "
+                            f"{len(ids) + max_new_tokens} positions, but {flag} has {limit} (max_position_embeddings); "
+                            f"the prompt is refused, not cut: shorten it or lower --max-new-tokens")
+
+
+def _encode_prompts(texts: list[str], tokenizer, labels: list[str]) -> list[list[int]]:
+    """User messages as chat-template prompt ids; text the tokenizer cannot encode is refused."""
+    from .data.views import check_encodable, render_prompt
+
+    check_encodable(list(zip(labels, texts)), tokenizer)
+    return [tokenizer(render_prompt(tokenizer, [{"role": "user", "content": t}]), add_special_tokens=False).input_ids
+            for t in texts]
+
+
 def _load_for_inference(spec: str, device: str, dtype: str, tokenizer=None):
     from .models import load_model, load_tokenizer, resolve_device
 
@@ -258,6 +325,10 @@ def cmd_eval(args) -> int:
     from .evaluate.metrics import parse_metrics, sacrebleu_signatures, select_metrics
     from .evaluate.quality import agreement_on_records, evaluate_records
 
+    check_output_file(args.json_out, "--json")
+    _check_devices(args)
+    if args.task:
+        get_task(args.task)
     ds = DatasetConfig(task=args.task, split=args.split) if args.task else DatasetConfig(path=args.data)
     records = load_records(ds)[: args.limit]
     scorer = get_task(args.task).scorer if args.task else None  # None: GSM8K `####` matching
@@ -272,7 +343,11 @@ def cmd_eval(args) -> int:
         print("specdistill eval: error: --teacher measures top-1 agreement on reference responses; the records "
               "need a response field (or use --task)", file=sys.stderr)
         return 2
+    _check_models(("--model", args.model), ("--teacher", args.teacher))
     model, teacher, tokenizer = _load_pair(args.model, args.teacher, args)
+    from .data.views import check_encodable, record_texts
+
+    check_encodable(record_texts(records), tokenizer, args.model)
     result = evaluate_records(model, tokenizer, records, ViewConfig(), scorer, args.view, args.max_new_tokens,
                               args.batch_size, metrics)
     summary = {"model": args.model, "task": args.task or args.data, "split": args.split, "view": args.view,
@@ -292,14 +367,23 @@ def cmd_eval(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    from .data.views import render_prompt
     from .evaluate.quality import generate_ids
     from .evaluate.speculative import run_speculative
 
+    if args.prompt is not None and not args.prompt.strip():
+        raise UsageError("--prompt: the prompt is empty; give the text of a user message")
+    if args.draft_device and not args.draft:
+        raise UsageError("--draft-device places the draft: give --draft too")
+    check_output_file(args.json_out, "--json")
+    _check_devices(args)
+    _check_models(("--model", args.model), ("--draft", args.draft))
+    texts = [args.prompt] if args.prompt is not None else read_prompts(args.prompts)
+    labels = ["--prompt"] if args.prompt is not None else [f"prompt {i + 1} of {args.prompts}" for i in range(len(texts))]
     model, draft, tokenizer = _load_pair(args.model, args.draft, args, args.draft_device)
-    texts = [args.prompt] if args.prompt else [t for t in Path(args.prompts).read_text().splitlines() if t.strip()]
-    prompts = [tokenizer(render_prompt(tokenizer, [{"role": "user", "content": t}]), add_special_tokens=False).input_ids
-               for t in texts]
+    prompts = _encode_prompts(texts, tokenizer, labels)
+    for flag, m in (("--model", model), ("--draft", draft)):
+        if m is not None:
+            _check_prompts_fit(m, prompts, args.max_new_tokens, flag, labels)
     stats = None
     if draft is not None:
         outputs, gen_stats, _ = run_speculative(
@@ -324,12 +408,11 @@ def _bench_prompts(args, tokenizer):
     """(target prompts, draft prompts) as token-id lists."""
     from .config import DatasetConfig, ViewConfig
     from .data.records import load_records
-    from .data.views import encode_example, render_prompt
+    from .data.views import encode_example
 
     if args.prompts:
-        lines = [t for t in Path(args.prompts).read_text().splitlines() if t.strip()][: args.limit]
-        ids = [tokenizer(render_prompt(tokenizer, [{"role": "user", "content": t}]), add_special_tokens=False).input_ids
-               for t in lines]
+        lines = read_prompts(args.prompts)[: args.limit]
+        ids = _encode_prompts(lines, tokenizer, [f"prompt {i + 1} of {args.prompts}" for i in range(len(lines))])
         return ids, ids
     examples = [encode_example(r, tokenizer, ViewConfig()) for r in load_records(DatasetConfig(task=args.task, split="test"))]
     examples = examples[: args.limit]
@@ -337,12 +420,35 @@ def _bench_prompts(args, tokenizer):
     return target, ([e.student_prompt for e in examples] if args.draft_view == "student" else target)
 
 
+def _check_bench_args(args) -> None:
+    """Everything bench can check before loading a model: outputs, devices, models, the prompts' source."""
+    from .data.tasks import get_task
+
+    check_output_file(args.json_out, "--json")
+    check_output_file(args.plot, "--plot")
+    _check_devices(args)
+    _check_models(("--target", args.target), ("--draft", args.draft))
+    if args.prompts:
+        read_prompts(args.prompts)
+    else:
+        get_task(args.task)
+
+
+def _check_bench_prompts(args, target, draft, prompts, draft_prompts) -> None:
+    labels = [f"prompt {i + 1}" + (f" of {args.prompts}" if args.prompts else f" of task {args.task}")
+              for i in range(len(prompts))]
+    _check_prompts_fit(target, prompts, args.max_new_tokens, "--target", labels)
+    _check_prompts_fit(draft, draft_prompts, args.max_new_tokens, "--draft", labels)
+
+
 def cmd_bench(args) -> int:
     from .evaluate.plots import plot_bench
     from .evaluate.speculative import bench_pair
 
+    _check_bench_args(args)
     target, draft, tokenizer = _load_pair(args.target, args.draft, args, args.draft_device)
     prompts, draft_prompts = _bench_prompts(args, tokenizer)
+    _check_bench_prompts(args, target, draft, prompts, draft_prompts)
     results = []
     for bs in [int(x) for x in str(args.batch_size).split(",")]:
         for gamma in [int(x) for x in str(args.gamma).split(",")]:
@@ -362,11 +468,18 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def _configured_fields(cfg, file: str):
+    """The field mapping the config gives this file (the dataset whose path is it), else data.train[0]'s."""
+    datasets = cfg.data.train + ([cfg.data.validation] if cfg.data.validation else [])
+    same = [d for d in datasets if d.path and Path(d.path).resolve() == Path(file).resolve()]
+    return (same or cfg.data.train)[0].fields
+
+
 def cmd_data(args) -> int:
     from .config import FieldMap, load_config
     from .data.records import check_file, detect_format, is_lupi, read_rows
 
-    fields = load_config(args.config).data.train[0].fields if args.config else FieldMap()
+    fields = _configured_fields(load_config(args.config), args.file) if args.config else FieldMap()
     n, problems = check_file(args.file, fields, args.format)
     fmt = detect_format(args.file, args.format)
     if not problems and fmt == "json" and is_lupi(read_rows(args.file, fmt)):
