@@ -211,8 +211,9 @@ def check_run_folder(out: str | Path, resume: Path | None, config: dict, auto: b
     replaces (the caller removes them). Checked before anything is loaded or written.
 
     resume: the checkpoint to resume from (resolve_resume); it must be intact and its run's config must match
-    `config` (the resolved config as a dict). A fresh run needs an empty or absent output folder, except with
-    `overwrite`, or with resume=auto (`auto`) when the folder holds this same run from before its first checkpoint.
+    `config` (the resolved config as a dict). A fresh run needs an empty or absent output folder (or one that holds
+    only the config of a run that stopped before its first step), except with `overwrite`, or with resume=auto
+    (`auto`) when the folder holds this same run from before its first checkpoint.
     """
     if resume is not None:
         check_intact(resume)
@@ -226,6 +227,9 @@ def check_run_folder(out: str | Path, resume: Path | None, config: dict, auto: b
         return []
     if overwrite:
         return [p for p in entries if p.name in RUN_FILES or p.name.startswith((TMP_PREFIX, OLD_PREFIX))]
+    if all(p.name in ("config.yaml", "metrics.jsonl", "samples.jsonl") and (p.name == "config.yaml" or not
+           p.stat().st_size) for p in entries):
+        return []  # a run that stopped before its first step left its config only: nothing to lose
     if auto and (out / "config.yaml").is_file() and not list_checkpoints(out):
         import yaml
 

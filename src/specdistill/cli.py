@@ -16,7 +16,7 @@ from .errors import DEBUG_ENV, UserError, one_line
 class UsageError(UserError):
     """A command-line argument is wrong (argparse's own checks, or the ranges below); `prog` is the command."""
 
-    def __init__(self, message: str, prog: str = "specdistill"):
+    def __init__(self, message: str, prog: str | None = None):
         super().__init__(message)
         self.prog = prog
 
@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     except (UserError, FileNotFoundError) as exc:
         if debug:
             traceback.print_exc()
-        print(f"{getattr(exc, 'prog', prog)}: error: {one_line(str(exc))}", file=sys.stderr)
+        print(f"{getattr(exc, 'prog', None) or prog}: error: {one_line(str(exc))}", file=sys.stderr)
         return 2
 
 
@@ -493,6 +493,8 @@ def cmd_data(args) -> int:
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise UsageError(f"--out {args.out}: is a file; give a folder for the demo's runs and report")
     run_demo(out=args.out, quick=args.quick, retrain=args.retrain, seed=args.seed, seeds=args.seeds, plan_name=args.plan)
     return 0
 

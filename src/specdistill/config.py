@@ -263,6 +263,14 @@ def build(cls: type, data: dict, where: str = "") -> Any:
     return cls(**kwargs)
 
 
+def yaml_reason(exc: Exception) -> str:
+    """PyYAML's error in a few words: the problem and where (line and column, 1-based)."""
+    problem, mark = getattr(exc, "problem", None), getattr(exc, "problem_mark", None)
+    if problem is None:
+        return one_line(str(exc))
+    return problem + (f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "")
+
+
 def apply_override(data: dict, override: str) -> None:
     """Apply one `a.b=c` override in place; the value is parsed as YAML (`x=3` is an int, `x=[1,2]` a list)."""
     if "=" not in override:
@@ -283,7 +291,7 @@ def apply_override(data: dict, override: str) -> None:
     try:
         node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as exc:
-        raise ConfigError(f"override {override!r}: the value is not valid YAML ({one_line(str(exc))}); quote "
+        raise ConfigError(f"override {override!r}: the value is not valid YAML ({yaml_reason(exc)}); quote "
                           f"text that holds YAML characters") from None
 
 
@@ -317,7 +325,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         except UnicodeDecodeError as exc:
             raise ConfigError(f"{path}: not UTF-8 text (byte offset {exc.start}); save it as UTF-8") from None
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {one_line(str(exc))}") from None
+            raise ConfigError(f"{path}: not valid YAML: {yaml_reason(exc)}") from None
         if data is None:
             raise ConfigError(f"{path}: the file is empty; give at least the sections you mean to set (configs/sft.yaml "
                               f"is a starting point)")
@@ -354,8 +362,11 @@ def _validate_model(m: ModelConfig) -> None:
     _check(bool(m.student and m.student.strip()), "model.student: give a model folder, a hub id or a preset")
     _check(m.teacher is None or bool(m.teacher.strip()), "model.teacher: give a model, or null for none")
     _check(m.tokenizer is None or bool(m.tokenizer.strip()), "model.tokenizer: give a tokenizer, or null")
-    check_device(m.student_device, "model.student_device")
-    check_device(m.teacher_device, "model.teacher_device")
+    try:
+        check_device(m.student_device, "model.student_device")
+        check_device(m.teacher_device, "model.teacher_device")
+    except UserError as exc:  # a ConfigError, so that the message names the file
+        raise ConfigError(str(exc)) from None
     lc = m.lora
     _check(lc.r >= 1, f"model.lora.r: {lc.r}; must be >= 1")
     _check(lc.alpha > 0, f"model.lora.alpha: {lc.alpha}; must be > 0")
@@ -366,8 +377,10 @@ def _validate_model(m: ModelConfig) -> None:
 def _validate_rollout(r: RolloutConfig) -> None:
     _check(0.0 <= r.lam <= 1.0, f"rollout.lam: {r.lam} is not allowed; allowed range [0, 1]")
     _check(r.max_new_tokens >= 1, f"rollout.max_new_tokens: {r.max_new_tokens}; must be >= 1")
-    _check(r.temperature >= 0 and r.teacher_temperature >= 0, "rollout.temperature and teacher_temperature must be >= 0")
-    _check(0 < r.top_p <= 1 and 0 < r.teacher_top_p <= 1, "rollout.top_p and teacher_top_p must lie in (0, 1]")
+    for name in ("temperature", "teacher_temperature"):
+        _check(getattr(r, name) >= 0, f"rollout.{name}: {getattr(r, name)}; must be >= 0 (0 = greedy)")
+    for name in ("top_p", "teacher_top_p"):
+        _check(0 < getattr(r, name) <= 1, f"rollout.{name}: {getattr(r, name)}; must lie in (0, 1]")
     _check(r.skd_top_k >= 1, f"rollout.skd_top_k: {r.skd_top_k}; must be >= 1")
     _check(r.skd_min_prob >= 0,
            f"rollout.skd_min_prob: {r.skd_min_prob}; must be >= 0 (> 1 makes every token teacher-written)")
@@ -395,7 +408,8 @@ def _validate_loss(l: LossConfig) -> None:
 
 def _validate_train(t: TrainConfig) -> None:
     _check(bool(t.output_dir.strip()), "train.output_dir: give a folder")
-    _check(t.max_steps >= 1 and t.batch_size >= 1 and t.grad_accum >= 1, "train.max_steps, batch_size, grad_accum must be >= 1")
+    for name in ("max_steps", "batch_size", "grad_accum"):
+        _check(getattr(t, name) >= 1, f"train.{name}: {getattr(t, name)}; must be >= 1")
     _check(t.lr > 0, f"train.lr: {t.lr}; must be > 0")
     _check(t.weight_decay >= 0, f"train.weight_decay: {t.weight_decay}; must be >= 0")
     _check(0 <= t.min_lr_ratio <= 1, f"train.min_lr_ratio: {t.min_lr_ratio}; allowed range [0, 1]")
@@ -409,7 +423,8 @@ def _validate_train(t: TrainConfig) -> None:
     _check(t.keep_last >= 1, f"train.keep_last: {t.keep_last}; must be >= 1")
     _check(t.max_grad_norm >= 0, f"train.max_grad_norm: {t.max_grad_norm}; must be >= 0 (0 = no clipping)")
     _check(t.max_bad_steps >= 1, f"train.max_bad_steps: {t.max_bad_steps}; must be >= 1")
-    _check(t.save_every >= 0 and t.eval_every >= 0, "train.save_every and train.eval_every must be >= 0 (0 = only at the end)")
+    for name in ("save_every", "eval_every"):
+        _check(getattr(t, name) >= 0, f"train.{name}: {getattr(t, name)}; must be >= 0 (0 = only at the end)")
     _check(t.log_every >= 1, f"train.log_every: {t.log_every}; must be >= 1")
     _check(t.resume in (None, "auto") or bool(t.resume.strip()), "train.resume: use 'auto', a checkpoint path, or null")
     for tr in t.trackers:
@@ -456,7 +471,7 @@ def _validate_views(v: ViewConfig) -> None:
     unknown = sorted(names - {"knowledge", "query"})
     _check(not unknown, f"data.views.knowledge_template: unknown placeholder(s) {', '.join('{' + n + '}' for n in unknown)}; "
            f"allowed: {{knowledge}} and {{query}} (a literal brace is {{{{ or }}}})")
-    _check({"knowledge", "query"} <= names, f"data.views.knowledge_template: {v.knowledge_template!r} must hold both "
+    _check(not v.teacher_knowledge or {"knowledge", "query"} <= names, f"data.views.knowledge_template: {v.knowledge_template!r} must hold both "
            f"{{knowledge}} and {{query}} (set data.views.teacher_knowledge: false for a teacher without knowledge)")
     for i, shot in enumerate(v.few_shot):
         ok = isinstance(shot, dict) and set(shot) == {"query", "response"} and all(

@@ -376,7 +376,8 @@ def encode(run: Run, records) -> list:
             e.student_prompt = e.teacher_prompt
     budget = max(run.cfg.data.views.max_response_tokens, run.cfg.rollout.max_new_tokens)  # response or rollout
     check_positions(examples, budget, max_positions(run.accelerator.unwrap_model(run.student)),
-                    max_positions(run.teacher) if run.teacher is not None else None)
+                    max_positions(run.teacher) if run.teacher is not None else None,
+                    "the larger of data.views.max_response_tokens and rollout.max_new_tokens")
     return examples
 
 

@@ -33,6 +33,11 @@ class Record:
     knowledge: str | None = None
     response: str | None = None
     extra: dict = field(default_factory=dict)  # the raw row, for scorers (e.g. the final `answer`)
+    where: str = ""  # where it was read: "file.jsonl:12", "file.json[3]", "arith/train[5]" (errors name it)
+
+    def label(self) -> str:
+        """How errors name the record: its id and, when known, its file and line."""
+        return f"record {self.id}" + (f" ({self.where})" if self.where else "")
 
 
 @dataclass
@@ -47,6 +52,8 @@ class Problem:
 def detect_format(path: str | Path, fmt: str = "auto") -> str:
     """The reader for `path`: `fmt` when given (lupi is read as json), else from the suffix; a `.json` file whose
     first character is not `[` holds JSON lines."""
+    if Path(path).is_dir():
+        raise DataError(f"{path}: is a folder; give a data file (JSON, JSONL, CSV or parquet)")
     if fmt != "auto":
         return "json" if fmt == "lupi" else fmt
     suffix = Path(path).suffix.lower()
@@ -245,7 +252,7 @@ def rows_to_records(rows: list[dict], fields: FieldMap, where) -> tuple[list[Rec
         if isinstance(item, Record) and item.id in seen:
             item = Problem(where(i), f"id {item.id!r} repeats the id of {seen[item.id]}; ids must be unique")
         if isinstance(item, Record):
-            seen[item.id] = where(i)
+            seen[item.id] = item.where = where(i)
         (problems if isinstance(item, Problem) else records).append(item)
     return records, problems
 

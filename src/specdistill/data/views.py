@@ -101,20 +101,22 @@ def fit_view(record: Record, tokenizer, views: ViewConfig, teacher: bool) -> lis
 
 
 def check_positions(examples: list[Example], budget: int, student_positions: int | None,
-                    teacher_positions: int | None = None) -> None:
+                    teacher_positions: int | None = None, budget_name: str = "new tokens") -> None:
     """Refuse a prompt that leaves too few of its model's positions for `budget` new tokens (the response or
     the generated answer): past max_position_embeddings a model decodes garbage. A DataError names the first
-    such record and what to change. positions None: no limit known (the check is skipped for that view)."""
+    such record and what to change. positions None: no limit known (the check is skipped for that view).
+    budget_name: what sets the budget, for the message (e.g. "--max-new-tokens")."""
     for e in examples:
         for view, ids, positions in (("student", e.student_prompt, student_positions),
                                      ("teacher", e.teacher_prompt, teacher_positions)):
             if positions is not None and len(ids) + budget > positions:
                 field = "max_teacher_prompt_tokens" if view == "teacher" else "max_prompt_tokens"
                 raise DataError(
-                    f"record {e.record.id}: the {view} view is {len(ids)} tokens; with {budget} new tokens it needs "
-                    f"{len(ids) + budget} positions, but the {view} model has {positions} (max_position_embeddings); "
-                    f"the prompt is refused, not cut: lower data.views.{field} to at most {positions - budget} "
-                    f"(views are cut by their stated rule), shorten the record, or lower the new tokens")
+                    f"{e.record.label()}: the {view} view is {len(ids)} tokens, and with {budget} new tokens "
+                    f"({budget_name}) it needs {len(ids) + budget} positions, but the {view} model has {positions} "
+                    f"(max_position_embeddings); the prompt is refused, not cut: lower data.views.{field} to at "
+                    f"most {positions - budget} (views are cut by their stated rule), shorten the record, or lower "
+                    f"{budget_name}")
 
 
 UNKNOWN_SHARE = 0.25  # a text with more unknown tokens than this share cannot be trained or scored meaningfully
@@ -147,7 +149,7 @@ def record_texts(records: list[Record], views: ViewConfig | None = None) -> list
         for i, shot in enumerate(views.few_shot):
             texts += [(f"data.views.few_shot[{i}].{k}", shot[k]) for k in ("query", "response")]
     for r in records:
-        texts += [(f"record {r.id} ({k})", getattr(r, k)) for k in ("query", "knowledge", "response")
+        texts += [(f"{r.label()}, its {k}", getattr(r, k)) for k in ("query", "knowledge", "response")
                   if getattr(r, k)]
     return texts
 

@@ -71,7 +71,8 @@ def evaluate_records(model, tokenizer, records: list[Record], views, scorer=None
     budget = max([max_new_tokens if answers or any(m in GENERATED for m in metrics) else 0]
                  + [len(reference_ids(tokenizer, r.response)) for r in records if "perplexity" in metrics])
     positions = max_positions(model)  # the model reads the chosen view only
-    check_positions(examples, budget, *((None, positions) if view == "teacher" else (positions, None)))
+    check_positions(examples, budget, *((None, positions) if view == "teacher" else (positions, None)),
+                    budget_name="max_new_tokens, or the longest reference response for perplexity")
     samples = [{"id": r.id, "query": r.query} for r in records]
     result = {}
     if answers or any(m in GENERATED for m in metrics):
