@@ -11,6 +11,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 
 from specdistill import checkpoint
@@ -50,15 +51,15 @@ def test_a_fresh_run_into_a_used_folder_refuses_and_overwrite_replaces_the_whole
     before = files(out)
     assert "checkpoints/step-00000004/model/model.safetensors" in before and steps_logged(out) == [1, 2, 3, 4]
 
-    # Another run (another learning rate, two steps) into the same folder: refused, every file as it was.
-    second = write_config(tmp_path / "b.yaml", out, lr=3e-3, max_steps=2, save_every=1)
+    # Another run (another seed and learning rate, two steps) into the same folder: refused, every file as it was.
+    second = write_config(tmp_path / "b.yaml", out, lr=3e-3, seed=7, max_steps=2, save_every=1)
     code, err = sft(second, capsys)
     assert code == 2 and "already holds files" in err and "train.resume=auto" in err and "train.overwrite" in err
     assert files(out) == before
 
     # resume=auto does not adopt the first run's checkpoint either: its config differs, and says where.
     code, err = sft(second, capsys, "train.resume=auto")
-    assert code == 2 and "train.lr: 0.001 -> 0.003" in err and "train.max_steps: 4 -> 2" in err
+    assert code == 2 and "train.max_steps: 4 -> 2" in err and "train.seed: 0 -> 7" in err
     assert files(out) == before
 
     # train.overwrite: the first run's files go as a whole; nothing of it is left to adopt or to mix with.
@@ -76,20 +77,43 @@ def test_resume_with_a_changed_config_is_refused_naming_each_difference(tmp_path
     before = files(out)
     half = out / "checkpoints" / "step-00000002"
 
-    code, err = sft(cfg, capsys, f"train.resume={half}", "train.lr=0.5", "train.batch_size=3")
+    code, err = sft(cfg, capsys, f"train.resume={half}", "train.batch_size=3", "train.weight_decay=0.1")
     line = err.strip()
-    assert code == 2 and "\n" not in line and str(half) in line
-    assert "train.lr: 0.001 -> 0.5" in line and "train.batch_size: 2 -> 3" in line and "2 key(s)" in line
-    assert files(out) == before  # the saved config.yaml still records the run's own lr: nothing was rewritten
+    assert code == 2 and "\n" not in line and str(half) in line and "2 key(s)" in line
+    assert "train.batch_size: 2 -> 3" in line and "train.weight_decay: 0.0 -> 0.1" in line
+    assert files(out) == before  # config.yaml, metrics, checkpoints and final/ are the first run's
 
-    # What does not change the run may change on resume (logging, checkpoint cadence, progress bar, threads);
-    # resuming from step 2 with the same config retrains steps 3-4 exactly as before.
+    # What does not change the run may change on resume (logging, checkpoint cadence, threads); resuming from
+    # step 2 with the same config trains steps 3-4 exactly as before, bit for bit.
     assert sft(cfg, capsys, f"train.resume={half}", "train.log_every=2", "train.keep_last=4", "train.threads=1")[0] == 0
     assert steps_logged(out) == [1, 2, 4]
     after = files(out)
     assert after["checkpoints/step-00000004/model/model.safetensors"] == \
         before["checkpoints/step-00000004/model/model.safetensors"]
     assert after["final/model.safetensors"] == before["final/model.safetensors"]
+
+
+def test_resume_with_a_changed_lr_applies_it_and_records_it(tmp_path, capsys):
+    """train.lr may change on resume (to go on after a divergence at a lower rate): the rest of the schedule scales
+    to the new rate, the log shows the rate each step applied, and config.yaml and the next checkpoints record it.
+    (Once the restored schedule kept the old rate while config.yaml recorded the new one.)"""
+    from specdistill.train import warmup_cosine
+
+    out = tmp_path / "run"
+    cfg = write_config(tmp_path / "c.yaml", out)
+    assert sft(cfg, capsys)[0] == 0
+    first = {json.loads(line)["step"]: json.loads(line)["train/lr"] for line in (out / "metrics.jsonl").open()}
+    code = main(["sft", str(cfg), "--set", f"train.resume={out / 'checkpoints' / 'step-00000002'}", "--set",
+                 "train.lr=5e-4"])
+    assert code == 0 and "train.lr: 0.001 in the checkpoint's run, 0.0005 from step 3 on" in capsys.readouterr().out
+    rows = {json.loads(line)["step"]: json.loads(line)["train/lr"] for line in (out / "metrics.jsonl").open()}
+    assert [rows[s] for s in (1, 2)] == [first[1], first[2]]
+    for step in (3, 4):
+        assert rows[step] == pytest.approx(5e-4 * warmup_cosine(step - 1, 0, 4, 0.1))
+        assert rows[step] == pytest.approx(first[step] / 2)
+    assert yaml.safe_load((out / "config.yaml").read_text())["train"]["lr"] == 5e-4
+    state = json.loads((out / "checkpoints" / "step-00000004" / "state.json").read_text())
+    assert state["config"]["train"]["lr"] == 5e-4
 
 
 def test_a_damaged_latest_checkpoint_is_refused_by_path_and_the_previous_one_resumes(tmp_path, capsys):

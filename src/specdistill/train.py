@@ -662,6 +662,24 @@ def _restore_state(run: Run, path: Path) -> None:
     run.step, run.bad_steps, run.skipped_steps = state["step"], state["bad_steps"], state["skipped_steps"]
     run.stream.load_state_dict(state)
     run.accelerator.print(f"resumed from {path} at step {run.step}")
+    _apply_resumed_lr(run, (state.get("config") or {}).get("train", {}).get("lr"))
+
+
+def _apply_resumed_lr(run: Run, saved: float | None) -> None:
+    """A train.lr other than the checkpoint run's (to go on after a divergence, say) applies from the resumed step
+    on: the schedule keeps its shape and scales to the new peak rate. Said, and recorded in config.yaml and in the
+    next checkpoints, never silently overridden by the restored schedule."""
+    new = run.cfg.train.lr
+    if saved is None or saved == new:
+        return
+    scheduler = run.scheduler
+    scheduler.base_lrs = [new] * len(scheduler.base_lrs)
+    for group, factor in zip(run.optimizer.param_groups, scheduler.lr_lambdas):
+        group["initial_lr"] = new
+        group["lr"] = new * factor(scheduler.last_epoch)
+    scheduler._last_lr = [group["lr"] for group in run.optimizer.param_groups]
+    run.accelerator.print(f"train.lr: {saved} in the checkpoint's run, {new} from step {run.step + 1} on (the rest of "
+                          f"the schedule scales to it)")
 
 
 def _truncate_logs(out: Path, step: int) -> None:
