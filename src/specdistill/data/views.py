@@ -120,38 +120,56 @@ def check_positions(examples: list[Example], budget: int, student_positions: int
 
 
 UNKNOWN_SHARE = 0.25  # a text with more unknown tokens than this share cannot be trained or scored meaningfully
+ASCII_CHECKED = 256  # plain-ASCII texts checked (the first ones): any tokenizer that encodes some encodes all
 
 
-def check_encodable(texts: list[tuple[str, str]], tokenizer, name: str = "the tokenizer") -> None:
+def check_encodable(texts, tokenizer, name: str = "the tokenizer") -> None:
     """Refuse text that the tokenizer mostly cannot encode (Korean through the built-in character tokenizer:
-    every character becomes <unk>). texts: (label, text) pairs, such as ("record 7 (query)", "..."); a DataError
-    names the first text whose tokens are more than UNKNOWN_SHARE unknown, and its first unknown character.
-    A tokenizer without an unknown token (byte-level BPE) encodes everything: nothing is checked."""
+    every character becomes <unk>). texts: (label, text) pairs, such as ("--prompt", "..."), or from
+    `record_texts`; a DataError names the first text whose tokens are more than UNKNOWN_SHARE unknown, and its
+    first unknown character. A tokenizer without an unknown token (byte-level BPE) encodes everything: nothing is
+    checked. Every text with a character outside ASCII is checked, and the first ASCII_CHECKED plain-ASCII texts
+    (a tokenizer that encodes those encodes the rest: checking all of the built-in tasks' texts would add a
+    second to each run)."""
     unk = tokenizer.unk_token_id
-    if unk is None or not texts:
+    if unk is None:
         return
-    encoded = tokenizer([t for _, t in texts], add_special_tokens=False).input_ids
-    for (label, text), ids in zip(texts, encoded):
+    kept, ascii_seen = [], 0
+    for label, text in texts:
+        if text.isascii():
+            ascii_seen += 1
+            if ascii_seen > ASCII_CHECKED:
+                continue
+        kept.append((label, text))
+    encoded = tokenizer([t for _, t in kept], add_special_tokens=False).input_ids if kept else []
+    for (label, text), ids in zip(kept, encoded):
         n = ids.count(unk)
         if ids and n > UNKNOWN_SHARE * len(ids):
             char = next((c for c in text if tokenizer(c, add_special_tokens=False).input_ids == [unk]), "?")
-            raise DataError(f"{label}: {n} of its {len(ids)} tokens are unknown ({tokenizer.unk_token}) to {name}, "
-                            f"starting with {char!r}: it cannot encode this text; use a model whose tokenizer covers "
-                            f"it (the built-in tokenizer knows printable ASCII and newlines only)")
+            raise DataError(f"{_text_label(label)}: {n} of its {len(ids)} tokens are unknown ({tokenizer.unk_token}) "
+                            f"to {name}, starting with {char!r}: it cannot encode this text; use a model whose "
+                            f"tokenizer covers it (the built-in tokenizer knows printable ASCII and newlines only)")
 
 
-def record_texts(records: list[Record], views: ViewConfig | None = None) -> list[tuple[str, str]]:
-    """(label, text) of every text a view or a response holds: the records' fields and the views' prompts."""
-    texts = []
+def record_texts(records: list[Record], views: ViewConfig | None = None):
+    """(label, text) of every text a view or a response holds, lazily: the views' prompts and few-shot examples,
+    then each record's query, knowledge and response (labelled (record, field), named only in an error)."""
     if views is not None:
-        texts += [(f"data.views.{k}", getattr(views, k)) for k in ("system_prompt", "student_system_prompt")
-                  if getattr(views, k)]
+        for k in ("system_prompt", "student_system_prompt"):
+            if getattr(views, k):
+                yield f"data.views.{k}", getattr(views, k)
         for i, shot in enumerate(views.few_shot):
-            texts += [(f"data.views.few_shot[{i}].{k}", shot[k]) for k in ("query", "response")]
+            for k in ("query", "response"):
+                yield f"data.views.few_shot[{i}].{k}", shot[k]
     for r in records:
-        texts += [(f"{r.label()}, its {k}", getattr(r, k)) for k in ("query", "knowledge", "response")
-                  if getattr(r, k)]
-    return texts
+        for k in ("query", "knowledge", "response"):
+            text = getattr(r, k)
+            if text:
+                yield (r, k), text
+
+
+def _text_label(label) -> str:
+    return f"{label[0].label()}, its {label[1]}" if isinstance(label, tuple) else label
 
 
 def _longest_fitting_prefix(text: str, fits) -> str:
