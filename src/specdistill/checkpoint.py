@@ -225,6 +225,10 @@ def check_run_folder(out: str | Path, resume: Path | None, config: dict, auto: b
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"train.output_dir={out} is a file; give a folder")
+    existing = next(p for p in [out, *out.absolute().parents] if p.exists())
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"train.output_dir={out}: cannot write in {existing} (permission denied); choose another "
+                        f"folder")
     entries = sorted(out.iterdir()) if out.is_dir() else []
     if not entries:
         return []

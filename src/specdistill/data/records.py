@@ -199,7 +199,8 @@ def scan_rows(path: str | Path, fmt: str = "auto") -> Scan:
     path = _existing_file(path)
     scan = SCANNERS[kind](path)
     if scan.count == 0 and not scan.problems:
-        scan.problems.append(Problem(path.name, "holds no records (the file is empty)"))
+        empty = not path.read_bytes().strip()
+        scan.problems.append(Problem(path.name, "holds no records" + (" (the file is empty)" if empty else "")))
     return scan
 
 
