@@ -744,6 +744,10 @@ def _bar_fields(metrics: dict) -> dict:
 def cleanup(run: Run) -> None:
     if run.cfg.train.trackers:
         run.accelerator.end_training()
+    _forget_accelerate_settings()
+
+
+def _forget_accelerate_settings() -> None:
     # accelerate keeps its settings process-wide; forget them (not the process group) so that a later run in this
     # process (the demo, a sweep, a notebook) may choose another train.mixed_precision.
     AcceleratorState._reset_state(reset_partial_state=False)
@@ -752,7 +756,11 @@ def cleanup(run: Run) -> None:
 
 def run_training(cfg: Config, sft: bool = False) -> dict:
     """setup -> train -> cleanup. The trained model is at <output_dir>/final."""
-    run = setup(cfg, sft)
+    try:
+        run = setup(cfg, sft)
+    except BaseException:  # a refused input (a used folder, a bad record) leaves no settings behind either
+        _forget_accelerate_settings()
+        raise
     try:
         return train(run)
     finally:
