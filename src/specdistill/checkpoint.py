@@ -159,10 +159,11 @@ def check_intact(path: Path) -> None:
 # do, and a resume applies them from its first step on (train.py: the rest of the schedule follows the new lr), so
 # that a diverged run can go on at a lower rate. Every other key must match.
 RESUME_APPLIED = ("train.lr", "train.max_grad_norm")
-RESUME_FREE = RESUME_APPLIED + ("train.output_dir", "train.resume", "train.overwrite", "train.progress", "train.trackers",
-               "train.threads", "train.log_every", "train.eval_every", "train.eval_samples", "train.save_every",
-               "train.keep_last", "train.max_bad_steps", "train.compile", "rollout.compile", "rollout.trace",
-               "model.student_device", "model.teacher_device", "model.gradient_checkpointing", "data.validation")
+RESUME_FREE = RESUME_APPLIED + (
+    "train.output_dir", "train.resume", "train.overwrite", "train.progress", "train.trackers", "train.threads",
+    "train.log_every", "train.eval_every", "train.eval_samples", "train.save_every", "train.keep_last",
+    "train.max_bad_steps", "train.compile", "rollout.compile", "rollout.trace", "model.student_device",
+    "model.teacher_device", "model.gradient_checkpointing", "data.validation")
 
 
 def flatten(config: dict, prefix: str = "") -> dict:

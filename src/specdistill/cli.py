@@ -378,7 +378,8 @@ def cmd_generate(args) -> int:
     _check_devices(args)
     _check_models(("--model", args.model), ("--draft", args.draft))
     texts = [args.prompt] if args.prompt is not None else read_prompts(args.prompts)
-    labels = ["--prompt"] if args.prompt is not None else [f"prompt {i + 1} of {args.prompts}" for i in range(len(texts))]
+    labels = (["--prompt"] if args.prompt is not None
+              else [f"prompt {i + 1} of {args.prompts}" for i in range(len(texts))])
     model, draft, tokenizer = _load_pair(args.model, args.draft, args, args.draft_device)
     prompts = _encode_prompts(texts, tokenizer, labels)
     for flag, m in (("--model", model), ("--draft", draft)):

@@ -327,8 +327,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML: {yaml_reason(exc)}") from None
         if data is None:
-            raise ConfigError(f"{path}: the file is empty; give at least the sections you mean to set (configs/sft.yaml "
-                              f"is a starting point)")
+            raise ConfigError(f"{path}: the file is empty; give at least the sections you mean to set "
+                              f"(configs/sft.yaml is a starting point)")
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(data).__name__}")
     for ov in overrides:
@@ -469,10 +469,12 @@ def _validate_views(v: ViewConfig) -> None:
         raise ConfigError(f"data.views.knowledge_template: {exc} in {v.knowledge_template!r}; write a literal brace "
                           f"as {{{{ or }}}}") from None
     unknown = sorted(names - {"knowledge", "query"})
-    _check(not unknown, f"data.views.knowledge_template: unknown placeholder(s) {', '.join('{' + n + '}' for n in unknown)}; "
-           f"allowed: {{knowledge}} and {{query}} (a literal brace is {{{{ or }}}})")
-    _check(not v.teacher_knowledge or {"knowledge", "query"} <= names, f"data.views.knowledge_template: {v.knowledge_template!r} must hold both "
-           f"{{knowledge}} and {{query}} (set data.views.teacher_knowledge: false for a teacher without knowledge)")
+    shown = ", ".join("{" + n + "}" for n in unknown)
+    _check(not unknown, f"data.views.knowledge_template: unknown placeholder(s) {shown}; allowed: {{knowledge}} and "
+           f"{{query}} (a literal brace is {{{{ or }}}})")
+    _check(not v.teacher_knowledge or {"knowledge", "query"} <= names,
+           f"data.views.knowledge_template: {v.knowledge_template!r} must hold both {{knowledge}} and {{query}} (set "
+           f"data.views.teacher_knowledge: false for a teacher without knowledge)")
     for i, shot in enumerate(v.few_shot):
         ok = isinstance(shot, dict) and set(shot) == {"query", "response"} and all(
             isinstance(x, str) and x.strip() for x in shot.values())

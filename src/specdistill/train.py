@@ -132,7 +132,8 @@ def setup(cfg: Config, sft: bool = False) -> Run:
 
 
 def _check_models(cfg: Config, sft: bool) -> None:
-    """Every model the run loads must be able to load: checked before anything else (models.check_model_spec)."""
+    """Every model the run loads must be able to load: checked before anything else (models.check_model_spec).
+    A warmup as long as the run is warned of (config.validate refuses only one that trains nothing)."""
     m = cfg.model
     check_model_spec(m.student, "model.student")
     if m.tokenizer:
@@ -647,13 +648,14 @@ def _load_student_weights(student, path: Path, lora: bool) -> None:
 
     adapter = path / "adapter"
     if not adapter.exists():
-        raise checkpoint.CheckpointError(f"cannot resume a LoRA run from {path}: it has no adapter/ folder (it was saved "
-                                f"without LoRA; start from its model/ folder with model.student instead)")
+        raise checkpoint.CheckpointError(f"cannot resume a LoRA run from {path}: it has no adapter/ folder (it was "
+                                         f"saved without LoRA; start from its model/ folder with model.student "
+                                         f"instead)")
     result = set_peft_model_state_dict(student, checkpoint.read_safetensors(adapter))
     missing = [k for k in result.missing_keys if "lora_" in k]
     if result.unexpected_keys or missing:
-        raise checkpoint.CheckpointError(f"the adapter in {adapter} does not match model.lora: missing {missing[:5]}, "
-                         f"unexpected {list(result.unexpected_keys)[:5]}")
+        raise checkpoint.CheckpointError(f"the adapter in {adapter} does not match model.lora: missing "
+                                         f"{missing[:5]}, unexpected {list(result.unexpected_keys)[:5]}")
 
 
 def _restore_state(run: Run, path: Path) -> None:
