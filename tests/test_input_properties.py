@@ -33,8 +33,16 @@ KEYS = st.sampled_from(["id", "query", "prompt", "question", "knowledge", "conte
 ROWS = st.lists(st.dictionaries(KEYS, JSON, max_size=5), max_size=6)
 
 
+SCRATCH = tempfile.TemporaryDirectory(prefix="specdistill-properties-")  # removed when the module is unloaded
+
+
+def scratch() -> Path:
+    """A fresh folder per example (hypothesis runs many examples per test, and no function-scoped fixture)."""
+    return Path(tempfile.mkdtemp(dir=SCRATCH.name))
+
+
 def tmp_file(name: str, data: bytes) -> Path:
-    path = Path(tempfile.mkdtemp()) / name
+    path = scratch() / name
     path.write_bytes(data)
     return path
 
@@ -90,7 +98,7 @@ def test_json_rows_end_in_records_or_a_user_error(rows, junk, fmt):
                      min_size=1, max_size=5))
 def test_csv_and_parquet_rows_end_in_records_or_a_user_error(rows):
     frame = pd.DataFrame(rows)
-    folder = Path(tempfile.mkdtemp())
+    folder = scratch()
     frame.to_csv(folder / "d.csv", index=False)
     assert_readers_agree(folder / "d.csv")
     try:
@@ -144,7 +152,7 @@ def test_any_mapping_is_a_valid_config_or_a_config_error(data):
     result = load_or_error(yaml.safe_dump(data))
     assert isinstance(result, (Config, ConfigError)), result
     if isinstance(result, Config):
-        folder = Path(tempfile.mkdtemp())
+        folder = scratch()
         save_config(result, folder / "config.yaml")
         assert load_config(folder / "config.yaml") == result
         assert all(math.isfinite(v) for v in _numbers(yaml.safe_load((folder / "config.yaml").read_text())))
