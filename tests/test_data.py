@@ -89,8 +89,9 @@ def test_bad_records_in_json_array_and_csv_name_index_and_line(tmp_path):
     csv_path = tmp_path / "d.csv"
     csv_path.write_text("query,response\nfine,ok\n,empty\n")
     _, problems = check_file(csv_path)
-    assert [str(p) for p in problems] == ["d.csv:3: missing query field (looked for query, prompt, question, instruction; keys present: query, response)"]
-    with pytest.raises(DataError, match=r"d\.csv:3: missing query field"):
+    # The cell is there but empty (it once read "missing query field ... keys present: query, response").
+    assert [str(p) for p in problems] == ["d.csv:3: field 'query' is empty"]
+    with pytest.raises(DataError, match=r"d\.csv:3: field 'query' is empty"):
         load_records(DatasetConfig(path=str(csv_path)))
 
 
@@ -170,3 +171,69 @@ def test_lupi_format_requires_its_keys(tmp_path):
     path.write_text(json.dumps([{"query": r["query"]} for r in rows[:3]]))
     with pytest.raises(DataError, match="format lupi needs the keys"):
         load_records(DatasetConfig(path=str(path), format="lupi"))
+
+
+# ---------------------------------------------------------------- one reader for data check and training
+def _bad_file(tmp_path, fmt):
+    """One file per format with a good record, a record whose query is a number, and a repeated id."""
+    good = {"id": "a", "query": "What is 2+2?", "response": "4"}
+    if fmt == "jsonl":
+        path = tmp_path / "d.jsonl"
+        path.write_text("\n".join([json.dumps(good), json.dumps({"id": "b", "query": 7}), json.dumps(good)]) + "\n")
+        return path, ["d.jsonl:2: field 'query' must be a string, got int 7",
+                      "d.jsonl:3: id 'a' repeats the id of d.jsonl:1; ids must be unique"]
+    if fmt == "json":
+        path = tmp_path / "d.json"
+        path.write_text(json.dumps([good, {"id": "b", "query": 7}, good]))
+        return path, ["d.json[1]: field 'query' must be a string, got int 7",
+                      "d.json[2]: id 'a' repeats the id of d.json[0]; ids must be unique"]
+    if fmt == "csv":  # every CSV value is text: "7" is a query; an empty cell is an empty query
+        path = tmp_path / "d.csv"
+        path.write_text('id,query,response\na,What is 2+2?,4\nb,,x\na,"What is\n2+2?",4\n')
+        return path, ["d.csv:3: field 'query' is empty",
+                      "d.csv:4: id 'a' repeats the id of d.csv:2; ids must be unique"]
+    path = tmp_path / "d.parquet"
+    pd.DataFrame([good, {"id": "b", "query": None, "response": "x"}, good]).to_parquet(path)
+    return path, ["d.parquet[1]: field 'query' is empty (null)",
+                  "d.parquet[2]: id 'a' repeats the id of d.parquet[0]; ids must be unique"]
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "json", "csv", "parquet"])
+def test_data_check_and_training_report_the_same_records(tmp_path, fmt, capsys):
+    """The same problems, at the same lines (a quoted CSV cell spanning two lines counts from its first), from
+    `data check` and from the loader training uses; valid records are never blamed."""
+    path, expected = _bad_file(tmp_path, fmt)
+    n, problems = check_file(path)
+    assert n == 3 and [str(p) for p in problems] == expected
+    with pytest.raises(DataError) as err:
+        load_records(DatasetConfig(path=str(path)))
+    message = str(err.value)
+    assert "\n" not in message and "2 bad record(s) of 3" in message and all(e in message for e in expected)
+    assert main(["data", "check", str(path)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[:2] == expected and out[2].endswith("3 records, 2 bad (format: " + fmt + ")")
+
+
+def test_encoding_errors_name_the_line_and_byte_offset(tmp_path, capsys):
+    line1 = json.dumps({"query": "fine"}).encode() + b"\n"
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes(line1 + b'{"query": "caf\xe9"}\n' + json.dumps({"query": "also fine"}).encode() + b"\n")
+    n, problems = check_file(path)
+    offset = len(line1) + len(b'{"query": "caf')
+    assert n == 3 and [str(p) for p in problems] == [
+        f"latin1.jsonl:2: not UTF-8 text (byte 0xe9 at byte offset {offset} of the file); save the file as UTF-8"]
+    csv_path = tmp_path / "latin1.csv"
+    csv_path.write_bytes(b"query\nfine\ncaf\xe9\n")
+    with pytest.raises(DataError, match=r"latin1\.csv:3: not UTF-8 text \(byte 0xe9 at byte offset 14"):
+        load_records(DatasetConfig(path=str(csv_path)))
+
+
+@pytest.mark.parametrize("content", ["", "\n\n", "[]"])
+def test_an_empty_file_is_the_same_error_in_both(tmp_path, content):
+    path = tmp_path / ("d.json" if content == "[]" else "d.jsonl")
+    path.write_text(content)
+    n, problems = check_file(path)
+    assert n == 0 and [p.reason for p in problems] == ["holds no records" + (" (the file is empty)" if content != "[]"
+                                                                             else "")]
+    with pytest.raises(DataError, match="holds no records"):
+        load_records(DatasetConfig(path=str(path)))

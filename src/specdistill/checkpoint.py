@@ -18,12 +18,21 @@ import json
 import os
 import random
 import shutil
+import struct
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
+
+from .errors import UserError
+
+class CheckpointError(UserError):
+    """A checkpoint cannot be resumed from: damaged, or saved by a run whose config differs. The message names the
+    checkpoint and what to do (an intact earlier checkpoint, or the differing keys)."""
+
 
 PREFIX = "step-"
 TMP_PREFIX = ".tmp-"  # a save in progress (or killed): never listed, removed by the next save
@@ -62,6 +71,191 @@ def resolve_resume(resume: str | None, output_dir: str | Path) -> Path | None:
         raise FileNotFoundError(f"cannot resume from {path}: no complete checkpoint there (state.json missing); "
                                 f"give a checkpoints/step-NNNNNNNN folder, a run's output_dir, or 'auto'")
     return path
+
+
+# ---------------------------------------------------------------- damage: found without loading anything
+def damage(path: str | Path) -> str | None:
+    """Why checkpoint `path` cannot be resumed from, or None when it looks intact. Nothing is unpickled and no
+    tensor is loaded: state.json must parse, each .pt file must be a whole zip archive whose CRCs match (what
+    torch.save writes), each safetensors file must be as long as its header says, and the files a resume reads
+    must be there."""
+    path = Path(path)
+    try:
+        state = json.loads((path / "state.json").read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        return f"state.json cannot be read ({type(exc).__name__}: truncated or overwritten?)"
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int) or "cursor" not in state:
+        return "state.json lacks the step or the data cursor"
+    if not (path / "scheduler.pt").exists() or not list(path.glob("optimizer*.pt")):
+        return "the optimizer or scheduler state is missing"
+    for f in sorted(path.glob("*.pt")):
+        reason = _torch_file_damage(f)
+        if reason:
+            return f"{f.name} {reason}"
+    for folder in [path / "model"] + ([path / "adapter"] if (path / "adapter").exists() else []):
+        files = sorted(folder.glob("*.safetensors"))
+        if not files:
+            return f"{folder.name}/ holds no safetensors weights"
+        for f in files:
+            reason = safetensors_damage(f)
+            if reason:
+                return f"{folder.name}/{f.name} {reason}"
+    return None
+
+
+def _torch_file_damage(f: Path) -> str | None:
+    try:
+        with zipfile.ZipFile(f) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError):
+        return "is not a whole torch file (truncated or overwritten)"
+    return f"is damaged (its entry {bad} fails its checksum)" if bad else None
+
+
+def safetensors_damage(f: Path) -> str | None:
+    """Why a safetensors file is not whole (its header must parse and its size must match the header), or None."""
+    try:
+        size = f.stat().st_size
+        with open(f, "rb") as fh:
+            (n,) = struct.unpack("<Q", fh.read(8))
+            if n > size:
+                return "is truncated (its header runs past the end of the file)"
+            header = json.loads(fh.read(n))
+        end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+    except (OSError, struct.error, ValueError, KeyError, TypeError, IndexError):
+        return "has a broken header (truncated or overwritten)"
+    if size != 8 + n + end:
+        return f"is {size} bytes, but its header says {8 + n + end} (truncated?)"
+    return None
+
+
+def intact_before(path: Path) -> Path | None:
+    """The newest intact checkpoint older than `path` in the same checkpoints folder, or None."""
+    root = path.parent
+    older = [p for p in list_checkpoints(root.parent) if int(p.name[len(PREFIX):]) < _step_of(path)]
+    return next((p for p in reversed(older) if damage(p) is None), None)
+
+
+def _step_of(path: Path) -> int:
+    tail = path.name[len(PREFIX):]
+    return int(tail) if path.name.startswith(PREFIX) and tail.isdigit() else 1 << 62
+
+
+def check_intact(path: Path) -> None:
+    """Refuse a damaged checkpoint before anything is loaded: a CheckpointError naming it, the reason, and the
+    newest intact checkpoint before it (or that there is none)."""
+    reason = damage(path)
+    if reason is None:
+        return
+    previous = intact_before(path)
+    offer = (f"the previous intact checkpoint is {previous}: resume from it with train.resume={previous} (later "
+             f"saves replace the damaged one)" if previous else
+             "no earlier intact checkpoint is left: start afresh in another train.output_dir")
+    raise CheckpointError(f"checkpoint {path} is damaged: {reason}; nothing was loaded or changed; {offer}")
+
+
+# ---------------------------------------------------------------- the run a checkpoint belongs to
+# Keys a resume may change. The first ones do not change what a run computes; train.lr and train.max_grad_norm
+# do, and a resume applies them from its first step on (train.py: the rest of the schedule follows the new lr), so
+# that a diverged run can go on at a lower rate. Every other key must match.
+RESUME_APPLIED = ("train.lr", "train.max_grad_norm")
+RESUME_FREE = RESUME_APPLIED + (
+    "train.output_dir", "train.resume", "train.overwrite", "train.progress", "train.trackers", "train.threads",
+    "train.log_every", "train.eval_every", "train.eval_samples", "train.save_every", "train.keep_last",
+    "train.max_bad_steps", "train.compile", "rollout.compile", "rollout.trace", "model.student_device",
+    "model.teacher_device", "model.gradient_checkpointing", "data.validation")
+
+
+def flatten(config: dict, prefix: str = "") -> dict:
+    """{"train": {"lr": 1}} -> {"train.lr": 1}; lists of mappings by index: data.train[0].task."""
+    flat = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(flatten(value, name + "."))
+        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            for i, item in enumerate(value):
+                flat.update(flatten(item, f"{name}[{i}]."))
+            flat[f"{name}.length"] = len(value)
+        else:
+            flat[name] = value
+    return flat
+
+
+def config_differences(saved: dict, current: dict, free: tuple[str, ...] = RESUME_FREE) -> list[str]:
+    """'key: saved -> current' for every key that changes the run and differs (keys in `free` may differ)."""
+    a, b = flatten(saved), flatten(current)
+    keys = [k for k in dict.fromkeys([*a, *b]) if not any(k == f or k.startswith(f + ".") for f in free)]
+    return [f"{k}: {a.get(k, '(absent)')!r} -> {b.get(k, '(absent)')!r}" for k in keys if a.get(k) != b.get(k)]
+
+
+def check_same_run(path: Path, current: dict) -> None:
+    """Refuse to resume from checkpoint `path` when its run's saved config differs from `current` on a key that
+    changes the run (the learning rate, the batch size, the data, ...), naming each difference."""
+    saved = json.loads((path / "state.json").read_text()).get("config")
+    if saved is None:
+        warnings.warn(f"{path} holds no saved config (written by an older version): resuming without checking that "
+                      f"its run's config matches this one")
+        return
+    diffs = config_differences(saved, current)
+    if diffs:
+        raise CheckpointError(
+            f"cannot resume from {path}: its run's config differs on {len(diffs)} key(s) that change the run: "
+            f"{'; '.join(diffs)}. Set them back to resume, or start a new run from its weights "
+            f"(model.student={path / 'model'}) in another train.output_dir")
+
+
+# ---------------------------------------------------------------- run folders
+RUN_FILES = ("config.yaml", "metrics.jsonl", "samples.jsonl", "checkpoints", "final")  # what a run writes
+
+
+def check_run_folder(out: str | Path, resume: Path | None, config: dict, auto: bool = False,
+                     overwrite: bool = False) -> list[Path]:
+    """Refuse a run that would overwrite or adopt another run's files; return the files that train.overwrite
+    replaces (the caller removes them). Checked before anything is loaded or written.
+
+    resume: the checkpoint to resume from (resolve_resume); it must be intact and its run's config must match
+    `config` (the resolved config as a dict). A fresh run needs an empty or absent output folder (or one that holds
+    only the config of a run that stopped before its first step), except with `overwrite`, or with resume=auto
+    (`auto`) when the folder holds this same run from before its first checkpoint.
+    """
+    if resume is not None:
+        check_intact(resume)
+        check_same_run(resume, config)
+        return []
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"train.output_dir={out} is a file; give a folder")
+    existing = next(p for p in [out, *out.absolute().parents] if p.exists())
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"train.output_dir={out}: cannot write in {existing} (permission denied); choose another "
+                        f"folder")
+    entries = sorted(out.iterdir()) if out.is_dir() else []
+    if not entries:
+        return []
+    if overwrite:
+        return [p for p in entries if p.name in RUN_FILES or p.name.startswith((TMP_PREFIX, OLD_PREFIX))]
+    if all(p.name in ("config.yaml", "metrics.jsonl", "samples.jsonl") and (p.name == "config.yaml" or not
+           p.stat().st_size) for p in entries):
+        return []  # a run that stopped before its first step left its config only: nothing to lose
+    if auto and (out / "config.yaml").is_file() and not list_checkpoints(out):
+        import yaml
+
+        try:
+            saved = yaml.safe_load((out / "config.yaml").read_text())
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            saved = None
+        if isinstance(saved, dict) and not config_differences(saved, config):
+            return []  # this run again, killed before its first checkpoint: start it over
+    names = ", ".join(p.name + ("/" if p.is_dir() else "") for p in entries[:5]) + (", ..." if len(entries) > 5 else "")
+    raise UserError(f"train.output_dir={out} already holds files ({names}); a fresh run there would overwrite or "
+                    f"adopt them. Resume that run with train.resume=auto, choose another train.output_dir, or set "
+                    f"train.overwrite=true to replace that run")
+
+
+def remove_run_files(paths: list[Path]) -> None:
+    for p in paths:
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
 
 
 # ---------------------------------------------------------------- RNG states
@@ -168,15 +362,26 @@ def load_checkpoint(path: Path, optimizer, scheduler, rank: int, sharded_optimiz
     if not opt_file.exists():
         raise FileNotFoundError(f"cannot resume from {path}: {opt_file.name} is missing (was the checkpoint written "
                                 f"with another distributed backend or number of processes?)")
-    optimizer.load_state_dict(torch.load(opt_file, weights_only=True))
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+    optimizer.load_state_dict(load_tensors(opt_file))
+    scheduler.load_state_dict(load_tensors(path / "scheduler.pt"))
     rng_file = path / f"rng-rank{rank}.pt"
     if rng_file.exists():
-        set_rng_state(torch.load(rng_file, weights_only=True))
+        set_rng_state(load_tensors(rng_file))
     else:
         warnings.warn(f"{path} has no RNG state for rank {rank} (saved with fewer processes?): this rank keeps its "
                       f"seeded RNG, so the resumed run is not bit-exact")
     return json.loads((path / "state.json").read_text())
+
+
+def load_tensors(f: Path):
+    """torch.load(weights_only=True): a file that is damaged or holds anything but tensors and plain values is a
+    CheckpointError naming it. torch's own advice to retry with weights_only=False is not passed on: that would
+    run whatever code the file holds."""
+    try:
+        return torch.load(f, weights_only=True, map_location="cpu")
+    except Exception as exc:  # noqa: BLE001 - unpickling errors have many types; none is the user's to debug
+        raise CheckpointError(f"{f}: cannot be loaded safely ({type(exc).__name__}): it is damaged, or it was not "
+                              f"written by specdistill; resume from another checkpoint") from None
 
 
 def read_safetensors(folder: Path) -> dict[str, torch.Tensor]:
@@ -188,6 +393,9 @@ def read_safetensors(folder: Path) -> dict[str, torch.Tensor]:
         raise FileNotFoundError(f"no *.safetensors files in {folder}")
     weights: dict[str, torch.Tensor] = {}
     for f in files:
+        reason = safetensors_damage(f)
+        if reason:
+            raise CheckpointError(f"{f}: {reason}; it cannot be loaded")
         weights.update(load_file(str(f)))
     return weights
 
@@ -204,6 +412,6 @@ def load_model_weights(model: torch.nn.Module, folder: Path) -> None:
     reshaped = [f"{k} {tuple(v.shape)} vs {tuple(current[k].shape)}" for k, v in weights.items()
                 if k in current and v.shape != current[k].shape]
     if missing or unexpected or reshaped:
-        raise ValueError(f"the weights in {folder} do not match the student: missing {missing[:5]}, unexpected "
+        raise CheckpointError(f"the weights in {folder} do not match the student: missing {missing[:5]}, unexpected "
                          f"{unexpected[:5]}, other shapes {reshaped[:3]} (was it saved from another model.student?)")
     model.load_state_dict(weights, strict=False)

@@ -4,18 +4,102 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
+import traceback
 from pathlib import Path
+
+from .errors import DEBUG_ENV, UserError, one_line
+
+
+class UsageError(UserError):
+    """A command-line argument is wrong (argparse's own checks, or the ranges below); `prog` is the command."""
+
+    def __init__(self, message: str, prog: str | None = None):
+        super().__init__(message)
+        self.prog = prog
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, whose usage errors are UsageErrors: main prints them on one line and returns 2."""
+
+    def error(self, message: str):
+        raise UsageError(f"{message} (see `{self.prog} --help`)", self.prog)
+
+
+# ---------------------------------------------------------------- argument types: ranges checked where values enter
+def int_at_least(low: int):
+    """argparse type: an integer >= low."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {value}")
+        return value
+
+    return parse
+
+
+def finite_float(low: float | None = None, high: float | None = None, low_open: bool = False):
+    """argparse type: a finite number in [low, high] (or (low, high] with low_open)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        bad = (not math.isfinite(value) or (low is not None and (value <= low if low_open else value < low))
+               or (high is not None and value > high))
+        if bad:
+            left = "(" if low_open else "["
+            span = f"{left}{low if low is not None else '-inf'}, {high if high is not None else 'inf'}]"
+            raise argparse.ArgumentTypeError(f"must be a finite number in {span}, got {text!r}")
+        return value
+
+    return parse
+
+
+def int_list(low: int):
+    """argparse type: a comma-separated list of integers >= low ("1,2,4"); the text is kept as given."""
+
+    def parse(text: str) -> str:
+        items = [t.strip() for t in str(text).split(",")]
+        for item in items:
+            try:
+                value = int(item)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"expected integers >= {low}, comma-separated (e.g. 1,2,4); "
+                                                 f"{item!r} in {text!r} is not one") from None
+            if value < low:
+                raise argparse.ArgumentTypeError(f"every value must be >= {low}; got {value} in {text!r}")
+        return text
+
+    return parse
+
+
+POSITIVE, NON_NEGATIVE = int_at_least(1), int_at_least(0)
+TEMPERATURE, TOP_P = finite_float(0.0), finite_float(0.0, 1.0, low_open=True)
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="YAML config file")
+    _add_debug(p)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set train.max_steps=10 (repeatable)")
 
 
+def _add_debug(p: argparse.ArgumentParser, default=argparse.SUPPRESS) -> None:
+    p.add_argument("--debug", action="store_true", default=default,
+                   help=f"show the traceback of an input error too (or set {DEBUG_ENV}=1)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="specdistill", description="Distil students that their teachers accept as drafts.")
+    parser = _Parser(prog="specdistill", description="Distil students that their teachers accept as drafts.")
+    _add_debug(parser, default=False)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("demo", help="built-in end-to-end run: teacher, student, distillation, report")
@@ -24,10 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plan", default="default", choices=["default", "paper", "quick"],
                    help="default: make demo (10 minutes with set-up on 2 CPU cores); paper: longer training and the "
                    "whole test splits, as in docs/results.md")
-    p.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
+    p.add_argument("--out", default="runs/demo", help="output directory (default runs/demo); a demo run again "
+                   "into it replaces the earlier demo's runs")
     p.add_argument("--retrain", action="store_true", help="retrain the built-in teacher instead of using the shipped one")
-    p.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
-    p.add_argument("--seeds", type=int, default=1, help="train every method with this many seeds; the report "
+    p.add_argument("--seed", type=NON_NEGATIVE, default=0, help="first seed (default 0)")
+    p.add_argument("--seeds", type=POSITIVE, default=1, help="train every method with this many seeds; the report "
                    "gives mean ± standard deviation (default 1)")
 
     for name, text in (("sft", "supervised fine-tuning (CE on response tokens)"), ("distill", "distil a student from a teacher")):
@@ -40,9 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--data", help="data file (JSON, JSONL, CSV, parquet) with references")
     p.add_argument("--split", default="test", choices=["train", "validation", "test"])
     p.add_argument("--view", default="student", choices=["student", "teacher"], help="teacher = with knowledge")
-    p.add_argument("--limit", type=int, default=None, help="score the first N records only")
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--limit", type=POSITIVE, default=None, help="score the first N records only")
+    p.add_argument("--max-new-tokens", type=POSITIVE, default=64)
+    p.add_argument("--batch-size", type=POSITIVE, default=32)
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--metrics", default=None, metavar="NAMES",
@@ -56,16 +141,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("generate", help="generate from a model, alone or with a draft (speculative decoding)")
     p.add_argument("--model", required=True, help="the target model")
     p.add_argument("--draft", help="a draft model: speculative decoding (greedy at T=0, lossless sampling at T>0)")
-    p.add_argument("--gamma", type=int, default=4, help="drafted tokens per block (with --draft)")
+    p.add_argument("--gamma", type=POSITIVE, default=4, help="drafted tokens per block (with --draft)")
     p.add_argument("--gamma-schedule", default="constant", choices=["constant", "lupi", "heuristic"])
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=POSITIVE, default=16)
     prompt = p.add_mutually_exclusive_group(required=True)
     prompt.add_argument("--prompt", help="one prompt (a user message; the chat template is applied)")
     prompt.add_argument("--prompts", help="a file with one prompt per line")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--temperature", type=TEMPERATURE, default=0.0, help="0 = greedy")
+    p.add_argument("--top-p", type=TOP_P, default=1.0)
+    p.add_argument("--max-new-tokens", type=POSITIVE, default=64)
+    p.add_argument("--seed", type=NON_NEGATIVE, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--draft-device", help="the draft's device (default: --device), e.g. cpu beside a cuda target")
@@ -77,21 +162,21 @@ def build_parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--task", default="arith", help="built-in task whose test prompts to use (default arith)")
     src.add_argument("--prompts", help="a file with one prompt per line (user messages)")
-    p.add_argument("--limit", type=int, default=64, help="number of prompts (default 64)")
-    p.add_argument("--gamma", default="4", help="drafted tokens per block; a list sweeps: 1,2,4,8")
+    p.add_argument("--limit", type=POSITIVE, default=64, help="number of prompts (default 64)")
+    p.add_argument("--gamma", type=int_list(1), default="4", help="drafted tokens per block; a list sweeps: 1,2,4,8")
     p.add_argument("--gamma-schedule", default="constant", choices=["constant", "lupi", "heuristic"])
-    p.add_argument("--batch-size", default="1", help="batch size; a list gives several: 1,8")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--batch-size", type=int_list(1), default="1", help="batch size; a list gives several: 1,8")
+    p.add_argument("--temperature", type=TEMPERATURE, default=0.0, help="0 = greedy")
+    p.add_argument("--max-new-tokens", type=POSITIVE, default=64)
     p.add_argument("--draft-view", default="target", choices=["target", "student"],
                    help="the draft reads the target's prompt (default) or the student view, without knowledge")
     p.add_argument("--compare-hf", action="store_true",
                    help="also run transformers' assisted generation (batch 1); its draft reads the target's prompt, "
                    "so the engine run it is compared with does too, whatever --draft-view says")
-    p.add_argument("--repeats", type=int, default=3, help="timed runs per figure, interleaved; the median is kept")
+    p.add_argument("--repeats", type=POSITIVE, default=3, help="timed runs per figure, interleaved; the median is kept")
     p.add_argument("--compile", action="store_true",
                    help="run the engine with torch.compile'd model forwards (same tokens; graphs compile during warmup)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=NON_NEGATIVE, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--draft-device", help="the draft's device (default: --device), e.g. cpu beside a cuda target")
@@ -104,17 +189,26 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("file")
     c.add_argument("--config", help="use the field mapping and views of this config")
     c.add_argument("--format", default="auto", choices=["auto", "lupi", "json", "jsonl", "csv", "parquet"])
+    for command in (*sub.choices.values(), c):
+        if "--debug" not in command._option_string_actions:
+            _add_debug(command)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from .errors import UserError
-
+    """Run one command; returns the exit code: 0, 2 for a user's mistake (one line on stderr: the command, then
+    the message), 3 for a diverged training run. Any other exception is a bug and propagates with its traceback
+    (exit 1). --debug or SPECDISTILL_DEBUG=1 prints the traceback of a user's mistake too."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug, prog = os.environ.get(DEBUG_ENV, "") not in ("", "0") or "--debug" in argv, "specdistill"
     try:
+        args = build_parser().parse_args(argv)
+        debug, prog = debug or args.debug, f"specdistill {args.command}"
         return COMMANDS[args.command](args) or 0
     except (UserError, FileNotFoundError) as exc:
-        print(f"specdistill {args.command}: error: {exc}", file=sys.stderr)
+        if debug:
+            traceback.print_exc()
+        print(f"{getattr(exc, 'prog', None) or prog}: error: {one_line(str(exc))}", file=sys.stderr)
         return 2
 
 
@@ -134,6 +228,73 @@ def cmd_train(args) -> int:
         print(json.dumps({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, indent=1))
         print(f"model saved to {Path(cfg.train.output_dir) / 'final'}")
     return 0
+
+
+def check_output_file(path: str | None, flag: str) -> None:
+    """An output file (--json, --plot) must be writable where asked: checked before any work, so that a long run
+    does not fail at its end."""
+    if path is None:
+        return
+    target = Path(path)
+    if not str(path).strip() or target.is_dir():
+        raise UsageError(f"{flag} {path!r}: give a file path, not a folder")
+    if not target.parent.is_dir():
+        raise UsageError(f"{flag} {path}: the folder {target.parent} does not exist; create it first")
+    if not os.access(target.parent, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
+        raise UsageError(f"{flag} {path}: cannot write there (permission denied)")
+
+
+def read_prompts(path: str, flag: str = "--prompts") -> list[str]:
+    """The non-blank lines of a prompts file (one user message each); a missing, non-UTF-8 or empty file is a
+    UserError naming it (and the line of a bad byte)."""
+    from .data.records import decode_utf8
+
+    target = Path(path)
+    if not target.is_file():
+        raise UsageError(f"{flag} {path}: {'is a folder' if target.is_dir() else 'no such file'}; give a text file "
+                         f"with one prompt per line")
+    lines = [t for t in decode_utf8(target.read_bytes(), target.name).splitlines() if t.strip()]
+    if not lines:
+        raise UsageError(f"{flag} {path}: holds no prompts (every line is blank); write one prompt per line")
+    return lines
+
+
+def _check_models(*specs: tuple[str, str | None]) -> None:
+    """(flag, model spec) pairs: each given spec must be able to load (models.check_model_spec)."""
+    from .models import check_model_spec
+
+    for flag, spec in specs:
+        if spec is not None:
+            check_model_spec(spec, flag)
+
+
+def _check_devices(args) -> None:
+    from .models import check_device
+
+    check_device(args.device, "--device")
+    if getattr(args, "draft_device", None):
+        check_device(args.draft_device, "--draft-device")
+
+
+def _check_prompts_fit(model, prompts: list[list[int]], max_new_tokens: int, flag: str, labels: list[str]) -> None:
+    """Refuse a prompt that leaves the model fewer than --max-new-tokens positions (it would decode garbage)."""
+    from .models import max_positions
+
+    limit = max_positions(model)
+    for label, ids in zip(labels, prompts):
+        if limit is not None and len(ids) + max_new_tokens > limit:
+            raise UserError(f"{label} is {len(ids)} tokens; with --max-new-tokens {max_new_tokens} it needs "
+                            f"{len(ids) + max_new_tokens} positions, but {flag} has {limit} (max_position_embeddings); "
+                            f"the prompt is refused, not cut: shorten it or lower --max-new-tokens")
+
+
+def _encode_prompts(texts: list[str], tokenizer, labels: list[str]) -> list[list[int]]:
+    """User messages as chat-template prompt ids; text the tokenizer cannot encode is refused."""
+    from .data.views import check_encodable, render_prompt
+
+    check_encodable(list(zip(labels, texts)), tokenizer)
+    return [tokenizer(render_prompt(tokenizer, [{"role": "user", "content": t}]), add_special_tokens=False).input_ids
+            for t in texts]
 
 
 def _load_for_inference(spec: str, device: str, dtype: str, tokenizer=None):
@@ -164,6 +325,10 @@ def cmd_eval(args) -> int:
     from .evaluate.metrics import parse_metrics, sacrebleu_signatures, select_metrics
     from .evaluate.quality import agreement_on_records, evaluate_records
 
+    check_output_file(args.json_out, "--json")
+    _check_devices(args)
+    if args.task:
+        get_task(args.task)
     ds = DatasetConfig(task=args.task, split=args.split) if args.task else DatasetConfig(path=args.data)
     records = load_records(ds)[: args.limit]
     scorer = get_task(args.task).scorer if args.task else None  # None: GSM8K `####` matching
@@ -178,7 +343,11 @@ def cmd_eval(args) -> int:
         print("specdistill eval: error: --teacher measures top-1 agreement on reference responses; the records "
               "need a response field (or use --task)", file=sys.stderr)
         return 2
+    _check_models(("--model", args.model), ("--teacher", args.teacher))
     model, teacher, tokenizer = _load_pair(args.model, args.teacher, args)
+    from .data.views import check_encodable, record_texts
+
+    check_encodable(record_texts(records), tokenizer, args.model)
     result = evaluate_records(model, tokenizer, records, ViewConfig(), scorer, args.view, args.max_new_tokens,
                               args.batch_size, metrics)
     summary = {"model": args.model, "task": args.task or args.data, "split": args.split, "view": args.view,
@@ -198,14 +367,24 @@ def cmd_eval(args) -> int:
 
 
 def cmd_generate(args) -> int:
-    from .data.views import render_prompt
     from .evaluate.quality import generate_ids
     from .evaluate.speculative import run_speculative
 
+    if args.prompt is not None and not args.prompt.strip():
+        raise UsageError("--prompt: the prompt is empty; give the text of a user message")
+    if args.draft_device and not args.draft:
+        raise UsageError("--draft-device places the draft: give --draft too")
+    check_output_file(args.json_out, "--json")
+    _check_devices(args)
+    _check_models(("--model", args.model), ("--draft", args.draft))
+    texts = [args.prompt] if args.prompt is not None else read_prompts(args.prompts)
+    labels = (["--prompt"] if args.prompt is not None
+              else [f"prompt {i + 1} of {args.prompts}" for i in range(len(texts))])
     model, draft, tokenizer = _load_pair(args.model, args.draft, args, args.draft_device)
-    texts = [args.prompt] if args.prompt else [t for t in Path(args.prompts).read_text().splitlines() if t.strip()]
-    prompts = [tokenizer(render_prompt(tokenizer, [{"role": "user", "content": t}]), add_special_tokens=False).input_ids
-               for t in texts]
+    prompts = _encode_prompts(texts, tokenizer, labels)
+    for flag, m in (("--model", model), ("--draft", draft)):
+        if m is not None:
+            _check_prompts_fit(m, prompts, args.max_new_tokens, flag, labels)
     stats = None
     if draft is not None:
         outputs, gen_stats, _ = run_speculative(
@@ -230,12 +409,11 @@ def _bench_prompts(args, tokenizer):
     """(target prompts, draft prompts) as token-id lists."""
     from .config import DatasetConfig, ViewConfig
     from .data.records import load_records
-    from .data.views import encode_example, render_prompt
+    from .data.views import encode_example
 
     if args.prompts:
-        lines = [t for t in Path(args.prompts).read_text().splitlines() if t.strip()][: args.limit]
-        ids = [tokenizer(render_prompt(tokenizer, [{"role": "user", "content": t}]), add_special_tokens=False).input_ids
-               for t in lines]
+        lines = read_prompts(args.prompts)[: args.limit]
+        ids = _encode_prompts(lines, tokenizer, [f"prompt {i + 1} of {args.prompts}" for i in range(len(lines))])
         return ids, ids
     examples = [encode_example(r, tokenizer, ViewConfig()) for r in load_records(DatasetConfig(task=args.task, split="test"))]
     examples = examples[: args.limit]
@@ -243,12 +421,35 @@ def _bench_prompts(args, tokenizer):
     return target, ([e.student_prompt for e in examples] if args.draft_view == "student" else target)
 
 
+def _check_bench_args(args) -> None:
+    """Everything bench can check before loading a model: outputs, devices, models, the prompts' source."""
+    from .data.tasks import get_task
+
+    check_output_file(args.json_out, "--json")
+    check_output_file(args.plot, "--plot")
+    _check_devices(args)
+    _check_models(("--target", args.target), ("--draft", args.draft))
+    if args.prompts:
+        read_prompts(args.prompts)
+    else:
+        get_task(args.task)
+
+
+def _check_bench_prompts(args, target, draft, prompts, draft_prompts) -> None:
+    labels = [f"prompt {i + 1}" + (f" of {args.prompts}" if args.prompts else f" of task {args.task}")
+              for i in range(len(prompts))]
+    _check_prompts_fit(target, prompts, args.max_new_tokens, "--target", labels)
+    _check_prompts_fit(draft, draft_prompts, args.max_new_tokens, "--draft", labels)
+
+
 def cmd_bench(args) -> int:
     from .evaluate.plots import plot_bench
     from .evaluate.speculative import bench_pair
 
+    _check_bench_args(args)
     target, draft, tokenizer = _load_pair(args.target, args.draft, args, args.draft_device)
     prompts, draft_prompts = _bench_prompts(args, tokenizer)
+    _check_bench_prompts(args, target, draft, prompts, draft_prompts)
     results = []
     for bs in [int(x) for x in str(args.batch_size).split(",")]:
         for gamma in [int(x) for x in str(args.gamma).split(",")]:
@@ -268,11 +469,18 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def _configured_fields(cfg, file: str):
+    """The field mapping the config gives this file (the dataset whose path is it), else data.train[0]'s."""
+    datasets = cfg.data.train + ([cfg.data.validation] if cfg.data.validation else [])
+    same = [d for d in datasets if d.path and Path(d.path).resolve() == Path(file).resolve()]
+    return (same or cfg.data.train)[0].fields
+
+
 def cmd_data(args) -> int:
     from .config import FieldMap, load_config
     from .data.records import check_file, detect_format, is_lupi, read_rows
 
-    fields = load_config(args.config).data.train[0].fields if args.config else FieldMap()
+    fields = _configured_fields(load_config(args.config), args.file) if args.config else FieldMap()
     n, problems = check_file(args.file, fields, args.format)
     fmt = detect_format(args.file, args.format)
     if not problems and fmt == "json" and is_lupi(read_rows(args.file, fmt)):
@@ -286,6 +494,8 @@ def cmd_data(args) -> int:
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise UsageError(f"--out {args.out}: is a file; give a folder for the demo's runs and report")
     run_demo(out=args.out, quick=args.quick, retrain=args.retrain, seed=args.seed, seeds=args.seeds, plan_name=args.plan)
     return 0
 

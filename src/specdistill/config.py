@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import string
 import types
 import typing
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 
-from .errors import UserError
+from .errors import UserError, one_line
 from .engine.policies import AdaptiveTopKPolicy, TopKPolicy
 from .losses import DEFAULT_CHUNK_SIZE
 
@@ -175,6 +176,7 @@ class TrainConfig:
     save_every: int = 0  # 0 = only at the end
     keep_last: int = 2
     resume: Optional[str] = None  # "auto" (latest checkpoint in output_dir) or a checkpoint path
+    overwrite: bool = False  # a fresh run into an output_dir that holds another run's files replaces them
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     max_bad_steps: int = 5  # consecutive NaN/inf losses before the run stops
     trackers: list[str] = field(default_factory=list)  # e.g. ["tensorboard"], ["wandb"]
@@ -227,11 +229,15 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
         return float(value)
     if tp is float and isinstance(value, str):  # YAML 1.1 reads "3e-4" as a string
         try:
-            return float(value)
+            value = float(value)
         except ValueError:
             pass
     if tp in (int, float, str, bool) and not (isinstance(value, tp) and not (tp is int and isinstance(value, bool))):
         raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+    if tp is float and not math.isfinite(value):
+        raise ConfigError(f"{where}: {value!r} is not allowed; give a finite number")
+    if tp is int and abs(value) >= 2**63:
+        raise ConfigError(f"{where}: {value} is too large; allowed: a 64-bit integer")
     return value
 
 
@@ -261,19 +267,36 @@ def build(cls: type, data: dict, where: str = "") -> Any:
     return cls(**kwargs)
 
 
+def yaml_reason(exc: Exception) -> str:
+    """PyYAML's error in a few words: the problem and where (line and column, 1-based)."""
+    problem, mark = getattr(exc, "problem", None), getattr(exc, "problem_mark", None)
+    if problem is None:
+        return one_line(str(exc))
+    return problem + (f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "")
+
+
 def apply_override(data: dict, override: str) -> None:
     """Apply one `a.b=c` override in place; the value is parsed as YAML (`x=3` is an int, `x=[1,2]` a list)."""
     if "=" not in override:
         raise ConfigError(f"override {override!r} must look like section.field=value")
     key, raw = override.split("=", 1)
     parts = key.strip().split(".")
+    if not all(p.strip() for p in parts):
+        raise ConfigError(f"override {override!r}: the key {key.strip()!r} must look like section.field (dots "
+                          f"between non-empty names)")
     node = data
     for part in parts[:-1]:
-        child = node.setdefault(part, {})
+        child = node.get(part)
+        if child is None:  # absent, or null in the file (data.validation: null): a new section
+            child = node[part] = {}
         if not isinstance(child, dict):
             raise ConfigError(f"override {override!r}: {part!r} is not a section")
         node = child
-    node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+    try:
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {override!r}: the value is not valid YAML ({yaml_reason(exc)}); quote "
+                          f"text that holds YAML characters") from None
 
 
 PACKAGED_CONFIGS = Path(__file__).parent / "configs"
@@ -298,11 +321,18 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         path = resolve_config_path(path)
         source = str(path)
         try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
+            data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ConfigError(f"config file not found: {path}") from None
+        except IsADirectoryError:
+            raise ConfigError(f"{path}: is a folder; give a YAML config file") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: not UTF-8 text (byte offset {exc.start}); save it as UTF-8") from None
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+            raise ConfigError(f"{path}: not valid YAML: {yaml_reason(exc)}") from None
+        if data is None:
+            raise ConfigError(f"{path}: the file is empty; give at least the sections you mean to set "
+                              f"(configs/sft.yaml is a starting point)")
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(data).__name__}")
     for ov in overrides:
@@ -373,18 +403,52 @@ def rollout_at(r: RolloutConfig, step: int, max_steps: int) -> tuple[int, Rollou
 
 
 def validate(cfg: Config) -> None:
-    """Range checks that types alone cannot express."""
-    r, t, l, d = cfg.rollout, cfg.train, cfg.loss, cfg.data
+    """Range checks that types alone cannot express: finite numbers (checked while building), non-negative counts,
+    schedules that can train, known tasks and devices, templates whose placeholders exist."""
+    _validate_model(cfg.model)
+    _validate_rollout(cfg.rollout)
+    _validate_loss(cfg.loss)
+    _validate_train(cfg.train)
+    _validate_data(cfg.data)
+    for i, (_, stage) in enumerate(rollout_stages(cfg.rollout, cfg.train.max_steps)[1:]):
+        try:  # each stage's settings pass the same checks as the top-level ones
+            validate(dataclasses.replace(cfg, rollout=stage))
+        except ConfigError as exc:
+            raise ConfigError(f"rollout.schedule[{i}]: {exc}") from None
+
+
+def _validate_model(m: ModelConfig) -> None:
+    from .models import check_device
+
+    _check(bool(m.student and m.student.strip()), "model.student: give a model folder, a hub id or a preset")
+    _check(m.teacher is None or bool(m.teacher.strip()), "model.teacher: give a model, or null for none")
+    _check(m.tokenizer is None or bool(m.tokenizer.strip()), "model.tokenizer: give a tokenizer, or null")
+    try:
+        check_device(m.student_device, "model.student_device")
+        check_device(m.teacher_device, "model.teacher_device")
+    except UserError as exc:  # a ConfigError, so that the message names the file
+        raise ConfigError(str(exc)) from None
+    lc = m.lora
+    _check(lc.r >= 1, f"model.lora.r: {lc.r}; must be >= 1")
+    _check(lc.alpha > 0, f"model.lora.alpha: {lc.alpha}; must be > 0")
+    _check(0 <= lc.dropout < 1, f"model.lora.dropout: {lc.dropout}; allowed range [0, 1)")
+    _check(not lc.enabled or bool(lc.target_modules), "model.lora.target_modules: name at least one module")
+
+
+def _validate_rollout(r: RolloutConfig) -> None:
     _check(0.0 <= r.lam <= 1.0, f"rollout.lam: {r.lam} is not allowed; allowed range [0, 1]")
     _check(len(r.mix) == 2 and r.mix[0] != r.mix[1],
            f"rollout.mix: {r.mix}; give two different strategies: [the one taken with probability rollout.lam, "
            f"the other]")
     _check(r.max_new_tokens >= 1, f"rollout.max_new_tokens: {r.max_new_tokens}; must be >= 1")
-    _check(r.temperature >= 0 and r.teacher_temperature >= 0, "rollout.temperature and teacher_temperature must be >= 0")
-    _check(0 < r.top_p <= 1 and 0 < r.teacher_top_p <= 1, "rollout.top_p and teacher_top_p must lie in (0, 1]")
+    for name in ("temperature", "teacher_temperature"):
+        _check(getattr(r, name) >= 0, f"rollout.{name}: {getattr(r, name)}; must be >= 0 (0 = greedy)")
+    for name in ("top_p", "teacher_top_p"):
+        _check(0 < getattr(r, name) <= 1, f"rollout.{name}: {getattr(r, name)}; must lie in (0, 1]")
     _check(r.skd_top_k >= 1, f"rollout.skd_top_k: {r.skd_top_k}; must be >= 1")
     _check(r.skd_min_prob >= 0,
            f"rollout.skd_min_prob: {r.skd_min_prob}; must be >= 0 (> 1 makes every token teacher-written)")
+    _check(r.max_gamma >= 1, f"rollout.max_gamma: {r.max_gamma}; must be >= 1")
     _check(1 <= r.gamma <= r.max_gamma, f"rollout.gamma: {r.gamma}; must lie in [1, rollout.max_gamma={r.max_gamma}]")
     _check(1 <= r.k_min <= r.k_max, f"rollout.k_min/k_max: {r.k_min}/{r.k_max}; need 1 <= k_min <= k_max")
     _check(r.policy != "adaptive_top_k" or r.k_min <= r.skd_top_k <= r.k_max,
@@ -392,40 +456,95 @@ def validate(cfg: Config) -> None:
            f"rollout.k_max={r.k_max}]")
     _check(0 <= r.r_minus <= r.r_plus <= 1, "rollout.r_minus <= rollout.r_plus, both in [0, 1]")
     _check(0 < r.ema <= 1, f"rollout.ema: {r.ema}; the weight of the newest token must lie in (0, 1]")
+    _check(r.entropy_gain >= 0, f"rollout.entropy_gain: {r.entropy_gain}; must be >= 0 (0 = no entropy offset)")
+
+
+def _validate_loss(l: LossConfig) -> None:
     _check(0 <= l.beta <= 1, f"loss.beta: {l.beta} is not allowed; allowed range [0, 1]")
     _check(0 <= l.alpha <= 1, f"loss.alpha: {l.alpha} is not allowed; allowed range [0, 1]")
     _check(0 <= l.ce_weight <= 1, f"loss.ce_weight: {l.ce_weight} is not allowed; allowed range [0, 1]")
     _check(l.temperature > 0, f"loss.temperature: {l.temperature}; must be > 0")
+    _check(l.rank_top_k >= 2, f"loss.rank_top_k: {l.rank_top_k}; must be >= 2 (an order needs two tokens)")
+    _check(l.margin >= 0, f"loss.margin: {l.margin}; must be >= 0")
     _check(l.sparse_top_k is None or l.sparse_top_k >= 1, f"loss.sparse_top_k: {l.sparse_top_k}; must be >= 1 or null")
     _check(l.chunk_size >= 1, f"loss.chunk_size: {l.chunk_size}; must be >= 1")
-    _check(t.max_steps >= 1 and t.batch_size >= 1 and t.grad_accum >= 1, "train.max_steps, batch_size, grad_accum must be >= 1")
+
+
+def _validate_train(t: TrainConfig) -> None:
+    _check(bool(t.output_dir.strip()), "train.output_dir: give a folder")
+    for name in ("max_steps", "batch_size", "grad_accum"):
+        _check(getattr(t, name) >= 1, f"train.{name}: {getattr(t, name)}; must be >= 1")
     _check(t.lr > 0, f"train.lr: {t.lr}; must be > 0")
+    _check(t.weight_decay >= 0, f"train.weight_decay: {t.weight_decay}; must be >= 0")
+    _check(0 <= t.min_lr_ratio <= 1, f"train.min_lr_ratio: {t.min_lr_ratio}; allowed range [0, 1]")
+    _check(t.warmup_steps >= 0, f"train.warmup_steps: {t.warmup_steps}; must be >= 0")
+    _check(t.warmup_steps == 0 or t.max_steps > 1,
+           f"train.warmup_steps: {t.warmup_steps} with train.max_steps=1: the warmup starts at lr 0, so the one step "
+           f"would not train; set train.warmup_steps=0 or more steps (a run that ends inside its warmup is warned of)")
+    _check(t.seed >= 0, f"train.seed: {t.seed}; must be >= 0")
+    _check(t.threads >= 0, f"train.threads: {t.threads}; must be >= 0 (0 = torch's default)")
+    _check(t.eval_samples >= 1, f"train.eval_samples: {t.eval_samples}; must be >= 1")
     _check(t.keep_last >= 1, f"train.keep_last: {t.keep_last}; must be >= 1")
     _check(t.max_grad_norm >= 0, f"train.max_grad_norm: {t.max_grad_norm}; must be >= 0 (0 = no clipping)")
     _check(t.max_bad_steps >= 1, f"train.max_bad_steps: {t.max_bad_steps}; must be >= 1")
-    _check(t.save_every >= 0 and t.eval_every >= 0, "train.save_every and train.eval_every must be >= 0 (0 = only at the end)")
+    for name in ("save_every", "eval_every"):
+        _check(getattr(t, name) >= 0, f"train.{name}: {getattr(t, name)}; must be >= 0 (0 = only at the end)")
     _check(t.log_every >= 1, f"train.log_every: {t.log_every}; must be >= 1")
-    _check(t.resume in (None, "auto") or bool(t.resume), "train.resume: use 'auto', a checkpoint path, or null")
+    _check(t.resume in (None, "auto") or bool(t.resume.strip()), "train.resume: use 'auto', a checkpoint path, or null")
+    for tr in t.trackers:
+        _check(tr in ("tensorboard", "wandb"), f"train.trackers: {tr!r} is not allowed; allowed: tensorboard, wandb")
+
+
+def _validate_data(d: DataConfig) -> None:
+    from .data.tasks import TASKS
+
     _check(len(d.train) >= 1, "data.train: give at least one dataset")
-    for i, ds in enumerate(d.train + ([d.validation] if d.validation else [])):
-        _check((ds.task is None) != (ds.path is None), f"data.train[{i}]: give exactly one of 'task' or 'path'")
+    _check(d.seed >= 0, f"data.seed: {d.seed}; must be >= 0")
+    named = [(f"data.train[{i}]", ds) for i, ds in enumerate(d.train)]
+    for where, ds in named + ([("data.validation", d.validation)] if d.validation else []):
+        _check((ds.task is None) != (ds.path is None), f"{where}: give exactly one of 'task' or 'path'")
+        _check(ds.task is None or ds.task in TASKS,
+               f"{where}.task: {ds.task!r} is not a built-in task; allowed: {', '.join(TASKS)} (a file: path)")
+        _check(ds.path is None or bool(ds.path.strip()), f"{where}.path: give a data file")
+        _check(ds.limit is None or ds.limit >= 1, f"{where}.limit: {ds.limit}; must be >= 1, or null for all records")
+        _check(ds.weight >= 0, f"{where}.weight: {ds.weight}; must be >= 0")
+        for name in ("id", "query", "knowledge", "response"):
+            keys = getattr(ds.fields, name)
+            _check(name != "query" or bool(keys), f"{where}.fields.query: name at least one key")
+            _check(all(isinstance(k, str) and k for k in keys), f"{where}.fields.{name}: keys must be non-empty text")
     for i, stage in enumerate(d.schedule):
         _check(0 <= stage.start < 1, f"data.schedule[{i}].start: {stage.start}; allowed range [0, 1)")
         _check(len(stage.weights) == len(d.train), f"data.schedule[{i}].weights: need {len(d.train)} weights, one per dataset in data.train")
         _check(all(w >= 0 for w in stage.weights) and sum(stage.weights) > 0, f"data.schedule[{i}].weights must be >= 0 with a positive sum")
-    v = d.views
+    _check(sum(ds.weight for ds in d.train) > 0 or any(st.start == 0 for st in d.schedule),
+           "data.train: the datasets' weights must have a positive sum (or a data.schedule stage must start at 0)")
+    _validate_views(d.views)
+
+
+def _validate_views(v: ViewConfig) -> None:
     _check(v.max_prompt_tokens >= 1, f"data.views.max_prompt_tokens: {v.max_prompt_tokens}; must be >= 1")
     _check(v.max_teacher_prompt_tokens >= 1,
            f"data.views.max_teacher_prompt_tokens: {v.max_teacher_prompt_tokens}; must be >= 1")
     _check(v.max_response_tokens >= 2, f"data.views.max_response_tokens: {v.max_response_tokens}; must be >= 2 "
            f"(the response and its end-of-turn token)")
-    for tr in t.trackers:
-        _check(tr in ("tensorboard", "wandb"), f"train.trackers: {tr!r} is not allowed; allowed: tensorboard, wandb")
-    for i, (_, stage) in enumerate(rollout_stages(r, t.max_steps)[1:]):
-        try:  # each stage's settings pass the same checks as the top-level ones
-            validate(dataclasses.replace(cfg, rollout=stage))
-        except ConfigError as exc:
-            raise ConfigError(f"rollout.schedule[{i}]: {exc}") from None
+    try:
+        names = {f for _, f, _, _ in string.Formatter().parse(v.knowledge_template) if f is not None}
+    except ValueError as exc:
+        raise ConfigError(f"data.views.knowledge_template: {exc} in {v.knowledge_template!r}; write a literal brace "
+                          f"as {{{{ or }}}}") from None
+    unknown = sorted(names - {"knowledge", "query"})
+    shown = ", ".join("{" + n + "}" for n in unknown)
+    _check(not unknown, f"data.views.knowledge_template: unknown placeholder(s) {shown}; allowed: {{knowledge}} and "
+           f"{{query}} (a literal brace is {{{{ or }}}})")
+    _check(not v.teacher_knowledge or {"knowledge", "query"} <= names,
+           f"data.views.knowledge_template: {v.knowledge_template!r} must hold both {{knowledge}} and {{query}} (set "
+           f"data.views.teacher_knowledge: false for a teacher without knowledge)")
+    for i, shot in enumerate(v.few_shot):
+        ok = isinstance(shot, dict) and set(shot) == {"query", "response"} and all(
+            isinstance(x, str) and x.strip() for x in shot.values())
+        _check(ok, f"data.views.few_shot[{i}]: {shot!r}; each example is {{query: text, response: text}}")
+    for name in ("system_prompt", "student_system_prompt"):
+        _check(isinstance(getattr(v, name), str), f"data.views.{name}: must be text")
 
 
 def to_dict(cfg: Any) -> dict:

@@ -67,7 +67,8 @@ MAX_NEW = {"arith": 40, "facts": 16}
 def _train(config: str, out: Path, overrides: list[str], sft: bool) -> float:
     cfg = load_config(config, overrides + [f"train.output_dir={out}", "train.save_every=0", "train.progress=false",
                                           "train.threads=1", "train.eval_every=0",
-                                          "train.eval_samples=32"])
+                                          "train.eval_samples=32",
+                                          "train.overwrite=true"])  # a demo again into --out replaces its runs
     start = time.perf_counter()
     run_training(cfg, sft=sft)
     return time.perf_counter() - start

@@ -29,8 +29,11 @@ PRESETS = {
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+PRESET_NAMES = (*PRESETS, "builtin-teacher")
+
+
 def is_preset(spec: str) -> bool:
-    return spec in PRESETS or spec == "builtin-teacher"
+    return spec in PRESET_NAMES
 
 
 def preset_config(name: str, tokenizer: PreTrainedTokenizerBase) -> LlamaConfig:
@@ -58,15 +61,89 @@ def _builtin_path(spec: str) -> str:
     return spec
 
 
+# What makes a missing folder: the hint for the paths the shipped configs name.
+MAKE_HINTS = {
+    "builtin/student/final": "it is the built-in student's warm start: make it with `specdistill sft "
+                             "configs/builtin/student.yaml` (about 2 minutes on 2 CPU cores; it writes "
+                             "runs/builtin/student/final), or set model.student=tiny-student to start from random "
+                             "weights",
+}
+
+
+def _looks_local(spec: str) -> bool:
+    """A spec that can only mean a local folder (a hub id is `name` or `org/name`)."""
+    path = Path(spec)
+    return (spec.startswith((".", "/", "~", "\\")) or spec.endswith("/") or len(path.parts) > 2 or "\\" in spec
+            or (len(path.parts) == 2 and Path(path.parts[0]).is_dir()))
+
+
+def check_model_spec(spec, role: str = "model", need_config: bool = True) -> None:
+    """Refuse, before transformers sees it, a model spec that cannot load: not a string, a local-looking path
+    that does not exist (with how to make the shipped configs' folders), a file, or a folder without config.json.
+    role: how to name the spec in the error (`model.student`, `--draft`, ...); need_config: False for a
+    tokenizer-only folder. Hub ids pass unchecked."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise UserError(f"{role}: {spec!r} is not a model; give a model folder, a hub id or a preset "
+                        f"({', '.join(PRESET_NAMES)})")
+    if is_preset(spec):
+        return
+    path = Path(spec).expanduser()
+    if path.is_file():
+        raise UserError(f"{role}={spec}: is a file; give a Hugging Face model folder (with config.json), a hub id "
+                        f"or a preset ({', '.join(PRESET_NAMES)})")
+    if path.is_dir():
+        if need_config and not (path / "config.json").exists():
+            raise UserError(f"{role}={spec}: the folder holds no config.json, so it is not a Hugging Face model "
+                            f"folder (a run's model is in its final/ folder, a checkpoint's in model/)")
+        return
+    if _looks_local(spec):
+        hint = next((h for tail, h in MAKE_HINTS.items() if path.as_posix().rstrip("/").endswith(tail)), None)
+        if hint is None and path.name == "final":
+            hint = (f"a run writes final/ when it finishes: run the config whose train.output_dir is {path.parent} "
+                    f"first")
+        hint = hint or f"give a model folder, a hub id or a preset ({', '.join(PRESET_NAMES)})"
+        raise UserError(f"{role}={spec}: no such folder; {hint}")
+
+
+def _from_pretrained(load, spec: str, what: str, **kwargs):
+    """transformers' from_pretrained, whose can't-find/can't-connect errors become one UserError naming the spec."""
+    from huggingface_hub.errors import HFValidationError
+
+    path = _builtin_path(spec)  # outside the try: a missing built-in teacher says how to make it
+    try:
+        return load(path, **kwargs)
+    except (OSError, HFValidationError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"cannot load the {what} of {spec!r}: it is not a model folder, a preset "
+                        f"({', '.join(PRESET_NAMES)}) or a hub id that can be reached ({first})") from exc
+
+
 def load_tokenizer(spec: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     """The tokenizer of a folder/hub id, or the built-in one for presets. Padding is always on the left."""
     if spec in PRESETS:
         return build_tokenizer()
-    tok = AutoTokenizer.from_pretrained(_builtin_path(spec), trust_remote_code=trust_remote_code)
+    check_model_spec(spec, need_config=False)
+    tok = _from_pretrained(AutoTokenizer.from_pretrained, spec, "tokenizer", trust_remote_code=trust_remote_code)
     tok.padding_side = "left"
     if tok.pad_token is None:  # many base models ship without one; the pad id is masked out everywhere
         tok.pad_token = tok.eos_token
     return tok
+
+
+def check_device(spec: str, role: str = "device") -> None:
+    """Refuse a device spec torch cannot parse, or a CUDA device on a machine without CUDA (auto and paired are
+    resolved later: `resolve_device`)."""
+    if spec in ("auto", "paired"):
+        return
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, TypeError):
+        raise UserError(f"{role}: {spec!r} is not a device; use auto, cpu, cuda, cuda:N (or paired for the "
+                        f"teacher/student pair)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"{role}: {spec!r} needs CUDA, which this machine does not have; use auto or cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UserError(f"{role}: {spec!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
 
 
 def resolve_device(spec: str, role: str = "student", local_rank: int | None = None) -> torch.device:
@@ -75,7 +152,7 @@ def resolve_device(spec: str, role: str = "student", local_rank: int | None = No
     rank = int(os.environ.get("LOCAL_RANK", 0)) if local_rank is None else local_rank
     if spec == "paired":
         if not torch.cuda.is_available():
-            raise ValueError("device 'paired' needs CUDA: rank r uses cuda:2r (student) and cuda:2r+1 (teacher)")
+            raise UserError("device 'paired' needs CUDA: rank r uses cuda:2r (student) and cuda:2r+1 (teacher)")
         return torch.device(f"cuda:{2 * rank + (role == 'teacher')}")
     if spec == "auto":
         return torch.device(f"cuda:{rank}" if torch.cuda.is_available() else "cpu")
@@ -92,16 +169,25 @@ def load_model(
 ) -> torch.nn.Module:
     """A causal LM from a preset (seeded random init) or through `AutoModelForCausalLM.from_pretrained`."""
     if dtype not in DTYPES:
-        raise ValueError(f"dtype {dtype!r} is not allowed; allowed: {', '.join(DTYPES)}")
+        raise UserError(f"dtype {dtype!r} is not allowed; allowed: {', '.join(DTYPES)}")
     if spec in PRESETS:
         torch.manual_seed(seed)
         model = LlamaForCausalLM(preset_config(spec, tokenizer or build_tokenizer()))
         model = model.to(dtype=DTYPES[dtype])
     else:
-        model = AutoModelForCausalLM.from_pretrained(
-            _builtin_path(spec), dtype=DTYPES[dtype], trust_remote_code=trust_remote_code
-        )
+        check_model_spec(spec)
+        model = _from_pretrained(AutoModelForCausalLM.from_pretrained, spec, "model", dtype=DTYPES[dtype],
+                                 trust_remote_code=trust_remote_code)
     return model.to(device)
+
+
+def max_positions(model: torch.nn.Module) -> int | None:
+    """The positions a model was built for (its text config's max_position_embeddings), or None when unknown."""
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "get_text_config"):
+        config = config.get_text_config()
+    value = getattr(config, "max_position_embeddings", None)
+    return value if isinstance(value, int) and value > 0 else None
 
 
 def embedding_rows(model: torch.nn.Module) -> int:

@@ -24,6 +24,7 @@ import json
 import math
 import os
 import time
+import warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,12 +40,13 @@ from .config import Config, ConfigError, rollout_at, rollout_stages, save_config
 from .data.mixture import MixtureStream
 from .data.records import load_records
 from .data.tasks import get_task
-from .data.views import collate, encode_example
+from .data.views import check_encodable, check_positions, collate, encode_example, record_texts
 from .engine.compiling import compiled_model
 from .engine.sampling import derive_seed
 from .evaluate.quality import evaluate_records
 from .data.templates import end_token_ids
-from .models import check_same_tokenizer, check_vocab, embedding_rows, load_model, load_tokenizer, resolve_device
+from .models import (check_model_spec, check_same_tokenizer, check_vocab, embedding_rows, load_model, load_tokenizer,
+                     max_positions, resolve_device)
 from .rollout import RolloutBatch, dataset_rollout, make_rollout, rollout_metrics, rollout_sources
 from .scoring import eval_mode, response_logits, top1_agreements
 
@@ -84,6 +86,7 @@ class Run:
 def setup(cfg: Config, sft: bool = False) -> Run:
     """Models, data, optimizer and schedule; resume from a checkpoint when asked (train.resume, $RESUME_CHECKPOINT)."""
     _check_trackers(cfg.train.trackers)
+    _check_models(cfg, sft)
     acc = Accelerator(
         gradient_accumulation_steps=1,  # micro-batches are accumulated by train_step, normalised by token count
         mixed_precision=cfg.train.mixed_precision, log_with=cfg.train.trackers or None,
@@ -94,6 +97,7 @@ def setup(cfg: Config, sft: bool = False) -> Run:
         torch.set_num_threads(cfg.train.threads)
     out, m = Path(cfg.train.output_dir), cfg.model
     resume = checkpoint.resolve_resume(cfg.train.resume, out)
+    _claim_output(acc, cfg, out, resume)
     device = student_device(acc, m.student_device)
     tokenizer = load_tokenizer(m.tokenizer or m.student, m.trust_remote_code)
     if needs_teacher(cfg, sft) and m.teacher and not m.tokenizer:  # before any model loads: ids must mean the same
@@ -113,16 +117,53 @@ def setup(cfg: Config, sft: bool = False) -> Run:
     _configure_deepspeed(acc, cfg)
     student, optimizer = _prepare(acc, student, optimizer, device)
     datasets = [load_records(d, cfg.data.seed) for d in cfg.data.train]
+    validation = load_records(cfg.data.validation, cfg.data.seed) if cfg.data.validation is not None else []
+    check_encodable(record_texts([r for d in datasets for r in d] + validation, cfg.data.views), tokenizer,
+                    f"the tokenizer of {m.tokenizer or m.student}")
     stream = MixtureStream(datasets, [d.weight for d in cfg.data.train], cfg.data.schedule, cfg.train.max_steps,
                            cfg.train.seed)
     run = Run(cfg, acc, tokenizer, student, teacher, optimizer, scheduler, stream, vocab, sft, out, device, t_device)
-    if cfg.data.validation is not None:
-        run.validation = load_records(cfg.data.validation, cfg.data.seed)[: cfg.train.eval_samples]
+    run.validation = validation[: cfg.train.eval_samples]
     run.score_student, run.score_teacher = _scorers(run)
     if resume is not None:
         _restore_state(run, resume)
     _start_logs(run)
     return run
+
+
+def _check_models(cfg: Config, sft: bool) -> None:
+    """Every model the run loads must be able to load: checked before anything else (models.check_model_spec).
+    A warmup as long as the run is warned of (config.validate refuses only one that trains nothing)."""
+    m = cfg.model
+    check_model_spec(m.student, "model.student")
+    if m.tokenizer:
+        check_model_spec(m.tokenizer, "model.tokenizer", need_config=False)
+    if needs_teacher(cfg, sft):
+        if not m.teacher:
+            raise ConfigError(f"loss {cfg.loss.name!r} / rollout {cfg.rollout.strategy!r} needs a teacher: "
+                              f"set model.teacher")
+        check_model_spec(m.teacher, "model.teacher")
+    t = cfg.train
+    if t.warmup_steps >= t.max_steps:
+        warnings.warn(f"train.warmup_steps={t.warmup_steps} >= train.max_steps={t.max_steps}: the run ends inside its "
+                      f"warmup, its last step at {(t.max_steps - 1) / t.warmup_steps:.0%} of train.lr")
+
+
+def run_config(cfg: Config) -> dict:
+    """The resolved config as plain JSON values: what a checkpoint records and a resume compares."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def _claim_output(acc: Accelerator, cfg: Config, out: Path, resume: Path | None) -> None:
+    """Refuse to overwrite or adopt another run's files (checkpoint.check_run_folder): every rank checks before any
+    rank writes; with train.overwrite the main process then removes the earlier run's files."""
+    auto = (os.environ.get("RESUME_CHECKPOINT") or cfg.train.resume) == "auto"
+    replaced = checkpoint.check_run_folder(out, resume, run_config(cfg), auto, cfg.train.overwrite)
+    acc.wait_for_everyone()
+    if replaced and acc.is_main_process:
+        acc.print(f"train.overwrite: removing the earlier run's {', '.join(p.name for p in replaced)} from {out}")
+        checkpoint.remove_run_files(replaced)
+    acc.wait_for_everyone()
 
 
 def _scorers(run: Run) -> tuple:
@@ -338,6 +379,10 @@ def encode(run: Run, records) -> list:
     if run.sft and run.cfg.data.views.sft_view == "teacher":
         for e in examples:
             e.student_prompt = e.teacher_prompt
+    budget = max(run.cfg.data.views.max_response_tokens, run.cfg.rollout.max_new_tokens)  # response or rollout
+    check_positions(examples, budget, max_positions(run.accelerator.unwrap_model(run.student)),
+                    max_positions(run.teacher) if run.teacher is not None else None,
+                    "the larger of data.views.max_response_tokens and rollout.max_new_tokens")
     return examples
 
 
@@ -595,7 +640,7 @@ def save(run: Run) -> Path:
     """A checkpoint of the current step in <output_dir>/checkpoints (atomic; the last train.keep_last are kept)."""
     acc = run.accelerator
     state = {"cursor": run.stream.state_dict()["cursor"], "bad_steps": run.bad_steps,
-             "skipped_steps": run.skipped_steps}
+             "skipped_steps": run.skipped_steps, "config": run_config(run.cfg)}  # resume checks the config
     return checkpoint.save_checkpoint(
         run.out, run.step, lambda folder: write_student(run, folder), run.optimizer, run.scheduler, state,
         acc.process_index, acc.is_main_process, acc.wait_for_everyone, run.cfg.train.keep_last,
@@ -623,13 +668,14 @@ def _load_student_weights(student, path: Path, lora: bool) -> None:
 
     adapter = path / "adapter"
     if not adapter.exists():
-        raise FileNotFoundError(f"cannot resume a LoRA run from {path}: it has no adapter/ folder (it was saved "
-                                f"without LoRA; start from its model/ folder with model.student instead)")
+        raise checkpoint.CheckpointError(f"cannot resume a LoRA run from {path}: it has no adapter/ folder (it was "
+                                         f"saved without LoRA; start from its model/ folder with model.student "
+                                         f"instead)")
     result = set_peft_model_state_dict(student, checkpoint.read_safetensors(adapter))
     missing = [k for k in result.missing_keys if "lora_" in k]
     if result.unexpected_keys or missing:
-        raise ValueError(f"the adapter in {adapter} does not match model.lora: missing {missing[:5]}, "
-                         f"unexpected {list(result.unexpected_keys)[:5]}")
+        raise checkpoint.CheckpointError(f"the adapter in {adapter} does not match model.lora: missing "
+                                         f"{missing[:5]}, unexpected {list(result.unexpected_keys)[:5]}")
 
 
 def _restore_state(run: Run, path: Path) -> None:
@@ -638,6 +684,24 @@ def _restore_state(run: Run, path: Path) -> None:
     run.step, run.bad_steps, run.skipped_steps = state["step"], state["bad_steps"], state["skipped_steps"]
     run.stream.load_state_dict(state)
     run.accelerator.print(f"resumed from {path} at step {run.step}")
+    _apply_resumed_lr(run, (state.get("config") or {}).get("train", {}).get("lr"))
+
+
+def _apply_resumed_lr(run: Run, saved: float | None) -> None:
+    """A train.lr other than the checkpoint run's (to go on after a divergence, say) applies from the resumed step
+    on: the schedule keeps its shape and scales to the new peak rate. Said, and recorded in config.yaml and in the
+    next checkpoints, never silently overridden by the restored schedule."""
+    new = run.cfg.train.lr
+    if saved is None or saved == new:
+        return
+    scheduler = run.scheduler
+    scheduler.base_lrs = [new] * len(scheduler.base_lrs)
+    for group, factor in zip(run.optimizer.param_groups, scheduler.lr_lambdas):
+        group["initial_lr"] = new
+        group["lr"] = new * factor(scheduler.last_epoch)
+    scheduler._last_lr = [group["lr"] for group in run.optimizer.param_groups]
+    run.accelerator.print(f"train.lr: {saved} in the checkpoint's run, {new} from step {run.step + 1} on (the rest of "
+                          f"the schedule scales to it)")
 
 
 def _truncate_logs(out: Path, step: int) -> None:
@@ -702,6 +766,10 @@ def _bar_fields(metrics: dict) -> dict:
 def cleanup(run: Run) -> None:
     if run.cfg.train.trackers:
         run.accelerator.end_training()
+    _forget_accelerate_settings()
+
+
+def _forget_accelerate_settings() -> None:
     # accelerate keeps its settings process-wide; forget them (not the process group) so that a later run in this
     # process (the demo, a sweep, a notebook) may choose another train.mixed_precision.
     AcceleratorState._reset_state(reset_partial_state=False)
@@ -710,7 +778,11 @@ def cleanup(run: Run) -> None:
 
 def run_training(cfg: Config, sft: bool = False) -> dict:
     """setup -> train -> cleanup. The trained model is at <output_dir>/final."""
-    run = setup(cfg, sft)
+    try:
+        run = setup(cfg, sft)
+    except BaseException:  # a refused input (a used folder, a bad record) leaves no settings behind either
+        _forget_accelerate_settings()
+        raise
     try:
         return train(run)
     finally:

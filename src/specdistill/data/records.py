@@ -1,11 +1,15 @@
-"""Records and readers: JSON, JSONL, CSV and parquet through `datasets`, built-in tasks, field mapping, checks.
+"""Records and readers: JSON, JSONL, CSV and parquet, built-in tasks, field mapping, checks.
 
 A record is {id, query, knowledge?, response?}. `knowledge` is privileged: only the teacher's view shows it.
-Every bad record is reported with its line (JSONL, CSV) or index (JSON array, parquet) and the reason.
+One reader (`scan_records`) serves `specdistill data check`, training, eval and bench, so they agree on every
+record. Every bad record is reported with its line (JSONL, CSV) or index (JSON array, parquet) and the reason;
+bytes that are not UTF-8 with their line and byte offset.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +33,11 @@ class Record:
     knowledge: str | None = None
     response: str | None = None
     extra: dict = field(default_factory=dict)  # the raw row, for scorers (e.g. the final `answer`)
+    where: str = ""  # where it was read: "file.jsonl:12", "file.json[3]", "arith/train[5]" (errors name it)
+
+    def label(self) -> str:
+        """How errors name the record: its id and, when known, its file and line."""
+        return f"record {self.id}" + (f" ({self.where})" if self.where else "")
 
 
 @dataclass
@@ -41,14 +50,33 @@ class Problem:
 
 
 def detect_format(path: str | Path, fmt: str = "auto") -> str:
+    """The reader for `path`: `fmt` when given (lupi is read as json), else from the suffix; a `.json` file whose
+    first character is not `[` holds JSON lines."""
+    if Path(path).is_dir():
+        raise DataError(f"{path}: is a folder; give a data file (JSON, JSONL, CSV or parquet)")
     if fmt != "auto":
         return "json" if fmt == "lupi" else fmt
     suffix = Path(path).suffix.lower()
     if suffix not in FORMATS:
         raise DataError(f"{path}: cannot tell the format from {suffix!r}; set format to one of json, jsonl, csv, parquet, lupi")
-    if suffix == ".json" and Path(path).read_text(encoding="utf-8").lstrip()[:1] != "[":
+    if suffix == ".json" and _first_byte(path) != b"[":
         return "jsonl"  # a .json file holding one object per line
     return FORMATS[suffix]
+
+
+def _first_byte(path: str | Path) -> bytes:
+    with open(_existing_file(path), "rb") as fh:
+        head = fh.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")  # a UTF-8 byte-order mark, then whitespace
+    return head[:1]
+
+
+def _existing_file(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"data file not found: {path}")
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder; give a data file (JSON, JSONL, CSV or parquet)")
+    return path
 
 
 def _where(path: str | Path, fmt: str, index: int) -> str:
@@ -60,41 +88,128 @@ def _where(path: str | Path, fmt: str, index: int) -> str:
     return f"{name}[{index}]"
 
 
-def scan_json_lines(path: str | Path) -> tuple[list[dict], list[Problem]]:
-    """Parse a JSONL file line by line, so that a broken line is reported with its number."""
-    rows, problems = [], []
-    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
+def decode_utf8(data: bytes, where: str, offset: int = 0) -> str:
+    """UTF-8 text (a leading byte-order mark dropped), or a DataError naming the line and the byte offset of the
+    first byte that is not UTF-8. where: the file's name, or `name:line` for one line (offset: the line's start)."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        at = where if ":" in where else f"{where}:{line}"
+        raise DataError(f"{at}: not UTF-8 text (byte 0x{data[exc.start]:02x} at byte offset {offset + exc.start} of "
+                        f"the file); save the file as UTF-8") from None
+
+
+@dataclass
+class Scan:
+    """What a file holds, row by row: each readable row with its location, every problem, and the row count."""
+
+    rows: list[tuple[str, dict]]  # (where, raw row)
+    problems: list[Problem]
+    count: int  # rows seen, bad ones included
+    fmt: str  # the reader used (json for lupi)
+
+
+def _scan_jsonl(path: Path) -> Scan:
+    """One object per line; a broken line, a line that is not an object or not UTF-8 is a problem at its line."""
+    rows, problems, count, offset = [], [], 0, 0
+    for n, raw in enumerate(path.read_bytes().split(b"\n"), start=1):
+        start, offset = offset, offset + len(raw) + 1
+        if not raw.strip():
             continue
+        count += 1
+        where = f"{path.name}:{n}"
         try:
-            row = json.loads(line)
+            row = json.loads(decode_utf8(raw, where, start))
+        except DataError as exc:
+            problems.append(Problem(where, str(exc).split(": ", 1)[1]))
+            continue
         except json.JSONDecodeError as exc:
-            problems.append(Problem(f"{Path(path).name}:{n}", f"broken JSON ({exc.msg} at column {exc.colno})"))
+            problems.append(Problem(where, f"broken JSON ({exc.msg} at column {exc.colno})"))
             continue
         if not isinstance(row, dict):
-            problems.append(Problem(f"{Path(path).name}:{n}", f"expected a JSON object, got {type(row).__name__}"))
+            problems.append(Problem(where, f"expected a JSON object, got {type(row).__name__}"))
             continue
-        rows.append(row)
-    return rows, problems
+        rows.append((where, row))
+    return Scan(rows, problems, count, "jsonl")
+
+
+def _scan_json(path: Path) -> Scan:
+    """A JSON array of objects; an element that is not an object is a problem at its index."""
+    try:
+        data = json.loads(decode_utf8(path.read_bytes(), path.name))
+    except json.JSONDecodeError as exc:
+        return Scan([], [Problem(f"{path.name}:{exc.lineno}", f"broken JSON ({exc.msg} at column {exc.colno})")], 0,
+                    "json")
+    if not isinstance(data, list):
+        found = f"an object with keys {', '.join(map(str, data))}" if isinstance(data, dict) else type(data).__name__
+        return Scan([], [Problem(path.name, f"a .json dataset must be a list of objects (or JSON lines); found "
+                                            f"{found}")], 0, "json")
+    rows, problems = [], []
+    for i, row in enumerate(data):
+        where = f"{path.name}[{i}]"
+        if isinstance(row, dict):
+            rows.append((where, row))
+        else:
+            problems.append(Problem(where, f"expected an object, got {type(row).__name__}"))
+    return Scan(rows, problems, len(data), "json")
+
+
+def _scan_csv(path: Path) -> Scan:
+    """A header line, then one record per row; every value is text. An empty cell of an optional field
+    (knowledge, response, ...) means the field is absent; a row with more cells than the header is a problem."""
+    reader = csv.DictReader(io.StringIO(decode_utf8(path.read_bytes(), path.name), newline=""))
+    rows, problems, count = [], [], 0
+    start = 2  # the line the next row starts on (a quoted cell may span lines)
+    try:
+        for row in reader:
+            count += 1
+            where = f"{path.name}:{start}"
+            start = reader.line_num + 1
+            if None in row:
+                problems.append(Problem(where, f"{len(reader.fieldnames) + len(row[None])} cells, but the header "
+                                               f"has {len(reader.fieldnames)}"))
+                continue
+            rows.append((where, {k: v for k, v in row.items() if v is not None}))
+    except csv.Error as exc:
+        problems.append(Problem(f"{path.name}:{reader.line_num}", f"broken CSV ({exc})"))
+    return Scan(rows, problems, count, "csv")
+
+
+def _scan_parquet(path: Path) -> Scan:
+    import pyarrow.parquet as pq
+
+    try:
+        data = pq.read_table(path).to_pylist()
+    except Exception as exc:  # noqa: BLE001 - pyarrow's errors have many types; the message says what is wrong
+        return Scan([], [Problem(path.name, f"cannot read as parquet ({type(exc).__name__}: "
+                                            f"{str(exc).splitlines()[0] if str(exc) else 'no reason given'})")],
+                    0, "parquet")
+    return Scan([(f"{path.name}[{i}]", row) for i, row in enumerate(data)], [], len(data), "parquet")
+
+
+SCANNERS = {"jsonl": _scan_jsonl, "json": _scan_json, "csv": _scan_csv, "parquet": _scan_parquet}
+
+
+def scan_rows(path: str | Path, fmt: str = "auto") -> Scan:
+    """Every row of a data file with its location (line for JSONL and CSV, index for a JSON array and parquet),
+    and every problem of the file's structure (broken lines, bytes that are not UTF-8, rows that are not
+    objects, an empty file). The one reader behind `data check`, training, eval and bench."""
+    kind = detect_format(path, fmt)
+    path = _existing_file(path)
+    scan = SCANNERS[kind](path)
+    if scan.count == 0 and not scan.problems:
+        empty = not path.read_bytes().strip()
+        scan.problems.append(Problem(path.name, "holds no records" + (" (the file is empty)" if empty else "")))
+    return scan
 
 
 def read_rows(path: str | Path, fmt: str = "auto") -> list[dict]:
-    """All rows of a file as dicts, read through `datasets`; a file it cannot parse is reported precisely."""
-    import datasets
-
-    if not Path(path).exists():
-        raise DataError(f"data file not found: {path}")
-    kind = detect_format(path, fmt)
-    builder = "json" if kind in ("json", "jsonl") else kind
-    try:
-        ds = datasets.load_dataset(builder, data_files=str(path), split="train")
-    except Exception as exc:  # noqa: BLE001 - re-raised with the exact bad lines where we can find them
-        if kind == "jsonl":
-            _, problems = scan_json_lines(path)
-            if problems:
-                raise DataError("\n".join(map(str, problems))) from None
-        raise DataError(f"{path}: cannot read as {kind}: {exc}") from None
-    return ds.to_list()
+    """All rows of a file as dicts; a problem of the file's structure is a DataError naming its line or index."""
+    scan = scan_rows(path, fmt)
+    if scan.problems:
+        raise DataError(_summary(path, scan.problems, scan.count))
+    return [row for _, row in scan.rows]
 
 
 def _pick(row: dict, keys: list[str]):
@@ -108,6 +223,9 @@ def to_record(row: dict, fields: FieldMap, where: str, index: int) -> Record | P
     """Map one raw row to a Record, or say why it cannot be one."""
     qkey, query = _pick(row, fields.query)
     if qkey is None:
+        present = [k for k in fields.query if k in row]  # there, but null
+        if present:
+            return Problem(where, f"field {present[0]!r} is empty (null)")
         return Problem(where, f"missing query field (looked for {', '.join(fields.query)}; keys present: {', '.join(map(str, row))})")
     if not isinstance(query, str):
         return Problem(where, f"field {qkey!r} must be a string, got {type(query).__name__} {query!r}")
@@ -118,61 +236,78 @@ def to_record(row: dict, fields: FieldMap, where: str, index: int) -> Record | P
         key, value = _pick(row, getattr(fields, name))
         if key is not None and not isinstance(value, str):
             return Problem(where, f"field {key!r} must be a string, got {type(value).__name__} {value!r}")
+        if name == "response" and key is not None and not value.strip():
+            return Problem(where, f"field {key!r} is empty (leave it out of a record that has no reference answer)")
         values[name] = value
-    _, rid = _pick(row, fields.id)
+    idkey, rid = _pick(row, fields.id)
+    if idkey is not None and (isinstance(rid, bool) or not isinstance(rid, (str, int))):
+        return Problem(where, f"field {idkey!r} must be a string or an integer, got {type(rid).__name__} {rid!r}")
     return Record(id=str(rid if rid is not None else index), query=query, extra=row, **values)
 
 
 def rows_to_records(rows: list[dict], fields: FieldMap, where) -> tuple[list[Record], list[Problem]]:
-    records, problems = [], []
+    """Records of rows located by where(i); a row that is not a record, or that repeats an id, is a problem."""
+    records, problems, seen = [], [], {}
     for i, row in enumerate(rows):
         item = to_record(row, fields, where(i), i)
+        if isinstance(item, Record) and item.id in seen:
+            item = Problem(where(i), f"id {item.id!r} repeats the id of {seen[item.id]}; ids must be unique")
+        if isinstance(item, Record):
+            seen[item.id] = item.where = where(i)
         (problems if isinstance(item, Problem) else records).append(item)
     return records, problems
 
 
-def check_file(path: str | Path, fields: FieldMap | None = None, fmt: str = "auto") -> tuple[int, list[Problem]]:
-    """(number of rows, every problem found): broken lines, missing fields, empty queries, wrong types."""
+def scan_records(path: str | Path, fields: FieldMap | None = None, fmt: str = "auto"
+                 ) -> tuple[list[Record], list[Problem], int]:
+    """(records, every problem, rows seen) of a data file: the one path `data check` and training share.
+    Problems are in file order for line-numbered formats (JSONL, CSV); else the file's structure first."""
     fields = fields or FieldMap()
-    kind = detect_format(path, fmt)
-    if kind == "jsonl":
-        rows, problems = scan_json_lines(path)
-        # Line numbers of the rows that parsed, so that field problems name the right line.
-        lines = [n for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines()) if line.strip()]
-        good = [n for n in lines if not any(p.where == f"{Path(path).name}:{n + 1}" for p in problems)]
-        _, more = rows_to_records(rows, fields, lambda i: f"{Path(path).name}:{good[i] + 1}")
-        return len(lines), sorted(problems + more, key=lambda p: int(p.where.rsplit(":", 1)[1]))
-    if kind == "json":
-        try:
-            rows = json.loads(Path(path).read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            return 0, [Problem(f"{Path(path).name}:{exc.lineno}", f"broken JSON ({exc.msg} at column {exc.colno})")]
-        if not isinstance(rows, list):
-            return 0, [Problem(Path(path).name, "a .json dataset must be a list of objects (or use JSON lines)")]
-        bad = [Problem(_where(path, kind, i), f"expected an object, got {type(r).__name__}") for i, r in enumerate(rows) if not isinstance(r, dict)]
-        rows = [r if isinstance(r, dict) else {} for r in rows]
-    else:
-        rows, bad = read_rows(path, kind), []
-    _, problems = rows_to_records(rows, fields, lambda i: _where(path, kind, i))
-    problems = [p for p in problems if p.where not in {b.where for b in bad}]
-    return len(rows), bad + problems
+    scan = scan_rows(path, fmt)
+    rows = scan.rows
+    records, problems = rows_to_records([r for _, r in rows], fields, lambda i: rows[i][0])
+    if fmt == "lupi":
+        keys = sorted(LUPI_KEYS)
+        problems += [Problem(w, f"format lupi needs the keys {keys}; found {sorted(map(str, r))}")
+                     for w, r in rows if not LUPI_KEYS <= set(r)]
+    problems = scan.problems + problems
+    if scan.fmt in ("jsonl", "csv"):
+        problems.sort(key=_line_of)
+    return records, problems, scan.count
+
+
+def _line_of(problem: Problem) -> int:
+    tail = problem.where.rsplit(":", 1)[-1]
+    return int(tail) if tail.isdigit() else 0
+
+
+def check_file(path: str | Path, fields: FieldMap | None = None, fmt: str = "auto") -> tuple[int, list[Problem]]:
+    """(number of rows, every problem found): broken lines, missing fields, empty queries, wrong types,
+    repeated ids, bytes that are not UTF-8, an empty file."""
+    _, problems, count = scan_records(path, fields, fmt)
+    return count, problems
+
+
+def _summary(path, problems: list[Problem], count: int, shown: int = 3) -> str:
+    """One line: how many records are bad, the first few, and how to see them all."""
+    if len(problems) == 1 and problems[0].where == Path(path).name:
+        return f"{path}: {problems[0].reason}"
+    first = "; ".join(map(str, problems[:shown]))
+    more = f"; ... and {len(problems) - shown} more" if len(problems) > shown else ""
+    return (f"{path}: {len(problems)} bad record(s) of {count}: {first}{more} (`specdistill data check {path}` "
+            f"lists them all)")
 
 
 def load_records(cfg: DatasetConfig, seed: int = 0) -> list[Record]:
-    """The records of one configured dataset; any bad record is an error that lists them all."""
+    """The records of one configured dataset; any bad record is an error that names the first ones."""
     if cfg.task is not None:
         rows = load_task(cfg.task, cfg.split, seed)
         records, problems = rows_to_records(rows, cfg.fields, lambda i: f"{cfg.task}/{cfg.split}[{i}]")
+        count = len(rows)
     else:
-        kind = detect_format(cfg.path, cfg.format)
-        rows = read_rows(cfg.path, cfg.format)
-        if cfg.format == "lupi" and rows and not LUPI_KEYS <= set(rows[0]):
-            raise DataError(f"{cfg.path}: format lupi needs the keys {sorted(LUPI_KEYS)}; found {sorted(rows[0])}")
-        records, problems = rows_to_records(rows, cfg.fields, lambda i: _where(cfg.path, kind, i))
+        records, problems, count = scan_records(cfg.path, cfg.fields, cfg.format)
     if problems:
-        shown = "\n".join(map(str, problems[:20]))
-        more = f"\n... and {len(problems) - 20} more" if len(problems) > 20 else ""
-        raise DataError(f"{len(problems)} bad record(s):\n{shown}{more}\n(run `specdistill data check FILE` for all)")
+        raise DataError(_summary(cfg.path or f"task {cfg.task}", problems, count))
     return records[: cfg.limit] if cfg.limit is not None else records
 
 

@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
+from ..errors import UserError
+
 # arith: 200 validation and 500 test problems, the rest train. facts: 150 validation facts, the other 300 test.
 SPLIT_SIZES = {"arith": {"validation": 200, "test": 500}, "facts": {"validation": 150}}
 
@@ -128,7 +130,7 @@ TASKS = {
 
 def get_task(name: str) -> Task:
     if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; built-in tasks are: {', '.join(TASKS)}")
+        raise UserError(f"unknown task {name!r}; built-in tasks are: {', '.join(TASKS)}")
     return TASKS[name]
 
 
@@ -136,7 +138,7 @@ def load_task(name: str, split: str, seed: int = 0) -> list[dict]:
     """Records of a built-in task split ('train', 'validation' or 'test'), identical for the same seed."""
     get_task(name)
     if split not in ("train", "validation", "test"):
-        raise ValueError(f"unknown split {split!r}; allowed: train, validation, test")
+        raise UserError(f"unknown split {split!r}; allowed: train, validation, test")
     if name == "facts":
         records = _facts_splits(seed)[split]
     else:

@@ -100,6 +100,78 @@ def fit_view(record: Record, tokenizer, views: ViewConfig, teacher: bool) -> lis
                     f"raise data.views.{field} or shorten the record")
 
 
+def check_positions(examples: list[Example], budget: int, student_positions: int | None,
+                    teacher_positions: int | None = None, budget_name: str = "new tokens") -> None:
+    """Refuse a prompt that leaves too few of its model's positions for `budget` new tokens (the response or
+    the generated answer): past max_position_embeddings a model decodes garbage. A DataError names the first
+    such record and what to change. positions None: no limit known (the check is skipped for that view).
+    budget_name: what sets the budget, for the message (e.g. "--max-new-tokens")."""
+    for e in examples:
+        for view, ids, positions in (("student", e.student_prompt, student_positions),
+                                     ("teacher", e.teacher_prompt, teacher_positions)):
+            if positions is not None and len(ids) + budget > positions:
+                field = "max_teacher_prompt_tokens" if view == "teacher" else "max_prompt_tokens"
+                raise DataError(
+                    f"{e.record.label()}: the {view} view is {len(ids)} tokens, and with {budget} new tokens "
+                    f"({budget_name}) it needs {len(ids) + budget} positions, but the {view} model has {positions} "
+                    f"(max_position_embeddings); the prompt is refused, not cut: lower data.views.{field} to at "
+                    f"most {positions - budget} (views are cut by their stated rule), shorten the record, or lower "
+                    f"{budget_name}")
+
+
+UNKNOWN_SHARE = 0.25  # a text with more unknown tokens than this share cannot be trained or scored meaningfully
+ASCII_CHECKED = 256  # plain-ASCII texts checked (the first ones): any tokenizer that encodes some encodes all
+
+
+def check_encodable(texts, tokenizer, name: str = "the tokenizer") -> None:
+    """Refuse text that the tokenizer mostly cannot encode (Korean through the built-in character tokenizer:
+    every character becomes <unk>). texts: (label, text) pairs, such as ("--prompt", "..."), or from
+    `record_texts`; a DataError names the first text whose tokens are more than UNKNOWN_SHARE unknown, and its
+    first unknown character. A tokenizer without an unknown token (byte-level BPE) encodes everything: nothing is
+    checked. Every text with a character outside ASCII is checked, and the first ASCII_CHECKED plain-ASCII texts
+    (a tokenizer that encodes those encodes the rest: checking all of the built-in tasks' texts would add a
+    second to each run)."""
+    unk = tokenizer.unk_token_id
+    if unk is None:
+        return
+    kept, ascii_seen = [], 0
+    for label, text in texts:
+        if text.isascii():
+            ascii_seen += 1
+            if ascii_seen > ASCII_CHECKED:
+                continue
+        kept.append((label, text))
+    encoded = tokenizer([t for _, t in kept], add_special_tokens=False).input_ids if kept else []
+    for (label, text), ids in zip(kept, encoded):
+        n = ids.count(unk)
+        if ids and n > UNKNOWN_SHARE * len(ids):
+            char = next((c for c in text if tokenizer(c, add_special_tokens=False).input_ids == [unk]), "?")
+            raise DataError(f"{_text_label(label)}: {n} of its {len(ids)} tokens are unknown ({tokenizer.unk_token}) "
+                            f"to {name}, starting with {char!r}: it cannot encode this text; use a model whose "
+                            f"tokenizer covers it (the built-in tokenizer knows printable ASCII and newlines only)")
+
+
+def record_texts(records: list[Record], views: ViewConfig | None = None):
+    """(label, text) of every text a view or a response holds, lazily: the views' prompts and few-shot examples,
+    then each record's query, knowledge and response (labelled (record, field), named only in an error)."""
+    if views is not None:
+        for k in ("system_prompt", "student_system_prompt"):
+            if getattr(views, k):
+                yield f"data.views.{k}", getattr(views, k)
+        for i, shot in enumerate(views.few_shot):
+            for k in ("query", "response"):
+                yield f"data.views.few_shot[{i}].{k}", shot[k]
+    for r in records:
+        for k in ("query", "knowledge", "response"):
+            text = getattr(r, k)
+            if text:
+                yield (r, k), text
+
+
+def _text_label(label) -> str:
+    return f"{label[0].label()}, its {label[1]}" if isinstance(label, tuple) else label
+
+
 def _longest_fitting_prefix(text: str, fits) -> str:
     """The longest start of `text` (whole characters) for which fits(prefix) holds, by bisection; '' if none."""
     low, high = 0, len(text)

@@ -6,9 +6,10 @@ import torch
 
 from ..data.records import Record
 from ..data.templates import end_token_ids, turn_end_id
-from ..data.views import encode_example, left_pad
+from ..data.views import check_positions, encode_example, left_pad
 from ..engine import Sampling, sample
 from ..engine.sampling import row_seeds
+from ..models import max_positions
 from ..scoring import eval_mode
 from .metrics import GENERATED, TEXT_SCORES, exact_match, perplexity, response_nll, select_metrics, top1_agreement
 
@@ -67,6 +68,11 @@ def evaluate_records(model, tokenizer, records: list[Record], views, scorer=None
     select_metrics(list(metrics), rows, scorer is not None)  # raises before any model work
     examples = [encode_example(r, tokenizer, views) for r in records]
     prompts = [e.teacher_prompt if view == "teacher" else e.student_prompt for e in examples]
+    budget = max([max_new_tokens if answers or any(m in GENERATED for m in metrics) else 0]
+                 + [len(reference_ids(tokenizer, r.response)) for r in records if "perplexity" in metrics])
+    positions = max_positions(model)  # the model reads the chosen view only
+    check_positions(examples, budget, *((None, positions) if view == "teacher" else (positions, None)),
+                    budget_name="max_new_tokens, or the longest reference response for perplexity")
     samples = [{"id": r.id, "query": r.query} for r in records]
     result = {}
     if answers or any(m in GENERATED for m in metrics):
