@@ -621,7 +621,8 @@ def test_train_top1_agreement_equals_a_brute_force_count(tmp_path, monkeypatch):
     each model run on its own view's unpadded prompt and the response so far, without a cache."""
     import copy
 
-    cfg = make_config(tmp_path, teacher="tiny-teacher", loss="fkl", validation=False, max_steps=1)
+    cfg = make_config(tmp_path, teacher="tiny-teacher", loss="fkl", validation=False, max_steps=1,
+                      warmup_steps=0)
     cfg.rollout.strategy, cfg.rollout.mix, cfg.rollout.skd_top_k = "mixed", ["skd", "dataset"], 2
     run = train.setup(cfg)
     batches = []
