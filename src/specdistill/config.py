@@ -137,6 +137,9 @@ class RolloutConfig:
     ema: float = AdaptiveTopKPolicy.ema  # weight of the newest token in the success EMA (0.1: about 10 tokens)
     entropy_gain: float = AdaptiveTopKPolicy.entropy_gain
     verification: Literal["parallel", "sequential"] = "parallel"
+    # skd: keep the teacher's logits of the rollout (the verify forwards) for the loss, instead of a second
+    # teacher forward; used where that is exact, i.e. train.mixed_precision "no" (docs/training.md)
+    reuse_teacher_logits: bool = True
     compile: bool = False
     trace: bool = False
     # Stages that change the settings above during training: [{start: fraction | step: N, <rollout keys>}, ...];

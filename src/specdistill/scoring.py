@@ -10,6 +10,7 @@ from contextlib import contextmanager
 
 import torch
 
+from .losses import teacher_argmax
 from .models import position_ids_from_mask
 
 
@@ -27,12 +28,12 @@ def response_logits(model, ids: torch.Tensor, mask: torch.Tensor, length: int, v
 
 
 @torch.no_grad()
-def top1_agreements(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def top1_agreements(student_logits: torch.Tensor, teacher_logits, mask: torch.Tensor) -> torch.Tensor:
     """The masked positions where the two models' argmax tokens are the same: logits [B, T, V] over the same
-    vocabulary and on one device, mask [B, T] bool -> a long scalar. Divided by mask.sum() it is top-1 agreement,
+    vocabulary and on one device (the teacher's may be a losses.TopKLogits, whose first id is its argmax), mask [B, T] bool -> a long scalar. Divided by mask.sum() it is top-1 agreement,
     the cheapest predictor of greedy acceptance. The trainer counts it on the logits its loss already has
     (train/top1_agreement); `specdistill eval --teacher` reports it on reference responses (evaluate.metrics)."""
-    return ((student_logits.argmax(-1) == teacher_logits.argmax(-1)) & mask).sum()
+    return ((student_logits.argmax(-1) == teacher_argmax(teacher_logits)) & mask).sum()
 
 
 @contextmanager
