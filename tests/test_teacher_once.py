@@ -116,6 +116,7 @@ def test_mixed_rollout_keeps_the_skd_rows_and_the_loss_runs_the_teacher_on_the_o
     torch.testing.assert_close(rb.teacher_logits[m], want[m], rtol=0, atol=1e-5)
     run = type("R", (), {})()
     run.teacher_device, run.vocab, run.score_teacher, run.loss_teacher_forwards = torch.device("cpu"), V, pair[1], 0
+    run.teacher = pair[1]
     run.cfg = build(Config, {"loss": {"name": "fkl"}})
     full = train.teacher_logits(run, rb)
     assert run.loss_teacher_forwards == 1
@@ -172,3 +173,149 @@ def test_reuse_is_off_under_mixed_precision_and_for_sft(tmp_path):
     assert train.kept_logits_form(run, run.cfg.rollout) is False
     run.cfg, run.sft = make_config(tmp_path, "fkl"), True
     assert train.kept_logits_form(run, run.cfg.rollout) is False
+
+
+# ---------------------------------------------------------------- shared-prefix encoding of the teacher view
+from specdistill.engine import Sampling, TopKPolicy, generate  # noqa: E402
+from specdistill.engine import prefix as prefix_mod  # noqa: E402
+from specdistill.engine.prefix import common_prefix_length, shared_prefix, split_views  # noqa: E402
+
+
+def ragged_views(shared: int, rests: list[int], seed: int = 0):
+    """Left-padded teacher views [B, L] that share `shared` leading ids, each row then its own `rests[b]` ids,
+    and student views of the rows' own ids only."""
+    g = torch.Generator().manual_seed(seed)
+    head = torch.randint(5, V, (shared,), generator=g)
+    rows = [torch.cat([head, torch.randint(5, V, (n,), generator=g)]) for n in rests]
+    width = max(len(r) for r in rows)
+    ids = torch.zeros(len(rows), width, dtype=torch.long)
+    mask = torch.zeros(len(rows), width, dtype=torch.bool)
+    for b, r in enumerate(rows):
+        ids[b, width - len(r):], mask[b, width - len(r):] = r, True
+    own = [r[shared:] for r in rows]
+    s_width = max(len(r) for r in own)
+    s_ids = torch.zeros(len(rows), s_width, dtype=torch.long)
+    s_mask = torch.zeros(len(rows), s_width, dtype=torch.bool)
+    for b, r in enumerate(own):
+        s_ids[b, s_width - len(r):], s_mask[b, s_width - len(r):] = r, True
+    return ids, mask, s_ids, s_mask
+
+
+def test_common_prefix_and_split_follow_each_rows_left_padding():
+    ids, mask, _, _ = ragged_views(20, [3, 9, 1, 5])
+    assert common_prefix_length(ids, mask) == 20
+    rest, rest_mask = split_views(ids, mask, 20)
+    assert rest.shape == (4, 9) and rest_mask.sum(1).tolist() == [3, 9, 1, 5] and rest_mask[:, -1].all()
+    for b in range(4):
+        assert torch.equal(rest[b][rest_mask[b]], ids[b][mask[b]][20:])
+    same, same_mask, _, _ = ragged_views(6, [0, 4])  # a row that is all prefix keeps its last token
+    assert common_prefix_length(same, same_mask) == 5
+
+
+@pytest.mark.parametrize("verification", ["parallel", "sequential"])
+def test_generation_from_a_shared_prefix_gives_the_same_tokens_and_teacher_logits(pair, verification):
+    student, teacher = pair
+    prefix_mod.forget(teacher)
+    t_ids, t_mask, s_ids, s_mask = ragged_views(40, [3, 11, 1, 6])
+    prefix = shared_prefix(teacher, t_ids, t_mask)
+    assert prefix is not None and prefix.length == 40
+    runs = []
+    for p in (None, prefix):
+        runs.append(generate(student, s_ids, s_mask, teacher, t_ids, t_mask,
+                             policy=TopKPolicy(k=3, target=Sampling(1.0)), gamma=3, draft_sampling=Sampling(1.0),
+                             max_new_tokens=12, seed=torch.tensor([5, 6, 7, 8]), verify=verification,
+                             keep_target_logits=True, target_prefix=p, vocab_size=V))
+    plain, shared = runs
+    assert torch.equal(plain.tokens, shared.tokens) and torch.equal(plain.teacher_written, shared.teacher_written)
+    inside = torch.arange(plain.tokens.shape[1]) < plain.lengths[:, None]
+    torch.testing.assert_close(shared.target_logits[inside], plain.target_logits[inside], rtol=0, atol=1e-5)
+    assert shared.stats.target_tokens_fed == plain.stats.target_tokens_fed - 40  # columns of the batch fed
+
+
+def test_teacher_forward_after_a_shared_prefix_equals_the_whole_view(pair):
+    teacher = pair[1]
+    t_ids, t_mask, _, _ = ragged_views(30, [2, 8, 5])
+    response = torch.randint(5, V, (3, 6))
+    r_mask = torch.tensor([[1] * 6, [1] * 2 + [0] * 4, [1] * 4 + [0] * 2], dtype=torch.bool)
+    ids, mask = torch.cat([t_ids, response], 1), torch.cat([t_mask, r_mask], 1)
+    prefix_mod.forget(teacher)
+    prefix = shared_prefix(teacher, t_ids, t_mask)
+    with torch.no_grad():
+        want = response_logits(teacher, ids, mask, 6, V)
+        got = response_logits(teacher, ids, mask, 6, V, prefix=prefix)
+    torch.testing.assert_close(got[r_mask], want[r_mask], rtol=0, atol=1e-5)
+
+
+def test_the_stored_prefix_is_reused_cut_to_what_a_batch_shares_and_dropped_when_the_weights_change(pair):
+    teacher = pair[1]
+    prefix_mod.forget(teacher)
+    t_ids, t_mask, _, _ = ragged_views(40, [3, 5])
+    first = shared_prefix(teacher, t_ids, t_mask)
+    assert shared_prefix(teacher, t_ids, t_mask) is first  # the same batch again: no new encoding
+    other_ids, other_mask, _, _ = ragged_views(40, [4, 2], seed=0)  # same 40 shared ids, then other rows
+    assert common_prefix_length(other_ids, other_mask) >= 40
+    again = shared_prefix(teacher, other_ids, other_mask)
+    assert again.length == 40 and again.layers[0][0].data_ptr() == first.layers[0][0].data_ptr()
+    cut_ids = t_ids.clone()
+    cut_ids[:, -43 + 20] = 3  # the rows now share only their first 20 ids with the stored prefix... and each other
+    cut = shared_prefix(teacher, cut_ids, t_mask)
+    assert cut.length == 20 and cut.layers[0][0].data_ptr() == first.layers[0][0].data_ptr()
+    with torch.no_grad():
+        next(teacher.parameters()).add_(0.0)  # an in-place update, even a no-op one, bumps the version
+    fresh = shared_prefix(teacher, t_ids, t_mask)
+    assert fresh is not first and fresh.length == 40
+    prefix_mod.forget(teacher)
+
+
+def test_sliding_window_teachers_do_not_share_a_prefix():
+    """A sliding window is measured in cache slots, and a shared prefix leaves each row's padding between the
+    prefix and the row's own tokens: such teachers encode each row whole."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    config = Gemma2Config(vocab_size=V, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                          num_key_value_heads=2, head_dim=8, sliding_window=16)
+    teacher = Gemma2ForCausalLM(config).eval()
+    t_ids, t_mask, _, _ = ragged_views(40, [3, 5])
+    assert common_prefix_length(t_ids, t_mask) == 40 and shared_prefix(teacher, t_ids, t_mask) is None
+
+
+def test_training_steps_with_both_options_equal_those_with_neither(tmp_path, monkeypatch):
+    """A LUPI-style teacher view (a persona and few-shot examples shared by every row) and an SKD rollout: the
+    steps with shared-prefix encoding and kept logits equal those that encode each view whole, twice."""
+    views = {"system_prompt": "You answer from the background knowledge.", "max_response_tokens": 24,
+             "few_shot": [{"query": "Who founded Velmora?", "response": "Aster Quill founded it."},
+                          {"query": "What is the capital of Orrin?", "response": "Its capital is Tessaly."}]}
+    on_cfg = make_config(tmp_path / "on", "fkl", **{"data.views": views})
+    off_cfg = make_config(tmp_path / "off", "fkl", **{"data.views": views, "rollout.reuse_teacher_logits": False,
+                                                      "rollout.share_teacher_prefix": False})
+    encoded = []
+    real_encode = prefix_mod.encode_prefix
+    monkeypatch.setattr(prefix_mod, "encode_prefix", lambda model, ids: encoded.append(len(ids)) or real_encode(model, ids))
+    on, _ = steps(on_cfg)
+    assert encoded and min(encoded) > 100  # once per new prefix, not once per micro-batch or step
+    assert len(encoded) < 4, encoded
+    encoded.clear()
+    off, _ = steps(off_cfg)
+    assert not encoded
+    for a, b in zip(on, off):
+        for key in ("train/loss", "train/grad_norm", "train/top1_agreement", "tokens/trained"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), key
+
+
+def test_the_loss_phase_forward_uses_the_shared_prefix(pair):
+    """Without kept logits (a dataset rollout), the loss's teacher forward starts from the shared prefix and gives
+    the whole view's logits."""
+    views = ViewConfig(system_prompt="You answer from the background knowledge. " * 3,
+                       few_shot=[{"query": "Who founded Velmora?", "response": "Aster Quill founded it."}])
+    rows = load_task("facts", "train")[:3]
+    records = [Record(id=r["id"], query=r["query"], knowledge=r["knowledge"], response=r["response"]) for r in rows]
+    batch = collate([encode_example(r, TOK, views) for r in records], TOK.pad_token_id)
+    rb = make_rollout(RolloutConfig(strategy="dataset"), batch, *pair, TOK, seeds=[1, 2, 3])
+    run = type("R", (), {})()
+    run.teacher_device, run.vocab, run.score_teacher, run.loss_teacher_forwards = torch.device("cpu"), V, pair[1], 0
+    run.teacher, run.cfg = pair[1], build(Config, {"loss": {"name": "fkl"}})
+    prefix_mod.forget(pair[1])
+    got = train.teacher_logits(run, rb)
+    assert prefix_mod._STORE[pair[1]].length > 100
+    want = forward_logits(pair[1], rb)
+    torch.testing.assert_close(got[rb.response_mask], want[rb.response_mask], rtol=0, atol=1e-5)

@@ -21,6 +21,7 @@ import torch
 
 from .data.views import PromptBatch, right_pad
 from .engine import Generation, GenerationStats, Sampling, generate, make_policy, make_schedule, sample
+from .engine.prefix import shared_prefix
 from .data.templates import end_token_ids
 
 
@@ -127,10 +128,14 @@ def skd_rollout(cfg, prompts: PromptBatch, student, teacher, tokenizer, seeds: l
     replaces drafted tokens outside its top-K (policy `top_k` or `adaptive_top_k`).
 
     keep_teacher_logits: False, True or a function of logits [B, n, V] (engine.generate's keep_target_logits);
-    the teacher's logits at the response positions then come back in RolloutBatch.teacher_logits."""
+    the teacher's logits at the response positions then come back in RolloutBatch.teacher_logits.
+    With rollout.share_teacher_prefix, the prefix that every teacher view of the batch shares is encoded once
+    (engine.prefix.shared_prefix, reused across steps while the teacher's weights do not change)."""
     s_dev, t_dev = next(student.parameters()).device, next(teacher.parameters()).device
+    t_ids, t_mask = prompts.teacher_ids.to(t_dev), prompts.teacher_mask.to(t_dev)
+    prefix = shared_prefix(teacher, t_ids, t_mask) if cfg.share_teacher_prefix else None
     gen = generate(student, prompts.student_ids.to(s_dev), prompts.student_mask.to(s_dev), teacher,
-                   prompts.teacher_ids.to(t_dev), prompts.teacher_mask.to(t_dev), policy=skd_policy(cfg),
+                   t_ids, t_mask, target_prefix=prefix, policy=skd_policy(cfg),
                    gamma=make_schedule(cfg.gamma_schedule, cfg.gamma, cfg.max_gamma),
                    draft_sampling=Sampling(cfg.temperature, cfg.top_p), verify=cfg.verification,
                    keep_target_logits=keep_teacher_logits, **_decode_args(cfg, tokenizer, seeds, student, teacher))

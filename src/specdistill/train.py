@@ -41,6 +41,7 @@ from .data.records import load_records
 from .data.tasks import get_task
 from .data.views import collate, encode_example
 from .engine.compiling import compiled_model
+from .engine.prefix import shared_prefix
 from .engine.sampling import derive_seed
 from .evaluate.quality import evaluate_records
 from .data.templates import end_token_ids
@@ -385,26 +386,35 @@ def kept_logits_form(run: Run, settings):
 def teacher_logits(run: Run, rb: RolloutBatch):
     """The teacher's logits predicting each response token of rb, on the teacher's device: the ones its rollout
     kept, with a teacher forward (scoring.response_logits) only for the rows that have none."""
-    T, tdev, vocab = rb.response.shape[1], run.teacher_device, run.vocab
     kept, have = rb.teacher_logits, rb.teacher_logits_rows
     if kept is None:
-        run.loss_teacher_forwards += 1
-        return response_logits(run.score_teacher, rb.teacher_ids.to(tdev), rb.teacher_mask.to(tdev), T, vocab)
+        return teacher_forward(run, rb, slice(None))
     missing = (~have).nonzero().flatten()
     if len(missing):
-        run.loss_teacher_forwards += 1
-        rows = missing.tolist()
-        logits = response_logits(run.score_teacher, rb.teacher_ids[rows].to(tdev), rb.teacher_mask[rows].to(tdev),
-                                 T, vocab)  # [m, T, V]
+        logits = teacher_forward(run, rb, missing.tolist())  # [m, T, V]
         if isinstance(kept, losses.TopKLogits):
             lc = run.cfg.loss
             logits = losses.top_k_logits(logits, lc.sparse_top_k, lc.temperature)
         fields = kept if isinstance(kept, tuple) else (kept,)
         filled = logits if isinstance(logits, tuple) else (logits,)
-        index = missing.to(tdev)
+        index = missing.to(run.teacher_device)
         fields = [f.index_copy(0, index, g.to(f.dtype)) for f, g in zip(fields, filled)]
         kept = type(kept)(*fields) if isinstance(kept, tuple) else fields[0]
     return kept
+
+
+def teacher_forward(run: Run, rb: RolloutBatch, rows) -> torch.Tensor:
+    """The teacher's logits predicting the response tokens of rb's `rows` (a list, or slice(None) for all):
+    [m, T, V] on the teacher's device. With rollout.share_teacher_prefix (and no autocast, which would run the
+    rows in another dtype than the stored prefix), the prefix every row's view shares is encoded once and reused."""
+    T, tdev = rb.response.shape[1], run.teacher_device
+    ids, mask = rb.teacher_ids[rows].to(tdev), rb.teacher_mask[rows].to(tdev)
+    run.loss_teacher_forwards += 1
+    prefix = None
+    if run.cfg.rollout.share_teacher_prefix and run.cfg.train.mixed_precision == "no":
+        P = rb.teacher_prompt_len
+        prefix = shared_prefix(run.teacher, ids[:, :P], mask[:, :P])
+    return response_logits(run.score_teacher, ids, mask, T, run.vocab, prefix=prefix)
 
 
 def rollout_step(run: Run) -> list[RolloutBatch]:

@@ -21,6 +21,7 @@ import torch
 from .compiling import maybe_compile
 from .output import FINISH_REASONS, Generation, GenerationStats, KeptLogits, StatsAccumulator
 from .policies import Block, Settled, make_policy, settle
+from .prefix import split_views
 from .sampling import ACCEPT, DRAFT, GREEDY, TARGET, Sampling, row_seeds, sample_tokens, uniforms, warp_logits
 from .schedules import ConstantGamma
 from .stopping import LENGTH, RUNNING, Stopping, make_stopping, stop_codes
@@ -138,6 +139,7 @@ def generate(
     trace: bool = False,
     vocab_size: int | None = None,
     keep_target_logits=False,
+    target_prefix=None,
 ) -> Generation:
     """Generate responses with a drafter and (optionally) a teacher that verifies it.
 
@@ -165,6 +167,9 @@ def generate(
         [B, T, V] on the teacher's device): they equal a teacher-forced forward over the view and the response,
         which a distillation loss then need not run again. True keeps them as they are; a function maps each
         block's logits [B, n, V] to the form kept (e.g. a sparse top-k form). False (default): nothing is kept.
+    target_prefix: a prefix.SharedPrefix that every row of the target's view starts with (prefix.shared_prefix
+        detects and encodes one): the target's cache starts from its keys and values, so only each row's rest of
+        the view is encoded. None: each row's whole view is encoded.
     """
     began = time.perf_counter()
     with torch.no_grad():
@@ -173,6 +178,7 @@ def generate(
             policy=policy, gamma=gamma, draft_sampling=draft_sampling, max_new_tokens=max_new_tokens,
             eos_token_id=eos_token_id, stop=stop, tokenizer=tokenizer, pad_token_id=pad_token_id, seed=seed,
             verify=verify, compile=compile, trace=trace, vocab_size=vocab_size, keep_target_logits=keep_target_logits,
+            target_prefix=target_prefix,
         )  # fmt: skip
         run.loop()
         return run.result(time.perf_counter() - began)
@@ -243,7 +249,7 @@ class _Run:
 
     def __init__(self, draft, draft_ids, draft_mask, target, target_ids, target_mask, *, policy, gamma,
                  draft_sampling, max_new_tokens, eos_token_id, stop, tokenizer, pad_token_id, seed, verify, compile,
-                 trace, vocab_size, keep_target_logits=False):  # fmt: skip
+                 trace, vocab_size, keep_target_logits=False, target_prefix=None):  # fmt: skip
         _check_inputs(draft_ids, draft_mask, target, target_ids, target_mask, verify)
         self.policy = make_policy(policy) if isinstance(policy, str) else policy
         self.schedule = ConstantGamma(gamma) if isinstance(gamma, int) else gamma
@@ -283,8 +289,11 @@ class _Run:
         self.t_pending, self.t_valid = None, None
         if self.teacher is not None:
             self.t_pending, self.t_valid = target_ids, target_mask.bool()
+            if target_prefix is not None:  # the cache starts from the shared prefix; each row feeds its rest
+                self.teacher.start_from(target_prefix)
+                self.t_pending, self.t_valid = split_views(target_ids, target_mask, target_prefix.length)
             if self.sequential:
-                self.t_pending, self.t_valid = self.teacher.prefill(target_ids, target_mask), None
+                self.t_pending, self.t_valid = self.teacher.prefill(self.t_pending, self.t_valid), None
         self.block_gamma = min(self.schedule.gamma, max_new_tokens)
         self.active = torch.ones(batch, dtype=torch.bool, device=device)
         self.block_rows = torch.full((batch,), self.block_gamma, dtype=torch.long, device=device)  # [B] row gammas
