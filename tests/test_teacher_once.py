@@ -1,8 +1,10 @@
-"""The teacher's work done once: the SKD rollout's teacher logits reused by the loss (issue 18).
+"""The teacher's work done once: the SKD rollout's teacher logits reused by the loss, and the prefix every
+teacher view of a batch shares encoded once.
 
 The logits an SKD rollout's verify forwards computed at the committed positions must equal a teacher-forced
 forward over the teacher view and the response, and the loss and its gradients must not change when they are
-used instead of that forward.
+used instead of that forward. With a shared prefix, the teacher's logits (rollout and loss phase) must equal
+those of encoding each left-padded row whole, and training steps must not change.
 """
 
 from __future__ import annotations
