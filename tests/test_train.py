@@ -258,7 +258,7 @@ def test_teacher_is_frozen_and_rollouts_run_gathered_in_eval_mode(tmp_path, monk
             yield
             seen.append(("exit", enabled))
 
-        def fake_rollout(rcfg, prompts, model, teacher, tokenizer, seeds):
+        def fake_rollout(rcfg, prompts, model, teacher, tokenizer, seeds, **options):
             seen.append(("rollout", model.training, len(seeds)))
             return train.dataset_rollout(prompts, tokenizer.pad_token_id)
 
@@ -541,9 +541,9 @@ def test_rollout_schedule_switches_at_its_step_also_after_a_resume_in_the_middle
     used = []
     real_rollout = train.make_rollout
 
-    def recording_rollout(rcfg, *args):
+    def recording_rollout(rcfg, *args, **options):
         used.append(rcfg.strategy)
-        return real_rollout(rcfg, *args)
+        return real_rollout(rcfg, *args, **options)
 
     def config(out, **overrides):
         cfg = make_config(out, teacher="tiny-teacher", loss="fkl", validation=False, max_steps=5, grad_accum=1,
@@ -579,8 +579,8 @@ def test_mixed_rows_choose_alike_with_one_or_two_processes_and_any_micro_batch_s
     rows: list = []
     real_rollout = train.make_rollout
 
-    def recording_rollout(rcfg, prompts, *args):
-        rb = real_rollout(rcfg, prompts, *args)
+    def recording_rollout(rcfg, prompts, *args, **options):
+        rb = real_rollout(rcfg, prompts, *args, **options)
         seeds = args[-1]
         for i, (example, seed) in enumerate(zip(prompts.examples, seeds)):
             mask = rb.response_mask[i]

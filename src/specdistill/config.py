@@ -138,6 +138,12 @@ class RolloutConfig:
     ema: float = AdaptiveTopKPolicy.ema  # weight of the newest token in the success EMA (0.1: about 10 tokens)
     entropy_gain: float = AdaptiveTopKPolicy.entropy_gain
     verification: Literal["parallel", "sequential"] = "parallel"
+    # skd: keep the teacher's logits of the rollout (the verify forwards) for the loss, instead of a second
+    # teacher forward; used where that is exact, i.e. train.mixed_precision "no" (docs/training.md)
+    reuse_teacher_logits: bool = True
+    # encode the prefix that every teacher view of a batch shares (a LUPI persona and few-shot examples) once, for
+    # the rollouts and the loss phase's teacher forward; off for sliding-window teachers (docs/engine.md)
+    share_teacher_prefix: bool = True
     compile: bool = False
     trace: bool = False
     # Stages that change the settings above during training: [{start: fraction | step: N, <rollout keys>}, ...];

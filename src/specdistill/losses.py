@@ -11,13 +11,15 @@ intermediates are ever alive; a [L, 150k] vocabulary never materialises in fp32 
 Teacher logits are constants: they get no gradient. Double backward is not supported.
 
 Logits come aligned with the tokens they predict: position j of the logits predicts label j (the trainer
-gets them from `scoring.response_logits`).
+gets them from `scoring.response_logits`, or from the SKD rollout, which kept them). With sparse_top_k the
+teacher may come as a `TopKLogits` (its top-k ids and bucket logits at the loss temperature) instead of [B, L, V].
 """
 
 from __future__ import annotations
 
 import inspect
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -58,8 +60,46 @@ def _bucket_logits(x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     return torch.cat([x.gather(-1, ids), rest.clamp_min(torch.finfo(x.dtype).min)], -1)
 
 
+class TopKLogits(NamedTuple):
+    """A teacher's logits in the sparse form of ``sparse_top_k`` at one temperature T (`top_k_logits`).
+
+    ids [..., k]: the teacher's top-k tokens; buckets [..., k+1] fp32: their logits / T, then the logsumexp of
+    every other logit / T (the 'rest' bucket). That is all a sparse loss reads of the teacher: k * 12 + 4 bytes
+    per position, against V * 4 (fp32) or V * 2 (bf16) for the full logits."""
+
+    ids: torch.Tensor
+    buckets: torch.Tensor
+
+    @property
+    def k(self) -> int:
+        return self.ids.shape[-1]
+
+    def to(self, device) -> TopKLogits:
+        return TopKLogits(self.ids.to(device), self.buckets.to(device))
+
+
+def top_k_logits(teacher_logits: torch.Tensor, k: int, temperature: float = 1.0) -> TopKLogits:
+    """The sparse form of teacher logits [..., V] that a loss with sparse_top_k=k at `temperature` reads: the same
+    values the loss computes from the full logits (in fp32), so passing it instead gives the same loss."""
+    t = teacher_logits.float()
+    if temperature != 1:
+        t = t / temperature
+    ids = t.topk(k, dim=-1).indices  # [..., k]
+    return TopKLogits(ids, _bucket_logits(t, ids))
+
+
+def teacher_argmax(teacher) -> torch.Tensor:
+    """The teacher's most likely token per position, from full logits [..., V] or a TopKLogits."""
+    return teacher.ids[..., 0] if isinstance(teacher, TopKLogits) else teacher.argmax(-1)
+
+
 def _log_probs(s, t, temperature, sparse_top_k):
-    """Student and teacher log-probs at ``temperature``: [n, V] logits -> [n, V], or [n, k+1] with sparse_top_k."""
+    """Student and teacher log-probs at ``temperature``: [n, V] logits -> [n, V], or [n, k+1] with sparse_top_k.
+
+    t may be a TopKLogits (its buckets already at ``temperature``)."""
+    if isinstance(t, TopKLogits):
+        s = s / temperature if temperature != 1 else s
+        return _bucket_logits(s, t.ids).log_softmax(-1), t.buckets.log_softmax(-1)
     if temperature != 1:  # skip two [n, V] copies in the common case
         s, t = s / temperature, t / temperature
     if sparse_top_k is not None:
@@ -122,6 +162,15 @@ def _rank_rows(s, t, y, temperature, rank_top_k, margin):
 # ---------------------------------------------------------------- the chunked core
 
 
+def _take(teacher, b, l, dtype):
+    """The teacher's rows at batch and position indices b, l [n]: [n, V] logits, or a TopKLogits of [n, k]."""
+    if teacher is None:
+        return None
+    if isinstance(teacher, TopKLogits):
+        return TopKLogits(teacher.ids[b, l], teacher.buckets[b, l].to(dtype))
+    return teacher[b, l].to(dtype)
+
+
 class _ChunkedSum(torch.autograd.Function):
     """sum over rows of rows_fn(s[rows], t[rows], y[rows]), chunk by chunk; the gradient is taken per chunk."""
 
@@ -133,7 +182,7 @@ class _ChunkedSum(torch.autograd.Function):
         total = torch.zeros((), dtype=dtype, device=student.device)
         for b, l in zip(*(i.split(chunk_size) for i in where)):
             s = student[b, l].to(dtype).requires_grad_(need_grad)  # [n, V]
-            t = None if teacher is None else teacher[b, l].to(dtype)
+            t = _take(teacher, b, l, dtype)
             y = None if labels is None else labels[b, l]  # [n]
             with torch.set_grad_enabled(need_grad):
                 loss = rows_fn(s, t, y).sum()
@@ -157,8 +206,13 @@ def _check(name: str, value, ok: bool, allowed: str) -> None:
 
 def _check_inputs(s, t, mask, labels, sparse_top_k, chunk_size, temperature) -> None:
     _check("student_logits.shape", tuple(s.shape), s.dim() == 3, "[B, L, V]")
-    _check("teacher_logits.shape", None if t is None else tuple(t.shape),
-           t is None or t.shape == s.shape, f"the student's shape {tuple(s.shape)}")
+    if isinstance(t, TopKLogits):
+        _check("teacher_logits.ids.shape", tuple(t.ids.shape), t.ids.shape[:2] == s.shape[:2],
+               f"[{s.shape[0]}, {s.shape[1]}, k]")
+        _check("sparse_top_k", sparse_top_k, sparse_top_k == t.k, f"{t.k}, the k of the TopKLogits teacher")
+    else:
+        _check("teacher_logits.shape", None if t is None else tuple(t.shape),
+               t is None or t.shape == s.shape, f"the student's shape {tuple(s.shape)}")
     _check("mask", f"{mask.dtype} {tuple(mask.shape)}", mask.dtype == torch.bool and mask.shape == s.shape[:2],
            f"a bool tensor of shape {tuple(s.shape[:2])}")
     if labels is not None:
@@ -177,7 +231,9 @@ def _run(rows_fn, student_logits, teacher_logits, mask, labels=None, *, temperat
     """Validate, select the valid positions, and sum ``rows_fn`` over them chunk by chunk."""
     _check_inputs(student_logits, teacher_logits, mask, labels, params.get("sparse_top_k"), chunk_size, temperature)
     where = mask.nonzero(as_tuple=True)  # ([N], [N]): padding is never touched
-    teacher = None if teacher_logits is None else teacher_logits.detach()
+    teacher = teacher_logits
+    if isinstance(teacher, torch.Tensor):
+        teacher = teacher.detach()
     rows_fn = _bind(rows_fn, temperature=temperature, **params)
     need_grad = torch.is_grad_enabled() and student_logits.requires_grad
     loss = _ChunkedSum.apply(student_logits, teacher, labels, where, rows_fn, chunk_size, need_grad)

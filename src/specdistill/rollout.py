@@ -21,6 +21,7 @@ import torch
 
 from .data.views import PromptBatch, right_pad
 from .engine import Generation, GenerationStats, Sampling, generate, make_policy, make_schedule, sample
+from .engine.prefix import shared_prefix
 from .data.templates import end_token_ids
 
 
@@ -31,6 +32,10 @@ class RolloutBatch:
     student_ids [B, Ls + T], student_mask [B, Ls + T] (bool); teacher_ids [B, Lt + T], teacher_mask alike.
     response [B, T]; response_mask [B, T] marks the trained tokens; teacher_written [B, T] marks tokens the
     teacher wrote. The logits that predict response token j sit at column prompt_len + j - 1 of each view.
+    teacher_logits: the teacher's logits predicting each response token, kept by an SKD rollout
+    (rollout.reuse_teacher_logits): [B, T, V] as the teacher made them, or a losses.TopKLogits for a sparse
+    loss, on the teacher's device; teacher_logits_rows [B] bool marks the rows that have them (other rows of a
+    mixed rollout are zero there, and the loss runs the teacher on those rows only). None: no row has them.
     """
 
     student_ids: torch.Tensor
@@ -43,6 +48,8 @@ class RolloutBatch:
     student_prompt_len: int
     teacher_prompt_len: int
     stats: GenerationStats = field(default_factory=GenerationStats)
+    teacher_logits: object = None
+    teacher_logits_rows: torch.Tensor | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -115,17 +122,29 @@ def skd_policy(cfg):
                        target=target, bonus_token=cfg.bonus)
 
 
-def skd_rollout(cfg, prompts: PromptBatch, student, teacher, tokenizer, seeds: list[int]) -> RolloutBatch:
+def skd_rollout(cfg, prompts: PromptBatch, student, teacher, tokenizer, seeds: list[int],
+                keep_teacher_logits=False) -> RolloutBatch:
     """SKD: the student drafts from its view, the teacher verifies on its own (maybe privileged) view and
-    replaces drafted tokens outside its top-K (policy `top_k` or `adaptive_top_k`)."""
+    replaces drafted tokens outside its top-K (policy `top_k` or `adaptive_top_k`).
+
+    keep_teacher_logits: False, True or a function of logits [B, n, V] (engine.generate's keep_target_logits);
+    the teacher's logits at the response positions then come back in RolloutBatch.teacher_logits.
+    With rollout.share_teacher_prefix, the prefix that every teacher view of the batch shares is encoded once
+    (engine.prefix.shared_prefix, reused across steps while the teacher's weights do not change)."""
     s_dev, t_dev = next(student.parameters()).device, next(teacher.parameters()).device
+    t_ids, t_mask = prompts.teacher_ids.to(t_dev), prompts.teacher_mask.to(t_dev)
+    prefix = shared_prefix(teacher, t_ids, t_mask) if cfg.share_teacher_prefix else None
     gen = generate(student, prompts.student_ids.to(s_dev), prompts.student_mask.to(s_dev), teacher,
-                   prompts.teacher_ids.to(t_dev), prompts.teacher_mask.to(t_dev), policy=skd_policy(cfg),
+                   t_ids, t_mask, target_prefix=prefix, policy=skd_policy(cfg),
                    gamma=make_schedule(cfg.gamma_schedule, cfg.gamma, cfg.max_gamma),
                    draft_sampling=Sampling(cfg.temperature, cfg.top_p), verify=cfg.verification,
-                   **_decode_args(cfg, tokenizer, seeds, student, teacher))
+                   keep_target_logits=keep_teacher_logits, **_decode_args(cfg, tokenizer, seeds, student, teacher))
     response, resp_mask = _as_response(gen)
-    return assemble(prompts, response, resp_mask, gen.teacher_written.cpu(), gen.stats)
+    rb = assemble(prompts, response, resp_mask, gen.teacher_written.cpu(), gen.stats)
+    if gen.target_logits is not None:
+        rb.teacher_logits = gen.target_logits
+        rb.teacher_logits_rows = torch.ones(len(seeds), dtype=torch.bool)
+    return rb
 
 
 def mix_choice(seeds: list[int], lam: float) -> list[bool]:
@@ -135,7 +154,8 @@ def mix_choice(seeds: list[int], lam: float) -> list[bool]:
     return [random.Random(s).random() < lam for s in seeds]
 
 
-def mixed_rollout(cfg, prompts: PromptBatch, student, teacher, tokenizer, seeds: list[int]) -> RolloutBatch:
+def mixed_rollout(cfg, prompts: PromptBatch, student, teacher, tokenizer, seeds: list[int],
+                  keep_teacher_logits=False) -> RolloutBatch:
     """Per sequence: a response from strategy cfg.mix[0] with probability cfg.lam, else from cfg.mix[1]. The
     student's sample against the dataset's response is GKD's lambda and ImitKD; SKD against the dataset's is
     mixed_skd. Each strategy runs once, on its own rows, with those rows' seeds."""
@@ -146,10 +166,11 @@ def mixed_rollout(cfg, prompts: PromptBatch, student, teacher, tokenizer, seeds:
     for name, take in zip(cfg.mix, (True, False)):
         rows = [i for i, f in enumerate(first) if f == take]
         if len(rows) == len(seeds):
-            return make_rollout(replace(cfg, strategy=name), prompts, student, teacher, tokenizer, seeds)
+            return make_rollout(replace(cfg, strategy=name), prompts, student, teacher, tokenizer, seeds,
+                                keep_teacher_logits)
         if rows:
             parts.append((rows, make_rollout(replace(cfg, strategy=name), select_rows(prompts, rows), student, teacher,
-                                             tokenizer, [seeds[i] for i in rows])))
+                                             tokenizer, [seeds[i] for i in rows], keep_teacher_logits)))
     return merge_rows(prompts, parts, tokenizer.pad_token_id)
 
 
@@ -177,22 +198,46 @@ def merge_rows(prompts: PromptBatch, parts: list[tuple[list[int], RolloutBatch]]
         stats = stats.combine(rb.stats)
     response, mask = right_pad(responses, pad_id)
     teacher_written = right_pad(written, 0)[0].bool()
-    return assemble(prompts, response, mask, teacher_written, stats)
+    merged = assemble(prompts, response, mask, teacher_written, stats)
+    merged.teacher_logits, merged.teacher_logits_rows = _merge_logits(parts, len(prompts.examples), response.shape[1])
+    return merged
 
 
-def make_rollout(cfg, prompts: PromptBatch, student, teacher, tokenizer, seeds: list[int]) -> RolloutBatch:
-    """Run the configured strategy (`cfg` is a RolloutConfig) on one micro-batch of prompts."""
+def _merge_logits(parts: list[tuple[list[int], RolloutBatch]], batch_size: int, width: int):
+    """The parts' kept teacher logits in one [batch_size, width, ...] form (zero where a row has none), and the
+    [batch_size] bool mask of the rows that have them; (None, None) when no part kept any."""
+    kept = [(rows, rb) for rows, rb in parts if rb.teacher_logits is not None]
+    if not kept:
+        return None, None
+    have = torch.zeros(batch_size, dtype=torch.bool)
+    first = kept[0][1].teacher_logits
+    fields = first if isinstance(first, tuple) else (first,)
+    merged = [f.new_zeros(batch_size, width, *f.shape[2:]) for f in fields]
+    for rows, rb in kept:
+        parts_fields = rb.teacher_logits if isinstance(rb.teacher_logits, tuple) else (rb.teacher_logits,)
+        index = torch.tensor(rows, device=fields[0].device)
+        for out, f in zip(merged, parts_fields):
+            out[index, : f.shape[1]] = f
+        have[rows] = rb.teacher_logits_rows
+    return (type(first)(*merged) if isinstance(first, tuple) else merged[0]), have
+
+
+def make_rollout(cfg, prompts: PromptBatch, student, teacher, tokenizer, seeds: list[int],
+                 keep_teacher_logits=False) -> RolloutBatch:
+    """Run the configured strategy (`cfg` is a RolloutConfig) on one micro-batch of prompts.
+
+    keep_teacher_logits: what an SKD rollout keeps of the teacher's logits for the loss (skd_rollout)."""
     if cfg.strategy == "dataset":
         return dataset_rollout(prompts, tokenizer.pad_token_id)
     if cfg.strategy == "mixed":
-        return mixed_rollout(cfg, prompts, student, teacher, tokenizer, seeds)
+        return mixed_rollout(cfg, prompts, student, teacher, tokenizer, seeds, keep_teacher_logits)
     if cfg.strategy == "student":
         return model_rollout(cfg, prompts, student, tokenizer, seeds, "student")
     if teacher is None:
         raise ValueError(f"rollout strategy {cfg.strategy!r} needs a teacher: set model.teacher")
     if cfg.strategy == "teacher":
         return model_rollout(cfg, prompts, teacher, tokenizer, seeds, "teacher")
-    return skd_rollout(cfg, prompts, student, teacher, tokenizer, seeds)
+    return skd_rollout(cfg, prompts, student, teacher, tokenizer, seeds, keep_teacher_logits)
 
 
 def rollout_sources(cfg) -> set[str]:

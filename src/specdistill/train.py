@@ -42,6 +42,7 @@ from .data.records import load_records
 from .data.tasks import get_task
 from .data.views import check_encodable, check_positions, collate, encode_example, record_texts
 from .engine.compiling import compiled_model
+from .engine.prefix import shared_prefix
 from .engine.sampling import derive_seed
 from .evaluate.quality import evaluate_records
 from .data.templates import end_token_ids
@@ -80,6 +81,7 @@ class Run:
     validation: list = field(default_factory=list)
     score_student: object = None  # what micro_loss calls: the student, or with train.compile its compiled caller
     score_teacher: object = None  # likewise for the teacher
+    loss_teacher_forwards: int = 0  # teacher forwards run by the loss phase (0 when rollouts kept the logits)
 
 
 # ---------------------------------------------------------------- setup
@@ -401,15 +403,63 @@ def micro_loss(run: Run, rb: RolloutBatch, student=None) -> tuple[torch.Tensor, 
     lc, T, dev = run.cfg.loss, rb.response.shape[1], run.device
     student = run.score_student if student is None else student
     s_logits = response_logits(student, rb.student_ids.to(dev), rb.student_mask.to(dev), T, run.vocab)
-    t_logits = None
-    if lc.name in TEACHER_LOSSES:
-        tdev = run.teacher_device
-        with torch.no_grad():
-            t_logits = response_logits(run.score_teacher, rb.teacher_ids.to(tdev), rb.teacher_mask.to(tdev), T,
-                                       run.vocab).to(dev)
+    t_logits = teacher_logits(run, rb).to(dev) if lc.name in TEACHER_LOSSES else None
     mask = rb.response_mask.to(dev)
     loss_sum, _ = losses.compute(lc.name, s_logits, t_logits, mask, labels=rb.response.to(dev), **loss_params(lc))
     return loss_sum, None if t_logits is None else top1_agreements(s_logits, t_logits, mask)
+
+
+def kept_logits_form(run: Run, settings):
+    """What SKD rollouts keep of the teacher's logits for the loss (engine.generate's keep_target_logits): False
+    when the loss reads no teacher, rollout.reuse_teacher_logits is off, or reuse would not be exact; True (the
+    full logits) for a dense loss; the loss's TopKLogits form for a sparse one.
+
+    Not exact, hence off: train.mixed_precision bf16/fp16, whose autocast runs the loss phase's teacher forward in
+    half precision, where the rollout's forwards run in the teacher's own dtype; the rank loss reads the full
+    logits whatever sparse_top_k says, so it keeps them whole."""
+    lc = run.cfg.loss
+    if run.sft or lc.name not in TEACHER_LOSSES or not settings.reuse_teacher_logits:
+        return False
+    if run.cfg.train.mixed_precision != "no":
+        return False
+    if lc.sparse_top_k is None or lc.name == "rank":
+        return True
+    return functools.partial(losses.top_k_logits, k=lc.sparse_top_k, temperature=lc.temperature)
+
+
+@torch.no_grad()
+def teacher_logits(run: Run, rb: RolloutBatch):
+    """The teacher's logits predicting each response token of rb, on the teacher's device: the ones its rollout
+    kept, with a teacher forward (scoring.response_logits) only for the rows that have none."""
+    kept, have = rb.teacher_logits, rb.teacher_logits_rows
+    if kept is None:
+        return teacher_forward(run, rb, slice(None))
+    missing = (~have).nonzero().flatten()
+    if len(missing):
+        logits = teacher_forward(run, rb, missing.tolist())  # [m, T, V]
+        if isinstance(kept, losses.TopKLogits):
+            lc = run.cfg.loss
+            logits = losses.top_k_logits(logits, lc.sparse_top_k, lc.temperature)
+        fields = kept if isinstance(kept, tuple) else (kept,)
+        filled = logits if isinstance(logits, tuple) else (logits,)
+        index = missing.to(run.teacher_device)
+        fields = [f.index_copy(0, index, g.to(f.dtype)) for f, g in zip(fields, filled)]
+        kept = type(kept)(*fields) if isinstance(kept, tuple) else fields[0]
+    return kept
+
+
+def teacher_forward(run: Run, rb: RolloutBatch, rows) -> torch.Tensor:
+    """The teacher's logits predicting the response tokens of rb's `rows` (a list, or slice(None) for all):
+    [m, T, V] on the teacher's device. With rollout.share_teacher_prefix (and no autocast, which would run the
+    rows in another dtype than the stored prefix), the prefix every row's view shares is encoded once and reused."""
+    T, tdev = rb.response.shape[1], run.teacher_device
+    ids, mask = rb.teacher_ids[rows].to(tdev), rb.teacher_mask[rows].to(tdev)
+    run.loss_teacher_forwards += 1
+    prefix = None
+    if run.cfg.rollout.share_teacher_prefix and run.cfg.train.mixed_precision == "no":
+        P = rb.teacher_prompt_len
+        prefix = shared_prefix(run.teacher, ids[:, :P], mask[:, :P])
+    return response_logits(run.score_teacher, ids, mask, T, run.vocab, prefix=prefix)
 
 
 def rollout_step(run: Run) -> list[RolloutBatch]:
@@ -419,6 +469,7 @@ def rollout_step(run: Run) -> list[RolloutBatch]:
     groups = run.stream.next_batch(run.step, accum * acc.num_processes, bs)
     _, settings = rollout_at(cfg.rollout, run.step, cfg.train.max_steps)  # the stage of rollout.schedule in force
     generates = not run.sft and rollout_sources(settings) != {"dataset"}
+    keep = kept_logits_form(run, settings)
     student = acc.unwrap_model(run.student)
     batches = []
     sampling_mode = eval_mode(student) if generates else nullcontext()
@@ -431,7 +482,8 @@ def rollout_step(run: Run) -> list[RolloutBatch]:
             if run.sft:
                 batches.append(dataset_rollout(prompts, run.tokenizer.pad_token_id))
             else:
-                batches.append(make_rollout(settings, prompts, student, run.teacher, run.tokenizer, seeds))
+                batches.append(make_rollout(settings, prompts, student, run.teacher, run.tokenizer, seeds,
+                                            keep_teacher_logits=keep))
     return batches
 
 

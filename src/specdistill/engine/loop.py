@@ -19,8 +19,9 @@ import time
 import torch
 
 from .compiling import maybe_compile
-from .output import FINISH_REASONS, Generation, GenerationStats, StatsAccumulator
+from .output import FINISH_REASONS, Generation, GenerationStats, KeptLogits, StatsAccumulator
 from .policies import Block, Settled, make_policy, settle
+from .prefix import split_views
 from .sampling import ACCEPT, DRAFT, GREEDY, TARGET, Sampling, row_seeds, sample_tokens, uniforms, warp_logits
 from .schedules import ConstantGamma
 from .stopping import LENGTH, RUNNING, Stopping, make_stopping, stop_codes
@@ -137,6 +138,8 @@ def generate(
     compile: bool | str = False,
     trace: bool = False,
     vocab_size: int | None = None,
+    keep_target_logits=False,
+    target_prefix=None,
 ) -> Generation:
     """Generate responses with a drafter and (optionally) a teacher that verifies it.
 
@@ -160,6 +163,13 @@ def generate(
     vocab_size: the tokenizer's size V. Both models' logits are cut to [..., :V], so ids a padded embedding
         matrix has beyond the tokenizer are never drafted, sampled, accepted or written, and the two models'
         distributions are compared over the same ids. None: the smaller of the two models' output sizes.
+    keep_target_logits: keep the teacher's logits at every committed response position (Generation.target_logits,
+        [B, T, V] on the teacher's device): they equal a teacher-forced forward over the view and the response,
+        which a distillation loss then need not run again. True keeps them as they are; a function maps each
+        block's logits [B, n, V] to the form kept (e.g. a sparse top-k form). False (default): nothing is kept.
+    target_prefix: a prefix.SharedPrefix that every row of the target's view starts with (prefix.shared_prefix
+        detects and encodes one): the target's cache starts from its keys and values, so only each row's rest of
+        the view is encoded. None: each row's whole view is encoded.
     """
     began = time.perf_counter()
     with torch.no_grad():
@@ -167,7 +177,8 @@ def generate(
             draft, draft_ids, draft_mask, target, target_ids, target_mask,
             policy=policy, gamma=gamma, draft_sampling=draft_sampling, max_new_tokens=max_new_tokens,
             eos_token_id=eos_token_id, stop=stop, tokenizer=tokenizer, pad_token_id=pad_token_id, seed=seed,
-            verify=verify, compile=compile, trace=trace, vocab_size=vocab_size,
+            verify=verify, compile=compile, trace=trace, vocab_size=vocab_size, keep_target_logits=keep_target_logits,
+            target_prefix=target_prefix,
         )  # fmt: skip
         run.loop()
         return run.result(time.perf_counter() - began)
@@ -238,7 +249,7 @@ class _Run:
 
     def __init__(self, draft, draft_ids, draft_mask, target, target_ids, target_mask, *, policy, gamma,
                  draft_sampling, max_new_tokens, eos_token_id, stop, tokenizer, pad_token_id, seed, verify, compile,
-                 trace, vocab_size):  # fmt: skip
+                 trace, vocab_size, keep_target_logits=False, target_prefix=None):  # fmt: skip
         _check_inputs(draft_ids, draft_mask, target, target_ids, target_mask, verify)
         self.policy = make_policy(policy) if isinstance(policy, str) else policy
         self.schedule = ConstantGamma(gamma) if isinstance(gamma, int) else gamma
@@ -264,6 +275,9 @@ class _Run:
                                      compile, "target", vocab)
             self.judge = maybe_compile(self.policy.judge, compile, f"{self.policy.name}.judge")
             self.settle = maybe_compile(settle, compile, "settle")
+        self.kept = None
+        if target is not None and keep_target_logits is not False:
+            self.kept = KeptLogits(None if keep_target_logits is True else keep_target_logits, batch, self.resp.width)
         self.stats = StatsAccumulator(min(self.schedule.max_gamma, max_new_tokens))
         self.gamma_rows = torch.full((batch,), self.schedule.gamma, dtype=torch.long, device=device)
         self.policy_state = self.policy.init_state(batch, self.t_device)  # judged on the teacher's device
@@ -275,8 +289,11 @@ class _Run:
         self.t_pending, self.t_valid = None, None
         if self.teacher is not None:
             self.t_pending, self.t_valid = target_ids, target_mask.bool()
+            if target_prefix is not None:  # the cache starts from the shared prefix; each row feeds its rest
+                self.teacher.start_from(target_prefix)
+                self.t_pending, self.t_valid = split_views(target_ids, target_mask, target_prefix.length)
             if self.sequential:
-                self.t_pending, self.t_valid = self.teacher.prefill(target_ids, target_mask), None
+                self.t_pending, self.t_valid = self.teacher.prefill(self.t_pending, self.t_valid), None
         self.block_gamma = min(self.schedule.gamma, max_new_tokens)
         self.active = torch.ones(batch, dtype=torch.bool, device=device)
         self.block_rows = torch.full((batch,), self.block_gamma, dtype=torch.long, device=device)  # [B] row gammas
@@ -299,6 +316,8 @@ class _Run:
                               has_next=torch.zeros_like(active))  # fmt: skip
         else:
             verdict, target_logits, settled = self._verify_and_judge(drafts, warped, at, gamma_rows, active)
+            if self.kept is not None:
+                self.kept.write(target_logits, at)
         k = commit(self.resp, drafts, settled, active, self.stopping)
         top_k = None if verdict is None or verdict.top_k is None else verdict.top_k.to(drafts.device)
         self.stats.record(active, gamma_rows, settled.n, settled.full, settled.has_next, top_k, verdict is not None)
@@ -379,4 +398,5 @@ class _Run:
             stats.target_calls, stats.target_tokens_fed = self.teacher.calls, self.teacher.tokens_fed
         stats.model_time_s, stats.wall_time_s = self.clock.seconds, wall_s
         reasons = [FINISH_REASONS[c] for c in resp.reason.tolist()]
-        return Generation(tokens, resp.lengths.clone(), written, reasons, stats, self.trace)
+        kept = None if self.kept is None else self.kept.result(length)
+        return Generation(tokens, resp.lengths.clone(), written, reasons, stats, self.trace, kept)

@@ -149,6 +149,9 @@ class Generation:
     teacher_written: [B, T] bool, tokens the teacher wrote (corrections, replacements, bonus tokens).
     finish_reasons: per row, "eos", "stop" or "length" (max_new_tokens reached).
     trace: with trace=True, one dict per block (see docs/engine.md), tensors on the CPU.
+    target_logits: with keep_target_logits, the teacher's logits predicting each response position [B, T, V]
+        (or what the keep function made of them: a tensor or a tuple of tensors [B, T, ...]), on the teacher's
+        device; columns at or past a row's length hold no meaning.
     """
 
     tokens: torch.Tensor
@@ -157,6 +160,7 @@ class Generation:
     finish_reasons: list[str]
     stats: GenerationStats
     trace: list[dict] | None = None
+    target_logits: torch.Tensor | tuple | None = None
 
     def metrics(self) -> dict[str, float]:
         return self.stats.metrics()
@@ -164,6 +168,43 @@ class Generation:
     def rows(self) -> list[list[int]]:
         """Each row's response as a list of token ids (without padding)."""
         return [self.tokens[b, : int(n)].tolist() for b, n in enumerate(self.lengths)]
+
+
+class KeptLogits:
+    """The teacher's logits at each committed response position, gathered block by block during a generation.
+
+    The verify forward of a block scores its pending token and drafts d_1 .. d_g: its logits at block column i
+    predict response position start + i, conditioned on the pending token and d_1 .. d_i. Every committed token
+    of the block sits at a column i <= n (n accepted drafts, then the correction or bonus), so those logits are
+    conditioned on exactly the committed prefix: they are the teacher-forced logits of the finished response.
+    Columns past the committed ones are written too and overwritten by the next block, or lie past the row's end.
+
+    keep: maps logits [B, n, V] to what is kept (a tensor or a tuple of tensors [B, n, ...]); None keeps them as
+    they are (the teacher's dtype). Buffers [B, width, ...] are allocated at the first block, on its device.
+    """
+
+    def __init__(self, keep, batch_size: int, width: int):
+        self.keep, self.batch_size, self.width = keep, batch_size, width
+        self.buffers: tuple[torch.Tensor, ...] | None = None
+        self.is_tuple = False
+
+    def write(self, logits: torch.Tensor, at: torch.Tensor) -> None:
+        """logits [B, g+1, V] of one verify block; at [B, g+1] the response position each column predicts."""
+        parts = logits if self.keep is None else self.keep(logits)
+        self.is_tuple, self.kind = isinstance(parts, tuple), type(parts)  # a NamedTuple comes back as one
+        parts = parts if self.is_tuple else (parts,)
+        if self.buffers is None:
+            self.buffers = tuple(p.new_zeros(self.batch_size, self.width, *p.shape[2:]) for p in parts)
+        rows = torch.arange(self.batch_size, device=logits.device)[:, None]
+        for buffer, part in zip(self.buffers, parts):
+            buffer[rows, at.to(logits.device)] = part
+
+    def result(self, length: int):
+        """The kept form [B, length, ...] (None if no block was verified); a tuple keeps its type."""
+        if self.buffers is None:
+            return None
+        cut = [b[:, :length] for b in self.buffers]
+        return self.kind(*cut) if self.is_tuple else cut[0]
 
 
 class StatsAccumulator:

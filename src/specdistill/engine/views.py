@@ -150,6 +150,19 @@ class ModelView:
         logits = out.logits if not keep or out.logits.shape[1] == keep else out.logits[:, -keep:]
         return logits if self.vocab is None else logits[..., : self.vocab]
 
+    def start_from(self, prefix) -> None:
+        """Start every row's cache from a shared prefix (prefix.SharedPrefix, P tokens at positions 0 .. P-1):
+        slots 0 .. P-1 hold real tokens of every row. Call before the first feed; the rows' own tokens follow,
+        their left padding becoming holes between the prefix and them."""
+        batch = self.slots.shape[0]
+        self.cache = prefix.cache(batch)
+        P = prefix.length
+        self._reserve(P)
+        self.slots[:, :P] = 1
+        self.length = P
+        self.next_pos = torch.full((batch,), P, dtype=torch.long, device=self.device)
+        self._mark = (self.length, self.next_pos)
+
     def prefill(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Encode the prompt except its last column, which becomes the pending token [B, 1]."""
         if ids.shape[1] > 1:
