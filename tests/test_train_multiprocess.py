@@ -37,10 +37,10 @@ if os.environ.get("SPECDISTILL_TEST_RECORD") and "LOCAL_RANK" in os.environ:  # 
     out, rank = Path(os.environ["SPECDISTILL_TEST_RECORD"]), os.environ["RANK"]
     real_rollout, real_cleanup = train.make_rollout, train.cleanup
 
-    def recording_rollout(cfg, prompts, *args):
+    def recording_rollout(cfg, prompts, *args, **kwargs):
         with open(out / f"ids-rank{rank}.jsonl", "a") as fh:
             fh.write(json.dumps([e.record.id for e in prompts.examples]) + "\\n")
-        return real_rollout(cfg, prompts, *args)
+        return real_rollout(cfg, prompts, *args, **kwargs)
 
     def dumping_cleanup(run):
         from safetensors.torch import save_file
@@ -90,9 +90,9 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path, monkeypatc
     one_ids: list[list[str]] = []
     real_rollout = train.make_rollout
 
-    def recording_rollout(cfg, prompts, *args):
+    def recording_rollout(cfg, prompts, *args, **kwargs):
         one_ids.append([e.record.id for e in prompts.examples])
-        return real_rollout(cfg, prompts, *args)
+        return real_rollout(cfg, prompts, *args, **kwargs)
 
     monkeypatch.setattr(train, "make_rollout", recording_rollout)
     train.run_training(distill_config(tmp_path, tmp_path / "one", grad_accum=2))
