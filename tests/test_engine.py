@@ -446,6 +446,8 @@ def test_caches_are_never_re_encoded(pair):
     assert out.stats.target_tokens_fed == sum(widths["teacher"])
     assert out.stats.draft_tokens_fed == sum(widths["student"])
     assert out.stats.model_time_s > 0 and out.stats.model_time_s <= out.stats.wall_time_s
+    assert out.stats.draft_time_s > 0 and out.stats.target_time_s > 0
+    assert out.stats.model_time_s == pytest.approx(out.stats.draft_time_s + out.stats.target_time_s)
 
 
 def test_top_k_over_the_whole_vocabulary_is_student_sampling(pair):

@@ -43,7 +43,9 @@ class GenerationStats:
     draft_calls: int = 0  # student forward passes (likewise)
     target_tokens_fed: int = 0
     draft_tokens_fed: int = 0
-    model_time_s: float = 0.0  # seconds inside the models' forward calls
+    model_time_s: float = 0.0  # seconds inside the models' forward calls (draft_time_s + target_time_s)
+    draft_time_s: float = 0.0  # ... of the drafter (the lone model in plain decoding)
+    target_time_s: float = 0.0  # ... of the teacher
     wall_time_s: float = 0.0  # seconds of the whole generate call
 
     @property
