@@ -17,7 +17,6 @@ from specdistill.evaluate.prediction import (
     prediction_figures,
     predicted_speedup,
     speedup_table,
-    token_acceptance,
 )
 from specdistill.evaluate.speculative import bench_pair, choose_gamma
 
@@ -72,9 +71,11 @@ def test_expected_accepted_length_is_the_geometric_sum(alpha):
 
 def test_token_acceptance_divides_by_judged_positions_not_by_drafts():
     # Two blocks of gamma 4: one accepts 4 (judges 4), one accepts 1 and is rejected at position 2 (judges 2).
-    assert token_acceptance([2, 2, 1, 1], [2, 2, 1, 1]) == 1.0
-    assert token_acceptance([2, 1, 1, 1], [2, 2, 1, 1]) == pytest.approx(5 / 6)  # accepted / drafted is 5 / 8
-    assert math.isnan(token_acceptance([], []))
+    stats = GenerationStats(blocks=2, drafted=8, accepted=5, position_reached=[2, 2, 1, 1],
+                            position_accepted=[2, 1, 1, 1])
+    assert stats.token_acceptance == pytest.approx(5 / 6) and stats.acceptance_rate == pytest.approx(5 / 8)
+    assert stats.metrics()["rollout/token_acceptance"] == pytest.approx(5 / 6)
+    assert math.isnan(GenerationStats().token_acceptance)
 
 
 def test_best_gamma_and_break_even_follow_the_table():

@@ -53,6 +53,15 @@ class GenerationStats:
         return _ratio(self.accepted, self.drafted)
 
     @property
+    def token_acceptance(self) -> float:
+        """alpha = sum_i accepted_i / sum_i reached_i over the judged draft positions of all blocks (nan if none).
+
+        A block judges its drafts up to and including the first rejection; drafts after it are never judged.
+        `acceptance_rate` (accepted / drafted) counts those as rejections: for independent acceptance it is
+        alpha (1 - alpha^g) / ((1 - alpha) g), e.g. 0.59 instead of 0.8 at gamma 4. Leviathan's formula needs alpha."""
+        return _ratio(sum(self.position_accepted), sum(self.position_reached))
+
+    @property
     def first_token_acceptance(self) -> float:
         return _ratio(self.first_accepted, self.blocks if self.drafted else 0)
 
@@ -119,6 +128,7 @@ class GenerationStats:
             out.update(
                 {
                     "rollout/acceptance_rate": self.acceptance_rate,
+                    "rollout/token_acceptance": self.token_acceptance,
                     "rollout/first_token_acceptance": self.first_token_acceptance,
                     "rollout/full_match_rate": self.full_match_rate,
                     "rollout/gamma_mean": self.gamma_mean,

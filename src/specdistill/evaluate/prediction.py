@@ -42,16 +42,6 @@ class ForwardCosts:
         return self.verify[low - 1] + (g - low) * (self.verify[high - 1] - self.verify[low - 1])
 
 
-def token_acceptance(position_accepted: list[int], position_reached: list[int]) -> float:
-    """alpha = sum_i accepted_i / sum_i reached_i over the judged draft positions of all blocks (nan if none).
-
-    A block judges its drafts up to and including the first rejection; drafts after it are never judged. Dividing
-    by every drafted token instead (accepted / drafted) counts those as rejections: for independent acceptance
-    that ratio is alpha (1 - alpha^g) / ((1 - alpha) g), e.g. 0.59 instead of 0.8 at gamma 4."""
-    reached = sum(position_reached)
-    return sum(position_accepted) / reached if reached else math.nan
-
-
 def expected_accepted_length(alpha: float, gamma: float) -> float:
     """tau(gamma) = 1 + alpha + ... + alpha^gamma = (1 - alpha^(gamma+1)) / (1 - alpha): tokens per target call
     (the accepted drafts plus the target's own token); gamma + 1 at alpha = 1."""
@@ -101,7 +91,7 @@ def prediction_figures(stats, costs: ForwardCosts, max_gamma: int = MAX_GAMMA) -
     """The predicted figures of one measured run (a GenerationStats) with the pair's costs, and the serving
     engines' acceptance figures beside ours (docs/metrics.md):
 
-    token_acceptance          alpha = accepted / judged positions
+    token_acceptance          alpha = accepted / judged positions (GenerationStats.token_acceptance)
     draft_acceptance_rate     accepted / drafted tokens (vLLM's; ours is `acceptance_rate`, the same ratio)
     mean_acceptance_length    1 + accepted / drafts, a draft being one (row, block) proposal (vLLM's)
     expected_accepted_length  tau(g) at the run's mean gamma g
@@ -109,7 +99,7 @@ def prediction_figures(stats, costs: ForwardCosts, max_gamma: int = MAX_GAMMA) -
     predicted_by_gamma        {gamma, tau, verify_cost, speedup} for gamma = 1..max_gamma
     best_gamma, best_predicted_speedup, break_even_acceptance
     """
-    alpha, g = token_acceptance(stats.position_accepted, stats.position_reached), stats.gamma_mean
+    alpha, g = stats.token_acceptance, stats.gamma_mean
     table = speedup_table(alpha, costs, max_gamma)
     best = None if math.isnan(alpha) else best_gamma(alpha, costs, max_gamma)
     drafts = stats.blocks if stats.drafted else 0

@@ -16,7 +16,7 @@ from ..data.views import left_pad
 from ..engine import GenerationStats, Sampling, generate, make_policy, make_schedule, sample
 from ..engine.sampling import row_seeds
 from ..engine.views import ForwardClock, ModelView
-from .prediction import MAX_GAMMA, ForwardCosts, best_gamma, expected_acceptance, prediction_figures, token_acceptance
+from .prediction import MAX_GAMMA, ForwardCosts, best_gamma, expected_acceptance, prediction_figures
 
 
 def spec_policy(temperature: float, top_p: float = 1.0):
@@ -169,7 +169,7 @@ def choose_gamma(target, draft, prompts, tokenizer, costs: ForwardCosts, *, prob
     gamma in 1..max_gamma with the best predicted speedup for `costs`. kw: run_speculative's options.
     Returns {probe_gamma, probe_token_acceptance, gamma}."""
     _, stats, _ = run_speculative(target, draft, prompts, tokenizer, gamma=probe_gamma, **kw)
-    alpha = token_acceptance(stats.position_accepted, stats.position_reached)
+    alpha = stats.token_acceptance
     gamma = probe_gamma if math.isnan(alpha) else best_gamma(alpha, costs, max_gamma)
     return {"probe_gamma": probe_gamma, "probe_token_acceptance": alpha, "gamma": gamma}
 
