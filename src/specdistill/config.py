@@ -66,10 +66,13 @@ class FieldMap:
 
 @dataclass
 class DatasetConfig:
-    """One dataset: a built-in task (`task: arith`) or a file (`path: data.jsonl`)."""
+    """One dataset: a built-in task (`task: arith`), a file (`path: data.jsonl`) or a hub dataset read through
+    `datasets.load_dataset` (`hub: openai/gsm8k`, `hub_config: main`; `split` names the hub split)."""
 
     task: Optional[str] = None
     path: Optional[str] = None
+    hub: Optional[str] = None
+    hub_config: Optional[str] = None  # the hub dataset's configuration (GSM8K: main)
     split: Literal["train", "validation", "test"] = "train"
     format: Literal["auto", "lupi", "json", "jsonl", "csv", "parquet"] = "auto"
     fields: FieldMap = field(default_factory=FieldMap)
@@ -348,7 +351,8 @@ def validate(cfg: Config) -> None:
     _check(t.resume in (None, "auto") or bool(t.resume), "train.resume: use 'auto', a checkpoint path, or null")
     _check(len(d.train) >= 1, "data.train: give at least one dataset")
     for i, ds in enumerate(d.train + ([d.validation] if d.validation else [])):
-        _check((ds.task is None) != (ds.path is None), f"data.train[{i}]: give exactly one of 'task' or 'path'")
+        _check(sum(x is not None for x in (ds.task, ds.path, ds.hub)) == 1,
+               f"data.train[{i}]: give exactly one of 'task', 'path' or 'hub'")
     for i, stage in enumerate(d.schedule):
         _check(0 <= stage.start < 1, f"data.schedule[{i}].start: {stage.start}; allowed range [0, 1)")
         _check(len(stage.weights) == len(d.train), f"data.schedule[{i}].weights: need {len(d.train)} weights, one per dataset in data.train")
