@@ -14,6 +14,7 @@ from specdistill.evaluate.prediction import (
     break_even_acceptance,
     expected_acceptance,
     expected_accepted_length,
+    fit_verify_costs,
     prediction_figures,
     predicted_speedup,
     speedup_table,
@@ -92,6 +93,14 @@ def test_best_gamma_and_break_even_follow_the_table():
     alpha = break_even_acceptance(dear)
     assert alpha > 0.1
     assert max(row["speedup"] for row in speedup_table(alpha, dear)) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_verify_costs_are_a_line_fitted_robustly_to_the_measurements():
+    line = [1.0 + 0.05 * g for g in range(1, 17)]
+    assert fit_verify_costs(line) == pytest.approx(line)
+    spoiled = list(line)
+    spoiled[3], spoiled[9] = 3.0, 0.2  # two timings a busy machine spoiled
+    assert fit_verify_costs(spoiled) == pytest.approx(line)
 
 
 def test_verify_cost_interpolates_between_measured_gammas():

@@ -255,9 +255,9 @@ def test_bench_compares_several_drafts_each_at_its_auto_gamma(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert [r["draft"] for r in report["results"]] == drafts.split(",")  # several drafts: gamma auto by default
     for r, row in zip(report["results"], report["comparison"]):
-        costs = ForwardCosts(r["cost_ratio_c"], [t["verify_cost"] for t in r["predicted_by_gamma"]])
         auto = r["gamma_auto"]
-        assert auto["probe_gamma"] == 4 and r["gamma"] == auto["gamma"]
+        costs = ForwardCosts(auto["cost_ratio_c"], auto["verify_costs"])  # measured before the probe
+        assert auto["probe_gamma"] == 4 and r["gamma"] == auto["gamma"] and len(auto["verify_costs"]) == 16
         assert auto["gamma"] == best_gamma(auto["probe_token_acceptance"], costs)
         assert row["draft"] == r["draft"] and row["gamma"] == r["gamma"] and row["batch_size"] == 1
         for key in ("token_acceptance", "cost_ratio_c", "predicted_speedup", "speedup_vs_target"):

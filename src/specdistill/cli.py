@@ -285,12 +285,14 @@ def cmd_bench(args) -> int:
         sizes[name] = {"layers": draft.config.get_text_config().num_hidden_layers,
                        "parameters": sum(p.numel() for p in draft.parameters())}
         for bs in [int(x) for x in str(args.batch_size).split(",")]:
-            costs = measure_forward_costs(target, draft, prompts[0], bs, compile=args.compile)
             for gamma in gammas:
-                choice = choose_gamma(target, draft, prompts, tokenizer, costs, batch_size=bs, **opts) if gamma == "auto" else None
+                choice = None
+                if gamma == "auto":
+                    costs = measure_forward_costs(target, draft, prompts[0], bs, compile=args.compile)
+                    choice = choose_gamma(target, draft, prompts, tokenizer, costs, batch_size=bs, **opts)
                 r = bench_pair(target, draft, prompts, tokenizer, gamma=choice["gamma"] if choice else gamma,
                                schedule=args.gamma_schedule, batch_size=bs, compare_hf=args.compare_hf and bs == 1,
-                               repeats=args.repeats, costs=costs, **opts)
+                               repeats=args.repeats, **opts)  # its costs measured between its timed runs
                 r = {"draft": name, **r, **({"gamma_auto": choice} if choice else {})}
                 results.append(r)
                 print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()

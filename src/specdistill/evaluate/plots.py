@@ -26,6 +26,9 @@ def plot_bench(results: list[dict], path: str | Path, title: str = "") -> Path:
         gammas = [r["gamma"] for r in rows]
         right.plot(gammas, [r["speedup_vs_target"] for r in rows], marker="o", label=f"measured, batch {bs}")
         right.plot(gammas, [r["predicted_speedup"] for r in rows], linestyle="--", label=f"predicted, batch {bs}")
+        if all(r.get("leviathan_speedup") is not None for r in rows):
+            right.plot(gammas, [r["leviathan_speedup"] for r in rows], linestyle=":",
+                       label=f"Leviathan (verification = 1 step), batch {bs}")
     right.axhline(1.0, color="grey", linewidth=0.8)
     right.set(xlabel="gamma (drafted tokens per block)", ylabel="speedup over the target alone (x)", title="Speedup vs gamma")
     right.legend()
@@ -73,8 +76,9 @@ def plot_drafts(comparison: list[dict], results: list[dict], path: str | Path, t
 
 
 def _short(path: str) -> str:
-    """A draft's label: the last two parts of its path (runs/skd/final -> skd/final)."""
-    return "/".join(Path(path).parts[-2:])
+    """A draft's label: the last two parts of its path without a closing `final` (runs/skd/final -> runs/skd)."""
+    parts = Path(path).parts
+    return "/".join((parts[:-1] if parts and parts[-1] == "final" else parts)[-2:])
 
 
 def _by_task(report: dict) -> list[str]:

@@ -9,6 +9,7 @@ target (Leviathan take c_v = 1). Every figure is defined in docs/metrics.md.
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass, field
 
 import torch
@@ -30,6 +31,7 @@ class ForwardCosts:
 
     c: float
     verify: list[float] = field(default_factory=list)
+    measured: list[float] = field(default_factory=list)  # the raw c_v ratios `verify` was fitted to, if any
 
     def verify_cost(self, gamma: float) -> float:
         """c_v(gamma), interpolated linearly between measured gammas (a mean gamma need not be whole), held
@@ -40,6 +42,19 @@ class ForwardCosts:
         low = int(math.floor(g))
         high = min(low + 1, len(self.verify))
         return self.verify[low - 1] + (g - low) * (self.verify[high - 1] - self.verify[low - 1])
+
+
+def fit_verify_costs(measured: list[float]) -> list[float]:
+    """c_v(gamma) = a + b gamma for gamma = 1..len(measured), fitted to the measured ratios by Theil-Sen (b: the
+    median of the slopes between every two gammas; a: the median of c_v - b gamma), so that the few timings a
+    busy machine spoils do not bend the table. A forward's cost grows about linearly with its tokens while they
+    fit in one pass of the hardware."""
+    if len(measured) < 2:
+        return list(measured)
+    points = list(enumerate(measured, start=1))
+    slope = statistics.median((y2 - y1) / (x2 - x1) for i, (x1, y1) in enumerate(points) for x2, y2 in points[i + 1 :])
+    intercept = statistics.median(y - slope * x for x, y in points)
+    return [intercept + slope * x for x, _ in points]
 
 
 def expected_accepted_length(alpha: float, gamma: float) -> float:
@@ -97,6 +112,7 @@ def prediction_figures(stats, costs: ForwardCosts, max_gamma: int = MAX_GAMMA) -
     expected_accepted_length  tau(g) at the run's mean gamma g
     predicted_speedup         tau(g) / (g c + c_v(g)); leviathan_speedup: the same with c_v = 1
     predicted_by_gamma        {gamma, tau, verify_cost, speedup} for gamma = 1..max_gamma
+    verify_costs_measured     the raw c_v ratios behind the fitted verify costs
     best_gamma, best_predicted_speedup, break_even_acceptance
     """
     alpha, g = stats.token_acceptance, stats.gamma_mean
@@ -110,6 +126,7 @@ def prediction_figures(stats, costs: ForwardCosts, max_gamma: int = MAX_GAMMA) -
         "expected_accepted_length": expected_accepted_length(alpha, g),
         "cost_ratio_c": costs.c,
         "verify_cost": costs.verify_cost(g),
+        "verify_costs_measured": costs.measured,
         "predicted_speedup": predicted_speedup(alpha, g, costs.c, costs.verify_cost(g)),
         "leviathan_speedup": predicted_speedup(alpha, g, costs.c),
         "best_gamma": best,

@@ -16,7 +16,8 @@ from ..data.views import left_pad
 from ..engine import GenerationStats, Sampling, generate, make_policy, make_schedule, sample
 from ..engine.sampling import row_seeds
 from ..engine.views import ForwardClock, ModelView
-from .prediction import MAX_GAMMA, ForwardCosts, best_gamma, expected_acceptance, prediction_figures
+from .prediction import (MAX_GAMMA, ForwardCosts, best_gamma, expected_acceptance, fit_verify_costs,
+                         prediction_figures)
 
 
 def spec_policy(temperature: float, top_p: float = 1.0):
@@ -133,45 +134,63 @@ def measure_forward_costs(target, draft, prompt: list[int], batch_size: int = 1,
     """c = (one draft forward of one token) / (one target forward of one token), and c_v(gamma) = (one target
     forward of gamma + 1 tokens) / (one target forward of one token) for gamma = 1..max_gamma: each forward after
     the prompt's cache, `batch_size` copies of the prompt, fed the way the engine feeds it (a ModelView; compiled
-    with `compile`), timed as the median of `repeats` calls after 3 untimed ones (a busy machine's slow call
-    does not move a median)."""
+    with `compile`). The calls of all widths take turns, `repeats` timed rounds after 3 untimed ones (graphs
+    compile there), each timed call after an untimed one of the same model and width (in decoding a model runs
+    several forwards in a row, its weights in the processor's caches). Each width keeps its fastest time:
+    a busy machine only adds time to a call (timeit's rule), so the minimum is the steadiest estimate of its
+    cost. The c_v used is a line fitted to the measured ratios (fit_verify_costs)."""
     views = {}
     for role, model in (("target", target), ("draft", draft)):
         dev = _device(model)
         view = ModelView(model, ForwardClock(), batch_size, len(prompt) + max_gamma + 4, dev, compile, role)
         ids = torch.tensor([prompt] * batch_size, device=dev)
         views[role] = (view, view.prefill(ids, torch.ones_like(ids)))
-    one = _forward_seconds(*views["target"], 1, repeats)
-    verify = [_forward_seconds(*views["target"], g + 1, repeats) / one for g in range(1, max_gamma + 1)]
-    return ForwardCosts(c=_forward_seconds(*views["draft"], 1, repeats) / one, verify=verify)
+    calls = [("draft", 1)] + [("target", width) for width in range(1, max_gamma + 2)]
+    times = {call: [] for call in calls}
+    for i in range(3 + repeats):
+        for role, width in calls:
+            _timed_forward(*views[role], width)  # warms the caches for this model
+            seconds = _timed_forward(*views[role], width)
+            if i >= 3:
+                times[(role, width)].append(seconds)
+    fastest = {call: min(t) for call, t in times.items()}
+    one = fastest[("target", 1)]
+    measured = [fastest[("target", g + 1)] / one for g in range(1, max_gamma + 1)]
+    return ForwardCosts(c=fastest[("draft", 1)] / one, verify=fit_verify_costs(measured), measured=measured)
 
 
-def _forward_seconds(view: ModelView, last: torch.Tensor, width: int, repeats: int) -> float:
-    """Median seconds of one forward over `width` tokens [B, width] after the view's cache, which is rolled back
-    after each call, so every call sees the same cache length."""
+def _timed_forward(view: ModelView, last: torch.Tensor, width: int) -> float:
+    """Seconds of one forward over `width` tokens [B, width] after the view's cache, which is then rolled back,
+    so every call sees the same cache length."""
     tokens = last.expand(-1, width).contiguous()  # [B, width]; the ids do not change the time
     keep = torch.zeros(tokens.shape[0], dtype=torch.long, device=view.device)
-    times = []
-    for _ in range(3 + repeats):  # 3 untimed calls first (graphs compile there)
-        _sync(view.device)
-        start = time.perf_counter()
-        view.mark()
-        view.feed(tokens, keep=width)
-        _sync(view.device)
-        times.append(time.perf_counter() - start)
-        view.roll_back(keep, 0)
-    return statistics.median(times[3:])
+    _sync(view.device)
+    start = time.perf_counter()
+    view.mark()
+    view.feed(tokens, keep=width)
+    _sync(view.device)
+    seconds = time.perf_counter() - start
+    view.roll_back(keep, 0)
+    return seconds
+
+
+def median_costs(rounds: list[ForwardCosts]) -> ForwardCosts:
+    """The median of each cost (c, and c_v at each gamma, fitted and raw) over several measurements."""
+    verify = [statistics.median(v) for v in zip(*(r.verify for r in rounds))]
+    measured = [statistics.median(v) for v in zip(*(r.measured for r in rounds))]
+    return ForwardCosts(c=statistics.median(r.c for r in rounds), verify=verify, measured=measured)
 
 
 def choose_gamma(target, draft, prompts, tokenizer, costs: ForwardCosts, *, probe_gamma: int = 4,
                  max_gamma: int = MAX_GAMMA, **kw) -> dict:
     """`bench --gamma auto`: alpha (accepted / judged positions) from one untimed run at `probe_gamma`, then the
     gamma in 1..max_gamma with the best predicted speedup for `costs`. kw: run_speculative's options.
-    Returns {probe_gamma, probe_token_acceptance, gamma}."""
+    Returns {probe_gamma, probe_token_acceptance, cost_ratio_c, verify_costs (c_v at gamma 1..), gamma}."""
     _, stats, _ = run_speculative(target, draft, prompts, tokenizer, gamma=probe_gamma, **kw)
     alpha = stats.token_acceptance
     gamma = probe_gamma if math.isnan(alpha) else best_gamma(alpha, costs, max_gamma)
-    return {"probe_gamma": probe_gamma, "probe_token_acceptance": alpha, "gamma": gamma}
+    return {"probe_gamma": probe_gamma, "probe_token_acceptance": alpha, "cost_ratio_c": costs.c,
+            "verify_costs": costs.verify, "gamma": gamma}
 
 
 def count_tokens(outputs: list[list[int]]) -> int:
@@ -189,8 +208,8 @@ def bench_pair(target, draft, prompts, tokenizer, *, gamma=4, schedule="constant
     torch.compile'd forwards (the warmup compiles the graphs); transformers' assisted generation runs as
     shipped, eagerly. transformers' assistant reads the target's prompt, so the engine run it is compared with
     (`tokens_per_s_b1`) does too, at batch size 1, whatever `draft_prompts` the other figures use.
-    costs: the pair's forward costs at this batch size (measured here when None); the predicted figures use
-    them with the run's per-token acceptance (prediction.prediction_figures)."""
+    costs: the pair's forward costs at this batch size; None: measured in each round of runs, each figure's
+    median kept. The predicted figures use them with the run's per-token acceptance (prediction_figures)."""
     kw = dict(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed, compile=compile)
     spec = functools.partial(run_speculative, target, draft, tokenizer=tokenizer, gamma=gamma, schedule=schedule, **kw)
     # name -> run(prompts, draft prompts); each returns (outputs, ..., seconds)
@@ -203,13 +222,15 @@ def bench_pair(target, draft, prompts, tokenizer, *, gamma=4, schedule="constant
     w = max(warmup, 1)
     for run in runs.values():
         run(prompts[:w], draft_prompts and draft_prompts[:w])
-    timed = {name: [] for name in runs}
+    timed, measured = {name: [] for name in runs}, []
     for _ in range(repeats):
         for name, run in runs.items():
             timed[name].append(run(prompts, draft_prompts))
+        if costs is None:  # in every round too: a shared machine's load moves the costs as it moves the runs
+            measured.append(measure_forward_costs(target, draft, prompts[0], batch_size, repeats=10, compile=compile))
     out = {name: sorted(results, key=lambda r: r[-1])[len(results) // 2] for name, results in timed.items()}
     (spec_out, stats, spec_s), (base_out, base_stats, base_s) = out["spec"], out["base"]
-    costs = costs or measure_forward_costs(target, draft, prompts[0], batch_size, compile=compile)
+    costs = costs or median_costs(measured)
     result = {
         "gamma": gamma, "schedule": schedule, "temperature": temperature, "top_p": top_p, "batch_size": batch_size,
         "compile": compile, "repeats": repeats, "prompts": len(prompts), "new_tokens": count_tokens(spec_out),
