@@ -219,16 +219,9 @@ def bench_pair(target, draft, prompts, tokenizer, *, gamma=4, schedule="constant
         runs["hf"] = lambda p, d: run_hf_assisted(target, draft, p, tokenizer, gamma=gamma, max_new_tokens=max_new_tokens)
         if batch_size != 1 or (draft_prompts is not None and draft_prompts != prompts):
             runs["b1"] = lambda p, d: spec(p, batch_size=1, draft_prompts=None)  # on equal terms: the target's view
-    w = max(warmup, 1)
-    for run in runs.values():
-        run(prompts[:w], draft_prompts and draft_prompts[:w])
-    timed, measured = {name: [] for name in runs}, []
-    for _ in range(repeats):
-        for name, run in runs.items():
-            timed[name].append(run(prompts, draft_prompts))
-        if costs is None:  # in every round too: a shared machine's load moves the costs as it moves the runs
-            measured.append(measure_forward_costs(target, draft, prompts[0], batch_size, repeats=10, compile=compile))
-    out = {name: sorted(results, key=lambda r: r[-1])[len(results) // 2] for name, results in timed.items()}
+    measure = None if costs else lambda: measure_forward_costs(target, draft, prompts[0], batch_size, repeats=10,
+                                                                 compile=compile)
+    out, measured = _interleaved_runs(runs, prompts, draft_prompts, warmup, repeats, measure)
     (spec_out, stats, spec_s), (base_out, base_stats, base_s) = out["spec"], out["base"]
     costs = costs or median_costs(measured)
     result = {
@@ -256,6 +249,22 @@ def bench_pair(target, draft, prompts, tokenizer, *, gamma=4, schedule="constant
     return _json_safe(result)
 
 
+def _interleaved_runs(runs: dict, prompts, draft_prompts, warmup: int, repeats: int, measure=None):
+    """Each run once on the first `warmup` prompts, untimed; then `repeats` rounds of every run in turn, each
+    round followed by measure() when given (a shared machine's load moves the costs as it moves the runs).
+    Returns ({name: the result of its median-time round}, [measure() of each round]); results end in seconds."""
+    w = max(warmup, 1)
+    for run in runs.values():
+        run(prompts[:w], draft_prompts and draft_prompts[:w])
+    timed, measured = {name: [] for name in runs}, []
+    for _ in range(repeats):
+        for name, run in runs.items():
+            timed[name].append(run(prompts, draft_prompts))
+        if measure is not None:
+            measured.append(measure())
+    return {name: sorted(results, key=lambda r: r[-1])[len(results) // 2] for name, results in timed.items()}, measured
+
+
 COMPARED = ("gamma", "token_acceptance", "mean_accepted_length", "cost_ratio_c", "predicted_speedup",
             "speedup_vs_target", "best_gamma", "break_even_acceptance")
 
@@ -275,7 +284,10 @@ def draft_comparison(results: list[dict], sizes: dict[str, dict]) -> list[dict]:
 def format_comparison(rows: list[dict]) -> str:
     """draft_comparison's rows as a Markdown table."""
     keys = list(rows[0])
-    cell = lambda v: f"{v:.3f}" if isinstance(v, float) else ("-" if v is None else str(v))  # noqa: E731
+
+    def cell(v) -> str:
+        return f"{v:.3f}" if isinstance(v, float) else ("-" if v is None else str(v))
+
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     return "\n".join(lines + ["| " + " | ".join(cell(r[k]) for k in keys) + " |" for r in rows])
 
