@@ -39,7 +39,7 @@ def test_int_is_accepted_for_float_fields():
     (["train.max_steps=true"], "train.max_steps: expected int, got True"),
     (["loss.beta=2"], "loss.beta: 2.0 is not allowed; allowed range [0, 1]"),
     (["rollout.gamma=40"], "rollout.gamma: 40; must lie in [1, rollout.max_gamma=16]"),
-    (["data.train=[{task: arith, path: x.jsonl}]"], "data.train[0]: give exactly one of 'task' or 'path'"),
+    (["data.train=[{task: arith, path: x.jsonl}]"], "data.train[0]: give exactly one of 'task', 'path' or 'hub'"),
     (["data.schedule=[{start: 0.5, weights: [1, 2]}]"], "data.schedule[0].weights: need 1 weights"),
     (["train.trackers=[mlflow]"], "train.trackers: 'mlflow' is not allowed"),
     (["model.lora.r=x"], "model.lora.r: expected int, got 'x'"),

@@ -446,6 +446,8 @@ def test_caches_are_never_re_encoded(pair):
     assert out.stats.target_tokens_fed == sum(widths["teacher"])
     assert out.stats.draft_tokens_fed == sum(widths["student"])
     assert out.stats.model_time_s > 0 and out.stats.model_time_s <= out.stats.wall_time_s
+    assert out.stats.draft_time_s > 0 and out.stats.target_time_s > 0
+    assert out.stats.model_time_s == pytest.approx(out.stats.draft_time_s + out.stats.target_time_s)
 
 
 def test_top_k_over_the_whole_vocabulary_is_student_sampling(pair):
@@ -480,7 +482,8 @@ def test_metrics_use_the_project_names(pair):
     out = run_pair(pair, prompts(2, seed=9), policy=AdaptiveTopKPolicy(target=Sampling(1.0)), gamma=3,
                    draft_sampling=Sampling(1.0))  # fmt: skip
     metrics = out.metrics()
-    for name in ("rollout/acceptance_rate", "rollout/first_token_acceptance", "rollout/full_match_rate",
+    for name in ("rollout/acceptance_rate", "rollout/token_acceptance", "rollout/first_token_acceptance",
+                 "rollout/full_match_rate",
                  "rollout/gamma_mean", "rollout/gamma_min", "rollout/gamma_max", "rollout/gamma_std",
                  "rollout/top_k_mean", "tokens/drafted", "tokens/accepted", "tokens/replaced", "time/rollout_s",
                  "time/model_s", "throughput/tokens_per_s"):  # fmt: skip

@@ -13,7 +13,8 @@ from specdistill.data.tokenizer import build_tokenizer
 from specdistill.engine import SpeculativePolicy, Verdict, generate, Sampling
 from specdistill.engine import GenerationStats
 from specdistill.evaluate import speculative
-from specdistill.evaluate.speculative import bench_pair, leviathan_speedup, run_speculative
+from specdistill.evaluate.prediction import ForwardCosts, best_gamma, predicted_speedup
+from specdistill.evaluate.speculative import bench_pair, run_speculative
 
 TOK = build_tokenizer()
 ALL_ARCHS = {**ARCHS, "qwen3": (Qwen3Config, Qwen3ForCausalLM)}
@@ -88,7 +89,7 @@ def speedup_by_enumeration(alpha: float, gamma: int, c: float) -> float:
 @pytest.mark.parametrize("alpha", [0.0, 0.3, 0.8, 0.95, 1.0])
 @pytest.mark.parametrize("gamma, c", [(1, 0.5), (4, 0.1), (4, 0.25), (7, 0.05)])
 def test_leviathan_formula_equals_the_enumerated_expectation(alpha, gamma, c):
-    assert leviathan_speedup(alpha, gamma, c) == pytest.approx(speedup_by_enumeration(alpha, gamma, c))
+    assert predicted_speedup(alpha, gamma, c) == pytest.approx(speedup_by_enumeration(alpha, gamma, c))
 
 
 # ---------------------------------------------------------------- lossless sampling: a chi-square test
@@ -186,6 +187,7 @@ def expected_bench_figures(target, draft, prompts, gamma, batch_size, budget) ->
     new_tokens = sum(min(sum(n + 1 for _, n in row), budget) for row in rows)
     return {
         "acceptance_rate": sum(n for _, n in flat) / sum(g for g, _ in flat),
+        "token_acceptance": sum(accepted) / sum(reached),
         "mean_accepted_length": new_tokens / len(flat),
         "per_position_acceptance": [a / r for a, r in zip(accepted, reached) if r],
         "target_calls": sum(max(len(r) for r in rows[i : i + batch_size]) for i in range(0, len(rows), batch_size)),
@@ -215,8 +217,8 @@ def test_bench_and_generate_commands(tmp_path, capsys):
             assert r[key] == pytest.approx(value), (r["batch_size"], r["gamma"], key)
         blocks = [b for p in prompts for b in brute_force_blocks(target, draft, p, r["gamma"], 8)]
         gamma_mean = sum(g for g, _ in blocks) / len(blocks)  # the last blocks of a row may be shorter
-        assert r["predicted_speedup"] == pytest.approx(leviathan_speedup(want["acceptance_rate"], gamma_mean,
-                                                                         r["cost_ratio_c"]))
+        c, c_v = r["cost_ratio_c"], r["verify_cost"]
+        assert r["predicted_speedup"] == pytest.approx(predicted_speedup(want["token_acceptance"], gamma_mean, c, c_v))
         assert r["speedup_vs_target"] == pytest.approx(r["tokens_per_s"] / r["target_tokens_per_s"])
     b1 = report["results"][0]
     assert b1["matches_hf_assisted"] is True and b1["speedup_vs_hf_assisted"] > 0
@@ -229,6 +231,64 @@ def test_bench_and_generate_commands(tmp_path, capsys):
     gen = json.loads(gen_json.read_text())
     assert gen["outputs"][0]["token_ids"] == hf_greedy(target, prompt_ids(1)[0], 8)
     assert gen["stats"]["rollout/target_calls"] > 0
+
+
+def save_pair(tmp_path, **drafts) -> dict:
+    """The tiny Llama target and each named draft saved with the built-in tokenizer; {name: folder}."""
+    folders = {}
+    for name, model in {"target": tiny("llama", 0), **drafts}.items():
+        model.save_pretrained(tmp_path / name)
+        TOK.save_pretrained(tmp_path / name)
+        folders[name] = str(tmp_path / name)
+    return folders
+
+
+def test_bench_compares_several_drafts_each_at_its_auto_gamma(tmp_path, capsys):
+    target = tiny("llama", 0)
+    paths = save_pair(tmp_path, close=perturbed(target, 0.1, 1), far=perturbed(target, 0.6, 2),
+                      shallow=tiny("llama", 3, layers=1))
+    out, plot = tmp_path / "drafts.json", tmp_path / "drafts.png"
+    drafts = ",".join(paths[n] for n in ("close", "far", "shallow"))
+    assert main(["bench", "--target", paths["target"], "--draft", drafts, "--limit", "3", "--max-new-tokens", "8",
+                 "--repeats", "1", "--json", str(out), "--plot", str(plot)]) == 0
+    report = json.loads(out.read_text())
+    printed = capsys.readouterr().out
+    assert [r["draft"] for r in report["results"]] == drafts.split(",")  # several drafts: gamma auto by default
+    for r, row in zip(report["results"], report["comparison"]):
+        auto = r["gamma_auto"]
+        costs = ForwardCosts(auto["cost_ratio_c"], auto["verify_costs"])  # measured before the probe
+        assert auto["probe_gamma"] == 4 and r["gamma"] == auto["gamma"] and len(auto["verify_costs"]) == 16
+        assert auto["gamma"] == best_gamma(auto["probe_token_acceptance"], costs)
+        assert row["draft"] == r["draft"] and row["gamma"] == r["gamma"] and row["batch_size"] == 1
+        for key in ("token_acceptance", "cost_ratio_c", "predicted_speedup", "speedup_vs_target"):
+            assert row[key] == r[key]
+        assert row["layers"] == (1 if r["draft"] == paths["shallow"] else 2) and row["parameters"] > 0
+        assert f"| {r['draft']} |" in printed
+    accepted = {r["draft"]: r["token_acceptance"] for r in report["results"]}
+    assert accepted[paths["close"]] > accepted[paths["far"]]
+    assert plot.stat().st_size > 10_000
+
+
+def test_bench_gamma_auto_for_one_draft_and_a_bad_gamma(tmp_path, capsys):
+    target = tiny("llama", 0)
+    paths = save_pair(tmp_path, close=perturbed(target, 0.1, 1))
+    out = tmp_path / "auto.json"
+    assert main(["bench", "--target", paths["target"], "--draft", paths["close"], "--gamma", "auto", "--limit", "2",
+                 "--max-new-tokens", "8", "--repeats", "1", "--json", str(out)]) == 0
+    (r,) = json.loads(out.read_text())["results"]
+    assert r["gamma"] == r["gamma_auto"]["gamma"] and r["matches_target_greedy"] is True
+    capsys.readouterr()
+    assert main(["bench", "--target", paths["target"], "--draft", paths["close"], "--gamma", "0,4"]) == 2
+    assert "--gamma '0,4'" in capsys.readouterr().err
+
+
+class StubTokenizer:
+    """What the benchmark reads of a tokenizer: end and pad ids, no chat template, and its size."""
+
+    eos_token_id, pad_token_id, chat_template = 2, 0, None
+
+    def __len__(self):
+        return 10
 
 
 def test_the_hf_comparison_gives_both_drafts_the_targets_prompt(monkeypatch):
@@ -244,12 +304,14 @@ def test_the_hf_comparison_gives_both_drafts_the_targets_prompt(monkeypatch):
         return [[5, 6, 7]] * len(prompts), stats, 100.0 if student_view else 1.0
 
     monkeypatch.setattr(speculative, "run_speculative", fake_speculative)
-    monkeypatch.setattr(speculative, "run_target_alone", lambda t, p, tok, **kw: ([[5, 6, 7]] * len(p), 3.0))
+    monkeypatch.setattr(speculative, "run_target_alone",
+                        lambda t, p, tok, **kw: ([[5, 6, 7]] * len(p), GenerationStats(), 3.0))
     monkeypatch.setattr(speculative, "run_hf_assisted", lambda t, d, p, tok, **kw: ([[5, 6, 7]] * len(p), 2.0))
-    monkeypatch.setattr(speculative, "forward_cost_ratio", lambda *a, **kw: 0.5)
-    monkeypatch.setattr(speculative, "hf_same_vocab", lambda target, draft: True)  # no models in this fake run
+    monkeypatch.setattr(speculative, "measure_forward_costs", lambda *a, **kw: ForwardCosts(0.5))
+    monkeypatch.setattr(speculative, "expected_acceptance", lambda *a, **kw: 0.75)
+    monkeypatch.setattr(speculative, "hf_same_vocab", lambda t, d: True)  # no models here
     monkeypatch.setattr(speculative, "end_token_ids", lambda tokenizer, *models: [2])
-    tok = SimpleNamespace(eos_token_id=2, pad_token_id=0)
+    tok = StubTokenizer()
     target_view, student_view = [[1, 9, 9], [1, 8]], [[9, 9], [8]]
     r = bench_pair(None, None, target_view, tok, draft_prompts=student_view, compare_hf=True, warmup=1, repeats=1)
     assert r["tokens_per_s"] == pytest.approx(6 / 100)  # the engine's own figures use the student view

@@ -156,17 +156,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--draft-device", help="the draft's device (default: --device), e.g. cpu beside a cuda target")
     p.add_argument("--json", dest="json_out", help="write texts, token ids and statistics to this JSON file")
 
-    p = sub.add_parser("bench", help="measure a draft as the target's speculative drafter")
+    p = sub.add_parser("bench", help="measure drafts as the target's speculative drafter")
     p.add_argument("--target", required=True)
-    p.add_argument("--draft", required=True)
+    p.add_argument("--draft", required=True, help="a draft model; several, comma-separated (A,B,C), are compared in "
+                   "one table (and one plot with --plot), each at its best gamma")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--task", default="arith", help="built-in task whose test prompts to use (default arith)")
     src.add_argument("--prompts", help="a file with one prompt per line (user messages)")
     p.add_argument("--limit", type=POSITIVE, default=64, help="number of prompts (default 64)")
-    p.add_argument("--gamma", type=int_list(1), default="4", help="drafted tokens per block; a list sweeps: 1,2,4,8")
+    p.add_argument("--gamma", default=None, help="drafted tokens per block; a list sweeps: 1,2,4,8; auto = the gamma "
+                   "in 1..16 with the best predicted speedup, from the acceptance of an untimed run at gamma 4 and "
+                   "the measured forward costs (default: 4 for one draft, auto for several)")
     p.add_argument("--gamma-schedule", default="constant", choices=["constant", "lupi", "heuristic"])
     p.add_argument("--batch-size", type=int_list(1), default="1", help="batch size; a list gives several: 1,8")
-    p.add_argument("--temperature", type=TEMPERATURE, default=0.0, help="0 = greedy")
+    p.add_argument("--temperature", type=TEMPERATURE, default=0.0, help="0 = greedy; > 0: lossless speculative sampling")
+    p.add_argument("--top-p", type=TOP_P, default=1.0, help="nucleus mass kept when sampling, in (0, 1]; 1 = off")
     p.add_argument("--max-new-tokens", type=POSITIVE, default=64)
     p.add_argument("--draft-view", default="target", choices=["target", "student"],
                    help="the draft reads the target's prompt (default) or the student view, without knowledge")
@@ -181,7 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--draft-device", help="the draft's device (default: --device), e.g. cpu beside a cuda target")
     p.add_argument("--json", dest="json_out", help="write every figure to this JSON file")
-    p.add_argument("--plot", help="write the acceptance-per-position and speedup-vs-gamma plot to this PNG")
+    p.add_argument("--plot", help="write the acceptance-per-position and speedup-vs-gamma plot to this PNG (several "
+                   "drafts: predicted and measured speedup of each)")
 
     p = sub.add_parser("data", help="dataset tools")
     dsub = p.add_subparsers(dest="data_command", required=True)
@@ -421,18 +426,21 @@ def _bench_prompts(args, tokenizer):
     return target, ([e.student_prompt for e in examples] if args.draft_view == "student" else target)
 
 
-def _check_bench_args(args) -> None:
-    """Everything bench can check before loading a model: outputs, devices, models, the prompts' source."""
+def _check_bench_args(args) -> list[str]:
+    """Everything bench can check before loading a model: outputs, devices, models, gammas, the prompts' source.
+    Returns the draft specs (--draft A,B,C)."""
     from .data.tasks import get_task
 
     check_output_file(args.json_out, "--json")
     check_output_file(args.plot, "--plot")
     _check_devices(args)
-    _check_models(("--target", args.target), ("--draft", args.draft))
+    names = [d.strip() for d in args.draft.split(",") if d.strip()]
+    _check_models(("--target", args.target), *(("--draft", name) for name in names))
     if args.prompts:
         read_prompts(args.prompts)
     else:
         get_task(args.task)
+    return names
 
 
 def _check_bench_prompts(args, target, draft, prompts, draft_prompts) -> None:
@@ -442,29 +450,68 @@ def _check_bench_prompts(args, target, draft, prompts, draft_prompts) -> None:
     _check_prompts_fit(draft, draft_prompts, args.max_new_tokens, "--draft", labels)
 
 
-def cmd_bench(args) -> int:
-    from .evaluate.plots import plot_bench
-    from .evaluate.speculative import bench_pair
+def _bench_gammas(spec: str | None, drafts: int) -> list:
+    """--gamma: "auto" or a list of whole numbers >= 1; None = 4 for one draft, auto for several."""
+    if spec is None:
+        return ["auto"] if drafts > 1 else [4]
+    if spec.strip() == "auto":
+        return ["auto"]
+    from .errors import UserError
 
-    _check_bench_args(args)
-    target, draft, tokenizer = _load_pair(args.target, args.draft, args, args.draft_device)
+    allowed = "give auto or whole numbers >= 1, comma-separated (e.g. 1,2,4,8)"
+    gammas = []
+    for item in (t.strip() for t in spec.split(",")):
+        if not item.lstrip("-").isdigit():
+            raise UserError(f"--gamma: {item!r} in {spec!r} is not a whole number; {allowed}")
+        if int(item) < 1:
+            raise UserError(f"--gamma: {item} in {spec!r} is not >= 1; {allowed}")
+        gammas.append(int(item))
+    return gammas
+
+
+def cmd_bench(args) -> int:
+    from .evaluate.plots import plot_bench, plot_drafts
+    from .evaluate.speculative import bench_pair, choose_gamma, draft_comparison, format_comparison, measure_forward_costs
+    from .models import check_same_tokenizer, load_tokenizer
+
+    names = _check_bench_args(args)
+    gammas = _bench_gammas(args.gamma, len(names))
+    tokenizer = load_tokenizer(args.target)
+    for name in names:  # every pair is checked before any model loads
+        check_same_tokenizer(tokenizer, load_tokenizer(name), names=(args.target, name))
+    target, _ = _load_for_inference(args.target, args.device, args.dtype, tokenizer)
     prompts, draft_prompts = _bench_prompts(args, tokenizer)
-    _check_bench_prompts(args, target, draft, prompts, draft_prompts)
-    results = []
-    for bs in [int(x) for x in str(args.batch_size).split(",")]:
-        for gamma in [int(x) for x in str(args.gamma).split(",")]:
-            r = bench_pair(target, draft, prompts, tokenizer, gamma=gamma, schedule=args.gamma_schedule,
-                           temperature=args.temperature, max_new_tokens=args.max_new_tokens, batch_size=bs,
-                           seed=args.seed, draft_prompts=draft_prompts, compare_hf=args.compare_hf and bs == 1,
-                           compile=args.compile, repeats=args.repeats)
-            results.append(r)
-            print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()
-                              if k != "per_position_acceptance"}))
+    opts = dict(temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens, seed=args.seed,
+                draft_prompts=draft_prompts, compile=args.compile)
+    results, sizes = [], {}
+    for name in names:
+        draft, _ = _load_for_inference(name, args.draft_device or args.device, args.dtype, tokenizer)
+        _check_bench_prompts(args, target, draft, prompts, draft_prompts)
+        sizes[name] = {"layers": draft.config.get_text_config().num_hidden_layers,
+                       "parameters": sum(p.numel() for p in draft.parameters())}
+        for bs in [int(x) for x in str(args.batch_size).split(",")]:
+            for gamma in gammas:
+                choice = None
+                if gamma == "auto":
+                    costs = measure_forward_costs(target, draft, prompts[0], bs, compile=args.compile)
+                    choice = choose_gamma(target, draft, prompts, tokenizer, costs, batch_size=bs, **opts)
+                r = bench_pair(target, draft, prompts, tokenizer, gamma=choice["gamma"] if choice else gamma,
+                               schedule=args.gamma_schedule, batch_size=bs, compare_hf=args.compare_hf and bs == 1,
+                               repeats=args.repeats, **opts)  # its costs measured between its timed runs
+                r = {"draft": name, **r, **({"gamma_auto": choice} if choice else {})}
+                results.append(r)
+                print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()
+                                  if k not in ("per_position_acceptance", "predicted_by_gamma")}))
     report = {"target": args.target, "draft": args.draft, "device": str(next(target.parameters()).device),
               "task": None if args.prompts else args.task, "results": results}
+    if len(names) > 1:
+        report["comparison"] = draft_comparison(results, sizes)
+        print(format_comparison(report["comparison"]))
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(report, indent=1))
-    if args.plot:
+    if args.plot and len(names) > 1:
+        plot_drafts(report["comparison"], results, args.plot, f"drafts for target {args.target}")
+    elif args.plot:
         plot_bench(results, args.plot, f"draft {args.draft} for target {args.target}")
     return 0
 

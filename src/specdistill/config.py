@@ -68,10 +68,13 @@ class FieldMap:
 
 @dataclass
 class DatasetConfig:
-    """One dataset: a built-in task (`task: arith`) or a file (`path: data.jsonl`)."""
+    """One dataset: a built-in task (`task: arith`), a file (`path: data.jsonl`) or a hub dataset read through
+    `datasets.load_dataset` (`hub: openai/gsm8k`, `hub_config: main`; `split` names the hub split)."""
 
     task: Optional[str] = None
     path: Optional[str] = None
+    hub: Optional[str] = None
+    hub_config: Optional[str] = None  # the hub dataset's configuration (GSM8K: main)
     split: Literal["train", "validation", "test"] = "train"
     format: Literal["auto", "lupi", "json", "jsonl", "csv", "parquet"] = "auto"
     fields: FieldMap = field(default_factory=FieldMap)
@@ -508,7 +511,8 @@ def _validate_data(d: DataConfig) -> None:
     _check(d.seed >= 0, f"data.seed: {d.seed}; must be >= 0")
     named = [(f"data.train[{i}]", ds) for i, ds in enumerate(d.train)]
     for where, ds in named + ([("data.validation", d.validation)] if d.validation else []):
-        _check((ds.task is None) != (ds.path is None), f"{where}: give exactly one of 'task' or 'path'")
+        _check(sum(x is not None for x in (ds.task, ds.path, ds.hub)) == 1,
+               f"{where}: give exactly one of 'task', 'path' or 'hub'")
         _check(ds.task is None or ds.task in TASKS,
                f"{where}.task: {ds.task!r} is not a built-in task; allowed: {', '.join(TASKS)} (a file: path)")
         _check(ds.path is None or bool(ds.path.strip()), f"{where}.path: give a data file")

@@ -212,6 +212,18 @@ def read_rows(path: str | Path, fmt: str = "auto") -> list[dict]:
     return [row for _, row in scan.rows]
 
 
+def read_hub(name: str, config: str | None, split: str) -> list[dict]:
+    """All rows of one split of a hub dataset (`datasets.load_dataset(name, config, split=split)`), e.g.
+    openai/gsm8k, config main; a dataset that cannot be loaded is a DataError naming it."""
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(name, config, split=split)
+    except Exception as exc:  # noqa: BLE001 - offline, a wrong id, config or split: say which
+        raise DataError(f"hub dataset {name!r} (config {config!r}, split {split!r}) cannot be loaded: {exc}") from None
+    return ds.to_list()
+
+
 def _pick(row: dict, keys: list[str]):
     for key in keys:
         if key in row and row[key] is not None:
@@ -303,6 +315,10 @@ def load_records(cfg: DatasetConfig, seed: int = 0) -> list[Record]:
     if cfg.task is not None:
         rows = load_task(cfg.task, cfg.split, seed)
         records, problems = rows_to_records(rows, cfg.fields, lambda i: f"{cfg.task}/{cfg.split}[{i}]")
+        count = len(rows)
+    elif cfg.hub is not None:
+        rows = read_hub(cfg.hub, cfg.hub_config, cfg.split)
+        records, problems = rows_to_records(rows, cfg.fields, lambda i: f"{cfg.hub}/{cfg.split}[{i}]")
         count = len(rows)
     else:
         records, problems, count = scan_records(cfg.path, cfg.fields, cfg.format)

@@ -263,15 +263,15 @@ class _Run:
         self.stopping = make_stopping(max_new_tokens, eos_token_id, stop, tokenizer, device)
         self.resp = Responses(batch, max_new_tokens, pad_token_id, device)
         self.noise = noise_tables(row_seeds(seed, batch, device), self.resp.width)
-        self.clock = ForwardClock()
+        self.draft_clock, self.target_clock = ForwardClock(), ForwardClock()  # each model's forward time
         spare = max_new_tokens + 2 * self.schedule.max_gamma + 4
         vocab = vocab_size or shared_vocab(draft, target)
-        self.student = ModelView(draft, self.clock, batch, draft_ids.shape[1] + spare, device, compile, "draft", vocab)
+        self.student = ModelView(draft, self.draft_clock, batch, draft_ids.shape[1] + spare, device, compile, "draft", vocab)
         self.teacher, self.judge, self.settle = None, self.policy.judge, settle
         self.t_device = device
         if target is not None:
             self.t_device = target_ids.device
-            self.teacher = ModelView(target, self.clock, batch, target_ids.shape[1] + spare, self.t_device,
+            self.teacher = ModelView(target, self.target_clock, batch, target_ids.shape[1] + spare, self.t_device,
                                      compile, "target", vocab)
             self.judge = maybe_compile(self.policy.judge, compile, f"{self.policy.name}.judge")
             self.settle = maybe_compile(settle, compile, "settle")
@@ -396,7 +396,8 @@ class _Run:
         stats.draft_calls, stats.draft_tokens_fed = self.student.calls, self.student.tokens_fed
         if self.teacher is not None:
             stats.target_calls, stats.target_tokens_fed = self.teacher.calls, self.teacher.tokens_fed
-        stats.model_time_s, stats.wall_time_s = self.clock.seconds, wall_s
+        stats.draft_time_s, stats.target_time_s = self.draft_clock.seconds, self.target_clock.seconds
+        stats.model_time_s, stats.wall_time_s = stats.draft_time_s + stats.target_time_s, wall_s
         reasons = [FINISH_REASONS[c] for c in resp.reason.tolist()]
         kept = None if self.kept is None else self.kept.result(length)
         return Generation(tokens, resp.lengths.clone(), written, reasons, stats, self.trace, kept)

@@ -43,12 +43,23 @@ class GenerationStats:
     draft_calls: int = 0  # student forward passes (likewise)
     target_tokens_fed: int = 0
     draft_tokens_fed: int = 0
-    model_time_s: float = 0.0  # seconds inside the models' forward calls
+    model_time_s: float = 0.0  # seconds inside the models' forward calls (draft_time_s + target_time_s)
+    draft_time_s: float = 0.0  # ... of the drafter (the lone model in plain decoding)
+    target_time_s: float = 0.0  # ... of the teacher
     wall_time_s: float = 0.0  # seconds of the whole generate call
 
     @property
     def acceptance_rate(self) -> float:
         return _ratio(self.accepted, self.drafted)
+
+    @property
+    def token_acceptance(self) -> float:
+        """alpha = sum_i accepted_i / sum_i reached_i over the judged draft positions of all blocks (nan if none).
+
+        A block judges its drafts up to and including the first rejection; drafts after it are never judged.
+        `acceptance_rate` (accepted / drafted) counts those as rejections: for independent acceptance it is
+        alpha (1 - alpha^g) / ((1 - alpha) g), e.g. 0.59 instead of 0.8 at gamma 4. Leviathan's formula needs alpha."""
+        return _ratio(sum(self.position_accepted), sum(self.position_reached))
 
     @property
     def first_token_acceptance(self) -> float:
@@ -117,6 +128,7 @@ class GenerationStats:
             out.update(
                 {
                     "rollout/acceptance_rate": self.acceptance_rate,
+                    "rollout/token_acceptance": self.token_acceptance,
                     "rollout/first_token_acceptance": self.first_token_acceptance,
                     "rollout/full_match_rate": self.full_match_rate,
                     "rollout/gamma_mean": self.gamma_mean,

@@ -16,6 +16,8 @@ from ..data.views import left_pad
 from ..engine import GenerationStats, Sampling, generate, make_policy, make_schedule, sample
 from ..engine.sampling import row_seeds
 from ..engine.views import ForwardClock, ModelView
+from .prediction import (MAX_GAMMA, ForwardCosts, best_gamma, expected_acceptance, fit_verify_costs,
+                         prediction_figures)
 
 
 def spec_policy(temperature: float, top_p: float = 1.0):
@@ -69,9 +71,10 @@ def run_speculative(target, draft, prompts, tokenizer, *, gamma=4, schedule="con
 
 def run_target_alone(target, prompts, tokenizer, *, temperature=0.0, top_p=1.0, max_new_tokens=64, batch_size=1, seed=0,
                      compile=False):
-    """The target decoding on its own through the same engine (its draft path, one token per forward)."""
+    """The target decoding on its own through the same engine (its draft path, one token per forward); returns
+    (token-id lists, merged GenerationStats, seconds)."""
     dev = _device(target)
-    outputs, seconds = [], 0.0
+    outputs, stats, seconds = [], GenerationStats(), 0.0
     for i, chunk in _batches(prompts, batch_size):
         ids, mask = left_pad(chunk, tokenizer.pad_token_id)
         _sync(dev)
@@ -83,7 +86,8 @@ def run_target_alone(target, prompts, tokenizer, *, temperature=0.0, top_p=1.0, 
         _sync(dev)
         seconds += time.perf_counter() - start
         outputs += gen.rows()
-    return outputs, seconds
+        stats = stats.combine(gen.stats)
+    return outputs, stats, seconds
 
 
 @torch.no_grad()
@@ -125,35 +129,68 @@ def hf_same_vocab(target, draft) -> bool:
 
 
 @torch.no_grad()
-def forward_cost_ratio(target, draft, prompt: list[int], repeats: int = 20, compile=False) -> float:
-    """c = (time of one draft forward) / (time of one target forward), each decoding one token after the prompt's
-    cache, fed the way the engine feeds it (a ModelView; compiled forwards with `compile`). Each is the median
-    of `repeats` timed calls, so that one slow call (a busy machine) does not move it."""
-
-    def per_call(model, role) -> float:
+def measure_forward_costs(target, draft, prompt: list[int], batch_size: int = 1, max_gamma: int = MAX_GAMMA,
+                          repeats: int = 20, compile=False) -> ForwardCosts:
+    """c = (one draft forward of one token) / (one target forward of one token), and c_v(gamma) = (one target
+    forward of gamma + 1 tokens) / (one target forward of one token) for gamma = 1..max_gamma: each forward after
+    the prompt's cache, `batch_size` copies of the prompt, fed the way the engine feeds it (a ModelView; compiled
+    with `compile`). The calls of all widths take turns, `repeats` timed rounds after 3 untimed ones (graphs
+    compile there), each timed call after an untimed one of the same model and width (in decoding a model runs
+    several forwards in a row, its weights in the processor's caches). Each width keeps its fastest time:
+    a busy machine only adds time to a call (timeit's rule), so the minimum is the steadiest estimate of its
+    cost. The c_v used is a line fitted to the measured ratios (fit_verify_costs)."""
+    views = {}
+    for role, model in (("target", target), ("draft", draft)):
         dev = _device(model)
-        view = ModelView(model, ForwardClock(), 1, len(prompt) + 4, dev, compile, role)
-        last = view.prefill(torch.tensor([prompt], device=dev), torch.ones(1, len(prompt), dtype=torch.long, device=dev))
-        keep = torch.zeros(1, dtype=torch.long, device=dev)
-        times = []
-        for i in range(3 + repeats):  # 3 untimed calls first (graphs compile there)
-            _sync(dev)
-            start = time.perf_counter()
-            view.mark()
-            view.feed(last, keep=1)
-            _sync(dev)
-            times.append(time.perf_counter() - start)
-            view.roll_back(keep, 0)  # back to the prompt: every call sees the same cache length
-        return statistics.median(times[3:])
+        view = ModelView(model, ForwardClock(), batch_size, len(prompt) + max_gamma + 4, dev, compile, role)
+        ids = torch.tensor([prompt] * batch_size, device=dev)
+        views[role] = (view, view.prefill(ids, torch.ones_like(ids)))
+    calls = [("draft", 1)] + [("target", width) for width in range(1, max_gamma + 2)]
+    times = {call: [] for call in calls}
+    for i in range(3 + repeats):
+        for role, width in calls:
+            _timed_forward(*views[role], width)  # warms the caches for this model
+            seconds = _timed_forward(*views[role], width)
+            if i >= 3:
+                times[(role, width)].append(seconds)
+    fastest = {call: min(t) for call, t in times.items()}
+    one = fastest[("target", 1)]
+    measured = [fastest[("target", g + 1)] / one for g in range(1, max_gamma + 1)]
+    return ForwardCosts(c=fastest[("draft", 1)] / one, verify=fit_verify_costs(measured), measured=measured)
 
-    return per_call(draft, "draft") / per_call(target, "target")
+
+def _timed_forward(view: ModelView, last: torch.Tensor, width: int) -> float:
+    """Seconds of one forward over `width` tokens [B, width] after the view's cache, which is then rolled back,
+    so every call sees the same cache length."""
+    tokens = last.expand(-1, width).contiguous()  # [B, width]; the ids do not change the time
+    keep = torch.zeros(tokens.shape[0], dtype=torch.long, device=view.device)
+    _sync(view.device)
+    start = time.perf_counter()
+    view.mark()
+    view.feed(tokens, keep=width)
+    _sync(view.device)
+    seconds = time.perf_counter() - start
+    view.roll_back(keep, 0)
+    return seconds
 
 
-def leviathan_speedup(alpha: float, gamma: float, c: float) -> float:
-    """Expected walltime improvement (Leviathan et al. 2023, Thm 3.8): (1 - a^(g+1)) / ((1 - a)(g c + 1))."""
-    if alpha >= 1:
-        return (gamma + 1) / (gamma * c + 1)
-    return (1 - alpha ** (gamma + 1)) / ((1 - alpha) * (gamma * c + 1))
+def median_costs(rounds: list[ForwardCosts]) -> ForwardCosts:
+    """The median of each cost (c, and c_v at each gamma, fitted and raw) over several measurements."""
+    verify = [statistics.median(v) for v in zip(*(r.verify for r in rounds))]
+    measured = [statistics.median(v) for v in zip(*(r.measured for r in rounds))]
+    return ForwardCosts(c=statistics.median(r.c for r in rounds), verify=verify, measured=measured)
+
+
+def choose_gamma(target, draft, prompts, tokenizer, costs: ForwardCosts, *, probe_gamma: int = 4,
+                 max_gamma: int = MAX_GAMMA, **kw) -> dict:
+    """`bench --gamma auto`: alpha (accepted / judged positions) from one untimed run at `probe_gamma`, then the
+    gamma in 1..max_gamma with the best predicted speedup for `costs`. kw: run_speculative's options.
+    Returns {probe_gamma, probe_token_acceptance, cost_ratio_c, verify_costs (c_v at gamma 1..), gamma}."""
+    _, stats, _ = run_speculative(target, draft, prompts, tokenizer, gamma=probe_gamma, **kw)
+    alpha = stats.token_acceptance
+    gamma = probe_gamma if math.isnan(alpha) else best_gamma(alpha, costs, max_gamma)
+    return {"probe_gamma": probe_gamma, "probe_token_acceptance": alpha, "cost_ratio_c": costs.c,
+            "verify_costs": costs.verify, "gamma": gamma}
 
 
 def count_tokens(outputs: list[list[int]]) -> int:
@@ -162,7 +199,7 @@ def count_tokens(outputs: list[list[int]]) -> int:
 
 def bench_pair(target, draft, prompts, tokenizer, *, gamma=4, schedule="constant", temperature=0.0, top_p=1.0,
                max_new_tokens=64, batch_size=1, seed=0, draft_prompts=None, compare_hf=False, warmup=2,
-               compile=False, repeats=3) -> dict:
+               compile=False, repeats=3, costs: ForwardCosts | None = None) -> dict:
     """One benchmark point: speculative decoding vs the target alone (and vs HF assisted generation).
 
     Each timed run is repeated `repeats` times, the runs interleaved (speculative, target alone, HF, ...) so that
@@ -170,7 +207,9 @@ def bench_pair(target, draft, prompts, tokenizer, *, gamma=4, schedule="constant
     repeats (seeded). compile: run the engine, for speculative decoding and for the target alone, with
     torch.compile'd forwards (the warmup compiles the graphs); transformers' assisted generation runs as
     shipped, eagerly. transformers' assistant reads the target's prompt, so the engine run it is compared with
-    (`tokens_per_s_b1`) does too, at batch size 1, whatever `draft_prompts` the other figures use."""
+    (`tokens_per_s_b1`) does too, at batch size 1, whatever `draft_prompts` the other figures use.
+    costs: the pair's forward costs at this batch size; None: measured in each round of runs, each figure's
+    median kept. The predicted figures use them with the run's per-token acceptance (prediction_figures)."""
     kw = dict(temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed, compile=compile)
     spec = functools.partial(run_speculative, target, draft, tokenizer=tokenizer, gamma=gamma, schedule=schedule, **kw)
     # name -> run(prompts, draft prompts); each returns (outputs, ..., seconds)
@@ -180,24 +219,21 @@ def bench_pair(target, draft, prompts, tokenizer, *, gamma=4, schedule="constant
         runs["hf"] = lambda p, d: run_hf_assisted(target, draft, p, tokenizer, gamma=gamma, max_new_tokens=max_new_tokens)
         if batch_size != 1 or (draft_prompts is not None and draft_prompts != prompts):
             runs["b1"] = lambda p, d: spec(p, batch_size=1, draft_prompts=None)  # on equal terms: the target's view
-    w = max(warmup, 1)
-    for run in runs.values():
-        run(prompts[:w], draft_prompts and draft_prompts[:w])
-    timed = {name: [] for name in runs}
-    for _ in range(repeats):
-        for name, run in runs.items():
-            timed[name].append(run(prompts, draft_prompts))
-    out = {name: sorted(results, key=lambda r: r[-1])[len(results) // 2] for name, results in timed.items()}
-    (spec_out, stats, spec_s), (base_out, base_s) = out["spec"], out["base"]
-    c = forward_cost_ratio(target, draft, prompts[0], compile=compile)
-    alpha = stats.acceptance_rate
+    measure = None if costs else lambda: measure_forward_costs(target, draft, prompts[0], batch_size, repeats=10,
+                                                                 compile=compile)
+    out, measured = _interleaved_runs(runs, prompts, draft_prompts, warmup, repeats, measure)
+    (spec_out, stats, spec_s), (base_out, base_stats, base_s) = out["spec"], out["base"]
+    costs = costs or median_costs(measured)
     result = {
-        "gamma": gamma, "schedule": schedule, "temperature": temperature, "batch_size": batch_size, "compile": compile,
-        "repeats": repeats, "prompts": len(prompts), "new_tokens": count_tokens(spec_out),
-        "acceptance_rate": alpha, "mean_accepted_length": stats.mean_accepted_length,
+        "gamma": gamma, "schedule": schedule, "temperature": temperature, "top_p": top_p, "batch_size": batch_size,
+        "compile": compile, "repeats": repeats, "prompts": len(prompts), "new_tokens": count_tokens(spec_out),
+        "acceptance_rate": stats.acceptance_rate, "mean_accepted_length": stats.mean_accepted_length,
         "per_position_acceptance": stats.per_position_acceptance, "target_calls": stats.target_calls,
         "tokens_per_s": count_tokens(spec_out) / spec_s, "target_tokens_per_s": count_tokens(base_out) / base_s,
-        "cost_ratio_c": c, "predicted_speedup": leviathan_speedup(alpha, stats.gamma_mean, c),
+        **prediction_figures(stats, costs),
+        "expected_acceptance": expected_acceptance(target, draft, prompts, draft_prompts or prompts, base_out,
+                                                   Sampling(temperature, top_p), tokenizer.pad_token_id, len(tokenizer)),
+        "time_split": time_split(stats, base_stats),
     }
     result["speedup_vs_target"] = result["tokens_per_s"] / result["target_tokens_per_s"]
     if temperature == 0:
@@ -210,7 +246,73 @@ def bench_pair(target, draft, prompts, tokenizer, *, gamma=4, schedule="constant
         result["speedup_vs_hf_assisted"] = result["tokens_per_s_b1"] / result["hf_assisted_tokens_per_s"]
         ends = end_token_ids(tokenizer, target)
         result["matches_hf_assisted"] = [_strip(o, ends) for o in hf_out] == [_strip(o, ends) for o in b1_out]
-    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in result.items()}
+    return _json_safe(result)
+
+
+def _interleaved_runs(runs: dict, prompts, draft_prompts, warmup: int, repeats: int, measure=None):
+    """Each run once on the first `warmup` prompts, untimed; then `repeats` rounds of every run in turn, each
+    round followed by measure() when given (a shared machine's load moves the costs as it moves the runs).
+    Returns ({name: the result of its median-time round}, [measure() of each round]); results end in seconds."""
+    w = max(warmup, 1)
+    for run in runs.values():
+        run(prompts[:w], draft_prompts and draft_prompts[:w])
+    timed, measured = {name: [] for name in runs}, []
+    for _ in range(repeats):
+        for name, run in runs.items():
+            timed[name].append(run(prompts, draft_prompts))
+        if measure is not None:
+            measured.append(measure())
+    return {name: sorted(results, key=lambda r: r[-1])[len(results) // 2] for name, results in timed.items()}, measured
+
+
+COMPARED = ("gamma", "token_acceptance", "mean_accepted_length", "cost_ratio_c", "predicted_speedup",
+            "speedup_vs_target", "best_gamma", "break_even_acceptance")
+
+
+def draft_comparison(results: list[dict], sizes: dict[str, dict]) -> list[dict]:
+    """`bench --draft A,B,C`: one row per (draft, batch size), from its measured point with the best predicted
+    speedup (with --gamma auto, its one point at its best gamma): the draft's size (sizes[draft]: layers,
+    parameters), acceptance, c, predicted and measured speedup."""
+    rows = []
+    for draft, bs in dict.fromkeys((r["draft"], r["batch_size"]) for r in results):
+        points = [r for r in results if (r["draft"], r["batch_size"]) == (draft, bs)]
+        best = max(points, key=lambda r: r["predicted_speedup"] if r["predicted_speedup"] is not None else -1)
+        rows.append({"draft": draft, **sizes.get(draft, {}), "batch_size": bs, **{k: best[k] for k in COMPARED}})
+    return rows
+
+
+def format_comparison(rows: list[dict]) -> str:
+    """draft_comparison's rows as a Markdown table."""
+    keys = list(rows[0])
+
+    def cell(v) -> str:
+        return f"{v:.3f}" if isinstance(v, float) else ("-" if v is None else str(v))
+
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    return "\n".join(lines + ["| " + " | ".join(cell(r[k]) for k in keys) + " |" for r in rows])
+
+
+def time_split(spec: GenerationStats, alone: GenerationStats) -> dict:
+    """Where the time goes, in milliseconds per step of the engine's loop (a block of the batch: one target call
+    in speculative decoding, one token per row for the target alone): inside the draft's forwards, inside the
+    target's, and the rest (`engine`: sampling, acceptance, cache bookkeeping, host syncs)."""
+    per_block = 1000 / max(spec.steps, 1)
+    per_token = 1000 / max(alone.steps, 1)
+    return {"draft_ms": spec.draft_time_s * per_block, "target_ms": spec.target_time_s * per_block,
+            "engine_ms": (spec.wall_time_s - spec.model_time_s) * per_block,
+            "target_alone_forward_ms": alone.model_time_s * per_token,
+            "target_alone_engine_ms": (alone.wall_time_s - alone.model_time_s) * per_token}
+
+
+def _json_safe(value):
+    """nan -> None (JSON has no nan), in nested dicts and lists too."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
 
 
 def _strip(ids: list[int], ends: list[int]) -> list[int]:
