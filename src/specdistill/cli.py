@@ -462,9 +462,9 @@ def _bench_gammas(spec: str | None, drafts: int) -> list:
     gammas = []
     for item in (t.strip() for t in spec.split(",")):
         if not item.lstrip("-").isdigit():
-            raise UserError(f"--gamma: {item!r} in {spec!r} is not a whole number; {allowed}")
+            raise UserError(f"--gamma {spec!r}: {item!r} in {spec!r} is not a whole number; {allowed}")
         if int(item) < 1:
-            raise UserError(f"--gamma: {item} in {spec!r} is not >= 1; {allowed}")
+            raise UserError(f"--gamma {spec!r}: {item} is not >= 1; {allowed}")
         gammas.append(int(item))
     return gammas
 
