@@ -12,6 +12,7 @@ import torch
 
 from .engine.prefix import split_views
 from .losses import teacher_argmax
+from .data.views import left_pad, right_pad
 from .models import position_ids_from_mask
 
 
@@ -55,6 +56,22 @@ def top1_agreements(student_logits: torch.Tensor, teacher_logits, mask: torch.Te
     the cheapest predictor of greedy acceptance. The trainer counts it on the logits its loss already has
     (train/top1_agreement); `specdistill eval --teacher` reports it on reference responses (evaluate.metrics)."""
     return ((student_logits.argmax(-1) == teacher_argmax(teacher_logits)) & mask).sum()
+
+
+def paired_response_logits(pairs, responses: list[list[int]], pad_id: int, vocab: int, batch_size: int):
+    """Teacher-forced logits of several models on the same responses, batch by batch: yields ([logits [B, T, V]
+    per (model, prompts) of `pairs`], response mask [B, T]). Each model reads its own prompts (left-padded, on its
+    own device, in eval mode) followed by the same right-padded responses."""
+    for i in range(0, len(responses), batch_size):
+        r_ids, r_mask = right_pad(responses[i : i + batch_size], pad_id)  # [B, T]
+        logits = []
+        for model, prompts in pairs:
+            device = next(model.parameters()).device
+            p_ids, p_mask = left_pad(prompts[i : i + batch_size], pad_id)  # [B, P]
+            ids, mask = torch.cat([p_ids, r_ids], 1).to(device), torch.cat([p_mask, r_mask], 1).to(device)
+            with eval_mode(model):
+                logits.append(response_logits(model, ids, mask, r_ids.shape[1], vocab))
+        yield logits, r_mask
 
 
 @contextmanager

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from ..data.tasks import extract_final_number
 from ..data.views import left_pad, right_pad
-from ..scoring import eval_mode, response_logits
+from ..scoring import eval_mode, paired_response_logits, response_logits
 
 METRICS = ("exact_match", "chrf", "bleu", "rouge_l", "perplexity")
 TEXT_METRICS = ("chrf", "bleu", "rouge_l")  # compare generated text with the reference response
@@ -193,15 +193,8 @@ def top1_agreement(student, teacher, student_prompts: list[list[int]], teacher_p
     followed by the same reference response (teacher forcing). Argmaxes are over the tokenizer's ids [:vocab].
     The share agree / positions is the cheapest predictor of greedy acceptance."""
     agree = total = 0
-    for i in range(0, len(responses), batch_size):
-        r_ids, r_mask = right_pad(responses[i : i + batch_size], pad_id)  # [B, T]
-        argmax = []
-        for model, prompts in ((student, student_prompts), (teacher, teacher_prompts)):
-            device = next(model.parameters()).device
-            p_ids, p_mask = left_pad(prompts[i : i + batch_size], pad_id)  # [B, P]
-            ids, mask = torch.cat([p_ids, r_ids], 1).to(device), torch.cat([p_mask, r_mask], 1).to(device)
-            logits = response_logits(model, ids, mask, r_ids.shape[1], vocab)  # [B, T, V]
-            argmax.append(logits.argmax(-1).cpu())
-        agree += int(((argmax[0] == argmax[1]) & r_mask).sum())
+    pairs = ((student, student_prompts), (teacher, teacher_prompts))
+    for (s_logits, t_logits), r_mask in paired_response_logits(pairs, responses, pad_id, vocab, batch_size):
+        agree += int(((s_logits.argmax(-1).cpu() == t_logits.argmax(-1).cpu()) & r_mask).sum())
         total += int(r_mask.sum())
     return agree, total

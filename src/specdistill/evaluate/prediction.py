@@ -14,9 +14,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..data.views import left_pad, right_pad
 from ..engine.sampling import Sampling, warp_logits
-from ..scoring import eval_mode, response_logits
+from ..scoring import paired_response_logits
 
 MAX_GAMMA = 16  # the prediction table's longest block
 
@@ -148,15 +147,8 @@ def expected_acceptance(target, draft, target_prompts: list[list[int]], draft_pr
     (temperature, top-p) over the tokenizer's ids [:vocab]. At temperature 0 both are one-hot and this is top-1
     agreement. nan without response tokens."""
     total, count = 0.0, 0
-    for i in range(0, len(responses), batch_size):
-        r_ids, r_mask = right_pad(responses[i : i + batch_size], pad_id)  # [B, T]
-        logits = []
-        for model, prompts in ((target, target_prompts), (draft, draft_prompts)):
-            device = next(model.parameters()).device
-            p_ids, p_mask = left_pad(prompts[i : i + batch_size], pad_id)  # [B, P]
-            ids, mask = torch.cat([p_ids, r_ids], 1).to(device), torch.cat([p_mask, r_mask], 1).to(device)
-            with eval_mode(model):
-                logits.append(response_logits(model, ids, mask, r_ids.shape[1], vocab))  # [B, T, V]
+    pairs = ((target, target_prompts), (draft, draft_prompts))
+    for logits, r_mask in paired_response_logits(pairs, responses, pad_id, vocab, batch_size):
         for p_row, q_row, keep in zip(*logits, r_mask):  # one fp32 [T, V] pair at a time, on the target's device
             p = warp_logits(p_row, sampling).softmax(-1)
             q = warp_logits(q_row, sampling).softmax(-1).to(p.device)
