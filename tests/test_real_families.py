@@ -397,7 +397,7 @@ def test_a_long_teacher_view_is_cut_by_the_stated_rule_never_through_its_markup(
     rec, views = _lupi_style_views(tok, 2460)
     n_full = len(fit_view(rec, tok, views, True))
     start = tok.decode(fit_view(rec, tok, views, True)[:6])
-    # 1) a limit that three few-shot examples break: the oldest ones go first.
+    # 1) a limit that three few-shot examples break: the last ones go first.
     limit = n_full - 10
     with pytest.warns(UserWarning, match="few-shot"):
         cut = fit_view(rec, tok, ViewConfig(**{**views.__dict__, "max_teacher_prompt_tokens": limit}), True)

@@ -163,3 +163,22 @@ def test_a_run_stopped_before_its_first_checkpoint_restarts_only_as_itself(tmp_p
     (stub / "config.yaml").write_text("train: {}\n")
     (stub / "metrics.jsonl").write_text("")
     assert sft(write_config(tmp_path / "d.yaml", stub, max_steps=1, save_every=0), capsys)[0] == 0
+
+
+def test_a_record_whose_view_cannot_fit_stops_the_run_before_its_first_step(tmp_path, capsys):
+    """Every record is encoded at setup: one over data.views.max_prompt_tokens, far down a file that the first
+    steps would not reach, stops the run at once (on every rank alike), not hours in."""
+    rows = [{"id": f"r{i}", "query": f"What is {i}+1?", "response": f"{i + 1}"} for i in range(200)]
+    rows[-1]["query"] = "Why? " * 400  # ~2,000 characters: over 512 tokens of the built-in character tokenizer
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = {"model": {"student": "tiny-student", "teacher": None}, "data": {"train": [{"path": str(data)}]},
+           "rollout": {"strategy": "dataset"}, "loss": {"name": "ce"},
+           "train": {"output_dir": str(tmp_path / "run"), "max_steps": 2, "batch_size": 2, "warmup_steps": 0,
+                     "progress": False}}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["sft", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "record r199" in err and "max_prompt_tokens=512" in err and "\n" not in err
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()

@@ -269,6 +269,20 @@ def test_the_stored_prefix_is_reused_cut_to_what_a_batch_shares_and_dropped_when
     prefix_mod.forget(teacher)
 
 
+def test_a_short_stored_prefix_never_stands_in_for_a_longer_one(pair):
+    """A batch sharing 20 ids, then one sharing those 20 and 40 more: the second gets its whole 60-id prefix
+    (reusing the stored 20 would leave 40 shared ids encoded per row, every later step)."""
+    teacher = pair[1]
+    prefix_mod.forget(teacher)
+    long_ids, long_mask, _, _ = ragged_views(60, [3, 5])
+    short_ids = long_ids.clone()
+    short_ids[0, 2 + 20], short_ids[1, 20] = 3, 4  # row 0 has 2 padding columns: both now differ at id 20
+    assert shared_prefix(teacher, short_ids, long_mask).length == 20
+    assert common_prefix_length(long_ids, long_mask) >= 60
+    assert shared_prefix(teacher, long_ids, long_mask).length >= 60
+    prefix_mod.forget(teacher)
+
+
 def test_sliding_window_teachers_do_not_share_a_prefix():
     """A sliding window is measured in cache slots, and a shared prefix leaves each row's padding between the
     prefix and the row's own tokens: such teachers encode each row whole."""

@@ -79,6 +79,7 @@ class Run:
     bad_steps: int = 0  # NaN/inf steps in a row
     skipped_steps: int = 0  # NaN/inf steps in all
     validation: list = field(default_factory=list)
+    examples: dict = field(default_factory=dict)  # id(record) -> its Example (train.encode)
     score_student: object = None  # what micro_loss calls: the student, or with train.compile its compiled caller
     score_teacher: object = None  # likewise for the teacher
     loss_teacher_forwards: int = 0  # teacher forwards run by the loss phase (0 when rollouts kept the logits)
@@ -126,6 +127,7 @@ def setup(cfg: Config, sft: bool = False) -> Run:
                            cfg.train.seed)
     run = Run(cfg, acc, tokenizer, student, teacher, optimizer, scheduler, stream, vocab, sft, out, device, t_device)
     run.validation = validation[: cfg.train.eval_samples]
+    encode(run, [r for d in datasets for r in d] + run.validation)  # every record fits, or the run stops here
     run.score_student, run.score_teacher = _scorers(run)
     if resume is not None:
         _restore_state(run, resume)
@@ -376,7 +378,19 @@ def gathered_for_generation(accelerator, model, enabled: bool = True):
 
 # ---------------------------------------------------------------- one step
 def encode(run: Run, records) -> list:
+    """The records' examples, each encoded once per run: setup encodes every training and validation record, so
+    that a record whose view cannot fit (or that leaves a model too few positions) stops the run before its first
+    step, on every rank alike, and steps only look them up."""
+    missing = [r for r in records if id(r) not in run.examples]
+    for record, example in zip(missing, _encode_records(run, missing)):
+        run.examples[id(record)] = example
+    return [run.examples[id(r)] for r in records]
+
+
+def _encode_records(run: Run, records) -> list:
     """Encode records; under `sft` with sft_view=teacher the trained model sees the teacher's view."""
+    if not records:
+        return []
     examples = [encode_example(r, run.tokenizer, run.cfg.data.views) for r in records]
     if run.sft and run.cfg.data.views.sft_view == "teacher":
         for e in examples:

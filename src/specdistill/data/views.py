@@ -66,7 +66,8 @@ def fit_view(record: Record, tokenizer, views: ViewConfig, teacher: bool) -> lis
     """A view's prompt ids within its limit (max_prompt_tokens for the student, max_teacher_prompt_tokens for
     the teacher), never cut through its chat markup: the messages are shortened and rendered again.
 
-    Rule for the teacher's view: drop few-shot examples, oldest first; then keep the longest start of the
+    Rule for the teacher's view: drop few-shot examples, last first (the rows of a batch then still share the
+    system prompt and the first examples, the prefix that is encoded once); then keep the longest start of the
     knowledge that fits. Each rule warns once per process. A view that cannot fit (the system prompt and the
     query alone are too long, or any too-long student view) is a DataError naming the record and the field."""
     limit = views.max_teacher_prompt_tokens if teacher else views.max_prompt_tokens
@@ -81,11 +82,11 @@ def fit_view(record: Record, tokenizer, views: ViewConfig, teacher: bool) -> lis
         return ids
     shots = list(views.few_shot) if teacher else []
     while shots and len(ids) > limit:
-        shots = shots[1:]
+        shots = shots[:-1]
         ids = encode(shots)
     if len(ids) <= limit:
         _warn_once("few_shot", f"record {record.id}: the teacher view is over data.views.max_teacher_prompt_tokens="
-                   f"{limit}; its oldest few-shot examples are left out (so for every such record)")
+                   f"{limit}; its last few-shot examples are left out (so for every such record)")
         return ids
     if teacher and views.teacher_knowledge and record.knowledge:
         keep = _longest_fitting_prefix(record.knowledge, lambda k: len(encode(shots, k)) <= limit)

@@ -124,9 +124,9 @@ def shared_prefix(model, ids: torch.Tensor, mask: torch.Tensor, min_tokens: int 
     """The encoded prefix that every row of the left-padded views ids/mask [B, L] starts with, or None when it is
     shorter than min_tokens or the model cannot share one (can_share).
 
-    The model's stored encoding is reused when its ids and those of this batch share at least min_tokens ids
-    (cut to the shared part) and its weights have not changed since; otherwise this batch's common prefix is
-    encoded and stored in its place."""
+    The model's stored encoding is reused when it starts with this batch's whole common prefix (cut to it) and
+    the model's weights have not changed since; otherwise this batch's common prefix is encoded and stored in its
+    place, so a short prefix stored first never stands in for a longer one later."""
     if not can_share(model):
         return None
     n = common_prefix_length(ids, mask)
@@ -136,9 +136,9 @@ def shared_prefix(model, ids: torch.Tensor, mask: torch.Tensor, min_tokens: int 
     stored = _STORE.get(model)
     if stored is not None and stored.ids.device == row.device and stored.version == weights_version(model):
         m = min(n, stored.length)
-        same = (stored.ids[:m] == row[:m]).long().cumprod(0).sum()
-        if int(same) >= min_tokens:
-            return stored.cut(int(same))
+        same = int((stored.ids[:m] == row[:m]).long().cumprod(0).sum())
+        if same >= n:  # the stored encoding covers this batch's whole common prefix; a longer one is encoded anew
+            return stored.cut(same)
     prefix = encode_prefix(model, row)
     _STORE[model] = prefix
     return prefix

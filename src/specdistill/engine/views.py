@@ -55,13 +55,19 @@ def _forward_params(model) -> set[str]:
         return set()
 
 
-def has_sliding_window(model) -> bool:
-    """Whether some attention layer of the model sees only a window of recent positions (Gemma-2/3, Mistral
-    with `sliding_window` set)."""
+def sliding_window(model) -> int | None:
+    """The window of the model's sliding-window attention layers (Gemma-2/3, Mistral with `sliding_window` set),
+    or None when every layer attends to all positions."""
     config = getattr(model, "config", None)
     text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
     layer_types = getattr(text, "layer_types", None) or []
-    return bool(getattr(text, "sliding_window", None)) and (not layer_types or "sliding_attention" in layer_types)
+    window = getattr(text, "sliding_window", None)
+    return int(window) if window and (not layer_types or "sliding_attention" in layer_types) else None
+
+
+def has_sliding_window(model) -> bool:
+    """Whether some attention layer of the model sees only a window of recent positions."""
+    return sliding_window(model) is not None
 
 
 def rollback_cache(model) -> DynamicCache:
@@ -110,7 +116,7 @@ class ModelView:
         self._mark = (0, self.next_pos)
         # transformers measures a sliding window in cache slots, not in positions: holes inside a row would shrink
         # the row's window, so these models move each row's holes to its left edge after every roll-back.
-        self._holes_left = has_sliding_window(model)
+        self._window = sliding_window(model)  # None without one
 
     def feed(self, tokens: torch.Tensor, valid: torch.Tensor | None = None, keep: int = 0):
         """Run the model on tokens [B, w] after the cache; valid [B, w] bool marks holes (None = all real).
@@ -186,7 +192,7 @@ class ModelView:
             self.length = new_length
             if self.compiled:  # crop leaves strided views [B, H, S, D] of the longer tensors; dynamo guards on
                 self._compact()  # strides, so a compiled forward would recompile at every new cache length
-        if self._holes_left:
+        if self._window is not None:
             self._move_holes_left()
 
     def _move_holes_left(self) -> None:
