@@ -173,10 +173,18 @@ def test_skd_teacher_verifies_against_the_view_with_knowledge(pair):
 
         def wrapped(*args, **kwargs):
             ids = kwargs.get("input_ids", args[0] if args else None)
-            seen.setdefault(name, ids.clone())  # the first call encodes the prompt view
+            seen.setdefault(name, []).append(ids.clone())  # the first call(s) encode the prompt view
             return forward(*args, **kwargs)
 
         return wrapped
+
+    def fed(name, row) -> str:
+        """What the model read of its prompt view: its first call, after a shared prefix encoded once as [1, P]
+        when the rows' views share one (rollout.share_teacher_prefix)."""
+        calls = seen[name]
+        if calls[0].shape[0] == 1 and len(batch.examples) > 1:
+            return TOK.decode(calls[0][0]) + TOK.decode(calls[1][row])
+        return TOK.decode(calls[0][row])
 
     student.forward, teacher.forward = spy("student", student), spy("teacher", teacher)
     try:
@@ -184,9 +192,9 @@ def test_skd_teacher_verifies_against_the_view_with_knowledge(pair):
     finally:
         del student.forward, teacher.forward
     for row, example in enumerate(batch.examples):
-        assert example.record.knowledge in TOK.decode(seen["teacher"][row])
-        assert example.record.knowledge not in TOK.decode(seen["student"][row])
-        assert example.record.query in TOK.decode(seen["student"][row])
+        assert example.record.knowledge in fed("teacher", row)
+        assert example.record.knowledge not in fed("student", row)
+        assert example.record.query in fed("student", row)
 
 
 def test_rollouts_are_seeded_per_row(pair):
