@@ -73,7 +73,7 @@ def _top_k_test(block: Block, warped: torch.Tensor, target: Sampling, k: torch.T
     p(x) >= min_prob. A greedy teacher ranks by its raw logits."""
     g = block.draft_tokens.shape[1]
     # Ranks come from the raw logits when greedy (a one-hot p would tie every other token).
-    scores = block.target_logits.float()[:, :g] if target.greedy else warped[:, :g]
+    scores = block.target_logits[:, :g].float() if target.greedy else warped[:, :g]  # [B, g, V], sliced first
     x = block.draft_tokens.unsqueeze(-1)  # [B, g, 1]
     p_x = warped[:, :g].softmax(-1).gather(-1, x).squeeze(-1)  # [B, g]
     # Outside the teacher's support (top-p / top-k / min-p filters) a token is never in its top-K.
