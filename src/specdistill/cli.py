@@ -112,8 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "into it replaces the earlier demo's runs")
     p.add_argument("--retrain", action="store_true", help="retrain the built-in teacher instead of using the shipped one")
     p.add_argument("--seed", type=NON_NEGATIVE, default=0, help="first seed (default 0)")
-    p.add_argument("--seeds", type=POSITIVE, default=1, help="train every method with this many seeds; the report "
-                   "gives mean ± standard deviation (default 1)")
+    p.add_argument("--seeds", type=POSITIVE, default=None, help="train every method with this many seeds; the "
+                   "report gives the mean and its 95%% interval (default: the plan's, 3 for default, 5 for paper, 2 "
+                   "for quick)")
+    p.add_argument("--results", default=None, help="also write the report, with its figures, as this markdown file "
+                   "(make results: docs/results.md; its figures go to img/ beside it)")
 
     for name, text in (("sft", "supervised fine-tuning (CE on response tokens)"), ("distill", "distil a student from a teacher")):
         _add_config_args(sub.add_parser(name, help=text))
@@ -543,7 +546,8 @@ def cmd_demo(args) -> int:
 
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise UsageError(f"--out {args.out}: is a file; give a folder for the demo's runs and report")
-    run_demo(out=args.out, quick=args.quick, retrain=args.retrain, seed=args.seed, seeds=args.seeds, plan_name=args.plan)
+    run_demo(out=args.out, quick=args.quick, retrain=args.retrain, seed=args.seed, seeds=args.seeds, plan_name=args.plan,
+             results=args.results)
     return 0
 
 

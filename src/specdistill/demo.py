@@ -1,17 +1,23 @@
-"""`specdistill demo`: the built-in end-to-end run, offline on a CPU.
+"""`specdistill demo`: the built-in proving ground, offline on a CPU.
 
-1. the teacher: the shipped built-in teacher, or retrained with `--retrain` (the three configs/builtin/teacher*.yaml
-   stages that `make teacher` runs);
-2. the student's warm start: SFT of the tiny student on the student view (configs/builtin/student.yaml);
-3. every method, each continuing from the warm start with the same step budget: on `arith` SFT only,
-   supervised KD, SeqKD, on-policy KD (GKD), ImitKD, SKD, adaptive top-K SKD and DistillSpec; on `facts`
-   SFT on the answers, KD without the knowledge and LUPI-SKD;
-4. for each student: test-split quality, acceptance / mean accepted length / speedup as the teacher's draft
-   (greedy speculative decoding, batch size 1), and training time;
-5. report.md (also printed), report.json and PNG plots.
+Worlds (docs/results.md describes them and why):
+- `arith_styles`: worked arithmetic whose gold solutions mix three step styles, of which the teacher writes only
+  one; training reads a limited prompt set (`limit` records of the train split) for several epochs;
+- `facts`: closed-book questions whose answers only a teacher with the knowledge paragraph can give (LUPI);
+- `grids`: pre-tokenized class-conditional code grids (the image-token study): a grid teacher and students of
+  several depths, trained by hybrid CE + KL, or by hybrid CE + KL and then on-policy distillation.
 
-Methods run in parallel worker processes, one torch thread each; the report's order and numbers do not depend on
-which finishes first, so two runs with the same seed give the same numbers (timings aside).
+Steps:
+1. the teacher: the shipped built-in teachers, or the text teacher retrained with `--retrain`;
+2. the text student's warm start (SFT on the limited sets, configs/builtin/student.yaml), measured like a method;
+3. the headroom run (the same student, trained long on the whole train split) where the plan asks for it;
+4. each method from the warm start with the same step budget, for each seed, in parallel workers;
+5. for each student: test-split quality, and acceptance as the teacher's draft for greedy and for sampled (T=1)
+   speculative decoding, with sum(min(p, q)) over the teacher's own T=1 outputs; the speedup is predicted from
+   the measured acceptance and the pair's forward costs, which are timed one at a time before any worker starts;
+6. report.md (intervals over seeds and a verdict per claim; evaluate/claims.py), report.json and PNG plots.
+
+Two runs with the same seeds give the same numbers (timings aside).
 """
 
 from __future__ import annotations
@@ -19,83 +25,79 @@ from __future__ import annotations
 import json
 import math
 import multiprocessing
-import statistics
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
 from .config import DatasetConfig, load_config
 from .data.records import load_records
-from .data.tasks import get_task
+from .data.tasks import get_task, style_shares
 from .data.views import encode_example
+from .evaluate.claims import WARM_LABEL
+from .evaluate.prediction import ForwardCosts
 from .evaluate.quality import evaluate_records
-from .evaluate.speculative import bench_pair
+from .evaluate.speculative import bench_pair, measure_forward_costs
 from .models import load_model, load_tokenizer
 from .train import run_training
 
-# (task, label, example config in configs/, overrides). Every method starts from the same warm start.
+
+@dataclass(frozen=True)
+class Method:
+    world: str
+    label: str
+    config: str  # example config in configs/ (its loss and rollout); the world's data replaces its data
+    overrides: tuple[str, ...] = ()
+
+
+WARM = WARM_LABEL
 METHODS = [
-    ("arith", "SFT only", "sft", []),
-    ("arith", "supervised KD", "supervised_kd", []),
-    ("arith", "SeqKD", "seqkd", []),
-    ("arith", "on-policy KD (GKD)", "gkd", []),
-    ("arith", "ImitKD", "imitkd", []),
-    ("arith", "SKD", "skd", []),
-    ("arith", "adaptive top-K SKD", "adaptive_topk", []),
-    ("arith", "DistillSpec (on-policy TVD)", "distillspec", []),
-    ("facts", "SFT on answers", "sft", ["data.train=[{task: facts}]", "data.validation={task: facts, split: validation}",
-                                         "rollout.max_new_tokens=16"]),
-    ("facts", "KD without knowledge", "supervised_kd", [
-        "data.train=[{task: facts}]", "data.validation={task: facts, split: validation}",
-        "data.views.teacher_knowledge=false", "rollout.max_new_tokens=16"]),
-    ("facts", "LUPI-SKD", "lupi_skd", []),
+    Method("arith_styles", "SFT on gold", "sft"),
+    Method("arith_styles", "supervised KD", "supervised_kd"),
+    Method("arith_styles", "SeqKD", "seqkd"),
+    Method("arith_styles", "on-policy KD (GKD)", "gkd"),
+    Method("arith_styles", "ImitKD", "imitkd"),
+    Method("arith_styles", "SKD", "skd"),
+    Method("arith_styles", "DistillSpec (on-policy TVD)", "distillspec"),
+    Method("facts", "SFT on answers", "sft"),
+    Method("facts", "KD without knowledge", "supervised_kd", ("data.views.teacher_knowledge=false",)),
+    Method("facts", "LUPI-SKD", "lupi_skd"),
 ]
-# steps: per method; student_steps: warm start; eval_limit: test records per task (None = all);
-# bench_prompts: test prompts for the draft benchmark. `default` (make demo) fits in 10 minutes with set-up on a
-# 2-core CPU; `paper` (docs/results.md) trains longer and scores every test record; `quick` is a smoke run.
-PLANS = {
-    "default": {"student_steps": 300, "steps": 60, "batch_size": 32, "eval_limit": 200, "bench_prompts": 24},
-    "paper": {"student_steps": 400, "steps": 120, "batch_size": 32, "eval_limit": None, "bench_prompts": 40},
-    "quick": {"student_steps": 150, "steps": 30, "batch_size": 16, "eval_limit": 100, "bench_prompts": 12},
+WORLD_DATA = {  # what every method of a world trains and validates on
+    "arith_styles": lambda limit: [f"data.train=[{{task: arith_styles, limit: {limit}}}]",
+                                   "data.validation={task: arith_styles, split: validation}",
+                                   "rollout.max_new_tokens=48"],
+    "facts": lambda limit: ["data.train=[{task: facts}]", "data.validation={task: facts, split: validation}",
+                            "rollout.max_new_tokens=16"],
 }
+MAX_NEW = {"arith_styles": 48, "facts": 16}
 GAMMA = 4
-MAX_NEW = {"arith": 40, "facts": 16}
+# student_steps: warm start; steps, batch_size: per method; limit: the arith_styles prompt set; eval_limit: test
+# records per world (None = all); bench_prompts: test prompts per draft benchmark; headroom_steps: 0 = no
+# headroom run; methods: labels run (None = all); grids: run the grid study (grid_steps of hybrid CE + KL, then
+# grid_more_steps of each continuation). `default` (make demo) fits in 10 minutes with set-up on a 2-core
+# CPU; `paper` (docs/results.md, `make results`) is the whole study; `quick` is a smoke run.
+PLANS = {
+    "default": {"seeds": 3, "student_steps": 300, "steps": 60, "batch_size": 32, "limit": 1000, "eval_limit": 200,
+                "bench_prompts": 24, "headroom_steps": 0, "grids": False,
+                "methods": ["SFT on gold", "supervised KD", "SKD", "DistillSpec (on-policy TVD)"]},
+    "paper": {"seeds": 5, "student_steps": 300, "steps": 150, "batch_size": 32, "limit": 1000, "eval_limit": None,
+              "bench_prompts": 40, "headroom_steps": 1500, "grids": True, "grid_steps": 300, "grid_more_steps": 150,
+              "methods": None},
+    "quick": {"seeds": 2, "student_steps": 150, "steps": 30, "batch_size": 16, "limit": 1000, "eval_limit": 100,
+              "bench_prompts": 12, "headroom_steps": 0, "grids": False, "methods": ["SFT on gold", "SKD"]},
+}
+RUN_FIXED = ["train.save_every=0", "train.progress=false", "train.threads=1", "train.eval_every=0",
+             "train.eval_samples=32", "train.overwrite=true"]  # a demo again into --out replaces its runs
 
 
 def _train(config: str, out: Path, overrides: list[str], sft: bool) -> float:
-    cfg = load_config(config, overrides + [f"train.output_dir={out}", "train.save_every=0", "train.progress=false",
-                                          "train.threads=1", "train.eval_every=0",
-                                          "train.eval_samples=32",
-                                          "train.overwrite=true"])  # a demo again into --out replaces its runs
+    cfg = load_config(config, list(overrides) + [f"train.output_dir={out}"] + RUN_FIXED)
     start = time.perf_counter()
     run_training(cfg, sft=sft)
     return time.perf_counter() - start
-
-
-def _prompts(records, tokenizer, views) -> tuple[list[list[int]], list[list[int]]]:
-    examples = [encode_example(r, tokenizer, views) for r in records]
-    return [e.teacher_prompt for e in examples], [e.student_prompt for e in examples]
-
-
-def measure(student_path: str, teacher_path: str, task: str, plan: dict, seed: int) -> dict:
-    """Quality on the test split (student view, closed book) and the student as the teacher's draft."""
-    torch.manual_seed(seed)
-    tok = load_tokenizer(teacher_path)
-    teacher = load_model(teacher_path, tokenizer=tok).eval()
-    student = load_model(student_path, tokenizer=tok).eval()
-    views = load_config("configs/builtin/teacher.yaml").data.views  # knowledge in the teacher's view
-    records = load_records(DatasetConfig(task=task, split="test"))
-    quality = evaluate_records(student, tok, records[: plan["eval_limit"]], views, get_task(task).scorer, "student",
-                               max_new_tokens=MAX_NEW[task], batch_size=64)
-    t_prompts, s_prompts = _prompts(records[: plan["bench_prompts"]], tok, views)
-    with torch.no_grad():
-        bench = bench_pair(teacher, student, t_prompts, tok, gamma=GAMMA, max_new_tokens=MAX_NEW[task],
-                           draft_prompts=s_prompts, batch_size=1, repeats=1)  # one timed run: the demo's budget
-    return {"exact_match": quality["exact_match"], "n_eval": quality["n"],
-            **{k: bench[k] for k in ("acceptance_rate", "mean_accepted_length", "per_position_acceptance",
-                                     "speedup_vs_target", "cost_ratio_c", "matches_target_greedy")}}
 
 
 def _quiet() -> None:
@@ -105,103 +107,176 @@ def _quiet() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
-def run_method(job: dict) -> dict:
-    """One worker job: train a method from the warm start, then measure it."""
+def text_prompts(world: str, n: int | None):
+    """(test records, teacher prompts, student prompts): the teacher reads its view (facts: with knowledge)."""
+    tok = load_tokenizer("builtin-teacher")
+    views = load_config("configs/builtin/teacher.yaml").data.views
+    records = load_records(DatasetConfig(task=world, split="test"))[:n]
+    examples = [encode_example(r, tok, views) for r in records]
+    return records, [e.teacher_prompt for e in examples], [e.student_prompt for e in examples]
+
+
+def measure(student_path: str, teacher_path: str, world: str, plan: dict, seed: int, costs: ForwardCosts) -> dict:
+    """Test quality (student view) and the student as the teacher's draft, greedy and sampled at T=1."""
+    torch.manual_seed(seed)
+    tok = load_tokenizer(teacher_path)
+    teacher = load_model(teacher_path, tokenizer=tok).eval()
+    student = load_model(student_path, tokenizer=tok).eval()
+    views = load_config("configs/builtin/teacher.yaml").data.views
+    records, _, _ = text_prompts(world, plan["eval_limit"])
+    scored = evaluate_records(student, tok, records, views, get_task(world).scorer, "student",
+                              max_new_tokens=MAX_NEW[world], batch_size=64)
+    _, t_prompts, s_prompts = text_prompts(world, plan["bench_prompts"])
+    styles = {"symbols_share": style_shares([s["prediction"] for s in scored["samples"]])["symbols"]} \
+        if world == "arith_styles" else {}
+    return {"quality": scored["exact_match"], **styles,
+            **draft_figures(teacher, student, t_prompts, s_prompts, tok, MAX_NEW[world], seed, costs)}
+
+
+def draft_figures(teacher, student, t_prompts, s_prompts, tok, max_new: int, seed: int, costs: ForwardCosts) -> dict:
+    """Greedy and T=1 speculative decoding (gamma GAMMA): acceptance, mean accepted length, per-position
+    acceptance, sum(min(p, q)) over the teacher's own outputs, and the speedup predicted from the measured
+    acceptance and `costs` (timed alone, so parallel workers cannot skew it)."""
+    out = {}
+    for prefix, temperature in (("", 0.0), ("sampled_", 1.0)):
+        with torch.no_grad():
+            b = bench_pair(teacher, student, t_prompts, tok, gamma=GAMMA, temperature=temperature,
+                           max_new_tokens=max_new, draft_prompts=s_prompts, batch_size=8, seed=seed, warmup=0,
+                           repeats=1, costs=costs)
+        for key in ("acceptance_rate", "mean_accepted_length", "per_position_acceptance", "expected_acceptance",
+                    "predicted_speedup", "token_acceptance"):
+            out[prefix + key] = b[key]
+        if temperature == 0:
+            out["matches_target_greedy"] = b["matches_target_greedy"]
+    return out
+
+
+def pair_costs(teacher_path: str, student_path: str, prompt: list[int]) -> ForwardCosts:
+    """The pair's forward costs at batch size 1 and one thread, timed while nothing else runs."""
+    torch.set_num_threads(1)
+    tok = load_tokenizer(teacher_path)
+    teacher, student = (load_model(p, tokenizer=tok).eval() for p in (teacher_path, student_path))
+    return measure_forward_costs(teacher, student, prompt, batch_size=1, repeats=20)
+
+
+def run_method(job: dict) -> list[dict]:
+    """One worker job: train a method from the warm start (none for the warm start itself), then measure it."""
     torch.set_num_threads(1)
     _quiet()
-    out = Path(job["out"])
-    overrides = job["overrides"] + [f"model.student={job['student']}", f"model.teacher={job['teacher']}",
-                                    f"train.max_steps={job['plan']['steps']}", f"train.batch_size={job['plan']['batch_size']}",
-                                    f"train.seed={job['seed']}", "train.lr=1.0e-3",
-                                    "train.warmup_steps=10"]
-    train_s = _train(f"configs/{job['config']}.yaml", out, overrides, sft=job["config"] == "sft")
-    curve = [(r["step"], r["train/loss"]) for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())]
-    result = measure(str(out / "final"), job["teacher"], job["task"], job["plan"], job["seed"])
-    return {"task": job["task"], "method": job["label"], "seed": job["seed"], "train_s": train_s, "loss_curve": curve,
-            **result}
+    if job.get("kind") == "grids":
+        from .grid_study import run_grid_job
+
+        return run_grid_job(job)
+    out, plan, costs = Path(job["out"]), job["plan"], ForwardCosts(**job["costs"])
+    train_s, curve, student = 0.0, [], job["student"]
+    if job["config"] is not None:
+        overrides = [*WORLD_DATA[job["world"]](plan["limit"]), *job["overrides"], f"model.student={job['student']}",
+                     f"model.teacher={job['teacher']}", f"train.max_steps={plan['steps']}",
+                     f"train.batch_size={plan['batch_size']}", f"train.seed={job['seed']}", "train.lr=1.0e-3",
+                     "train.warmup_steps=10"]
+        train_s = _train(f"configs/{job['config']}.yaml", out, overrides, sft=job["config"] == "sft")
+        curve = [(r["step"], r["train/loss"]) for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())]
+        student = str(out / "final")
+    result = measure(student, job["teacher"], job["world"], plan, job["seed"], costs)
+    return [{"world": job["world"], "method": job["label"], "seed": job["seed"], "train_s": train_s,
+             "loss_curve": curve, **result}]
 
 
-def _workers() -> int:
-    return max(1, min(len(METHODS), (multiprocessing.cpu_count() or 1)))
+def run_headroom(job: dict) -> list[dict]:
+    """The same student from random weights, trained long on the whole arith_styles train split."""
+    torch.set_num_threads(1)
+    _quiet()
+    out, plan = Path(job["out"]), job["plan"]
+    overrides = ["data.train=[{task: arith_styles}]", "data.validation={task: arith_styles, split: validation}",
+                 "rollout.max_new_tokens=48", f"train.max_steps={plan['headroom_steps']}", f"train.seed={job['seed']}"]
+    train_s = _train("configs/builtin/student.yaml", out, overrides, sft=True)
+    tok = load_tokenizer(job["teacher"])
+    records, _, _ = text_prompts("arith_styles", plan["eval_limit"])
+    quality = evaluate_records(load_model(str(out / "final"), tokenizer=tok).eval(), tok, records,
+                               load_config("configs/builtin/teacher.yaml").data.views, get_task("arith_styles").scorer,
+                               "student", MAX_NEW["arith_styles"], 64)["exact_match"]
+    return [{"world": "arith_styles", "method": "headroom", "seed": job["seed"], "train_s": train_s, "quality": quality}]
+
+
+def _workers(n_jobs: int) -> int:
+    return max(1, min(n_jobs, multiprocessing.cpu_count() or 1))
 
 
 def run_all(jobs: list[dict]) -> list[dict]:
     """Jobs in worker processes (spawned: no inherited thread pools); results in the jobs' order."""
-    from concurrent.futures import as_completed
-
-    with ProcessPoolExecutor(_workers(), mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(run_method, job): i for i, job in enumerate(jobs)}
-        results: list[dict | None] = [None] * len(jobs)
+    results: list[list[dict] | None] = [None] * len(jobs)
+    with ProcessPoolExecutor(_workers(len(jobs)), mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(run_headroom if job.get("kind") == "headroom" else run_method, job): i
+                   for i, job in enumerate(jobs)}
         for n, future in enumerate(as_completed(futures), 1):
-            r = results[futures[future]] = future.result()
-            print(f"[{n}/{len(jobs)}] {r['task']} / {r['method']} (seed {r['seed']}): exact match {r['exact_match']:.3f}, "
-                  f"acceptance {r['acceptance_rate']:.3f}, {r['train_s']:.0f} s", flush=True)
-    return results
+            results[futures[future]] = future.result()
+            for r in results[futures[future]]:
+                extra = f", acceptance {r['acceptance_rate']:.3f} greedy" if "acceptance_rate" in r else ""
+                print(f"[{n}/{len(jobs)}] {r['world']} / {r['method']} (seed {r['seed']}): quality "
+                      f"{r['quality']:.3f}{extra}", flush=True)
+    return [r for rs in results for r in rs]
 
 
-def aggregate(results: list[dict]) -> list[dict]:
-    """Mean and standard deviation over seeds, per (task, method), in METHODS order."""
-    rows = []
-    for task, label, _, _ in METHODS:
-        runs = [r for r in results if r["task"] == task and r["method"] == label]
-        row = {"task": task, "method": label, "seeds": [r["seed"] for r in runs]}
-        for key in ("exact_match", "acceptance_rate", "mean_accepted_length", "speedup_vs_target", "train_s"):
-            values = [r[key] for r in runs]
-            row[key] = statistics.fmean(values)
-            row[key + "_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
-        rows.append(row)
-    return rows
-
-
-def _cell(row: dict, key: str, fmt: str) -> str:
-    text = format(row[key], fmt)
-    return text + (" ± " + format(row[key + "_std"], fmt) if len(row["seeds"]) > 1 else "")
-
-
-def render_report(report: dict) -> str:
-    lines = [f"# specdistill demo ({report['plan_name']} plan, seeds {report['seeds']})", "",
-             f"Teacher `{report['teacher']['path']}`: arith exact match {report['teacher']['arith']:.3f}; facts exact "
-             f"match {report['teacher']['facts']:.3f} with the knowledge in view, "
-             f"{report['teacher']['facts_closed_book']:.3f} closed book. Warm-start student (SFT, "
-             f"{report['warm_start']['train_s']:.0f} s): arith {report['warm_start']['arith']:.3f}, facts "
-             f"{report['warm_start']['facts']:.3f}. Each method then trains {report['plan']['steps']} steps.", "",
-             "| task | method | test exact match | acceptance rate | mean accepted length | speedup vs teacher | "
-             "training time (s) |", "|---|---|---|---|---|---|---|"]
-    for r in report["rows"]:
-        lines.append(f"| {r['task']} | {r['method']} | {_cell(r, 'exact_match', '.3f')} | "
-                     f"{_cell(r, 'acceptance_rate', '.3f')} | {_cell(r, 'mean_accepted_length', '.2f')} | "
-                     f"{_cell(r, 'speedup_vs_target', '.2f')} | {_cell(r, 'train_s', '.0f')} |")
-    lines += ["", f"Draft benchmark: greedy speculative decoding, gamma={GAMMA}, batch size 1, "
-              f"{report['plan']['bench_prompts']} test prompts per task; the teacher verifies on its own view "
-              "(facts: with the knowledge), the student drafts from its view. Speedups are wall-clock on this machine "
-              "with one thread per worker."]
-    return "\n".join(lines)
-
-
-def _baselines(out: Path, teacher: str, plan: dict, seed: int) -> tuple[dict, dict]:
-    torch.set_num_threads(max(1, multiprocessing.cpu_count() or 1))
-    warm_s = _train("configs/builtin/student.yaml", out / "student",
-                    [f"train.max_steps={plan['student_steps']}", f"train.seed={seed}"], sft=True)
+def teacher_quality(teacher: str, plan: dict) -> dict:
+    """The teacher on each text world's test split: its own view, and facts closed book."""
     tok = load_tokenizer(teacher)
+    model = load_model(teacher, tokenizer=tok).eval()
     views = load_config("configs/builtin/teacher.yaml").data.views
 
-    def score(path: str, task: str, view: str) -> float:
-        model = load_model(path, tokenizer=tok).eval()
-        records = load_records(DatasetConfig(task=task, split="test"))[: plan["eval_limit"]]
-        return evaluate_records(model, tok, records, views, get_task(task).scorer, view, MAX_NEW[task], 64)["exact_match"]
+    def score(world: str, view: str) -> dict:
+        records, _, _ = text_prompts(world, plan["eval_limit"])
+        return evaluate_records(model, tok, records, views, get_task(world).scorer, view, MAX_NEW[world], 64)
 
-    warm = str(out / "student" / "final")
-    teacher_row = {"path": teacher, "arith": score(teacher, "arith", "teacher"), "facts": score(teacher, "facts", "teacher"),
-                   "facts_closed_book": score(teacher, "facts", "student")}
-    warm_row = {"path": warm, "train_s": warm_s, "arith": score(warm, "arith", "student"),
-                "facts": score(warm, "facts", "student")}
-    return teacher_row, warm_row
+    arith = score("arith_styles", "teacher")
+    gold = [r.response for r in text_prompts("arith_styles", plan["eval_limit"])[0]]
+    return {"arith_styles": arith["exact_match"], "facts": score("facts", "teacher")["exact_match"],
+            "facts_closed_book": score("facts", "student")["exact_match"],
+            "symbols_share": style_shares([s["prediction"] for s in arith["samples"]])["symbols"],
+            "gold_symbols_share": style_shares(gold)["symbols"]}
 
 
-def run_demo(out: str = "runs/demo", quick: bool = False, retrain: bool = False, seed: int = 0, seeds: int = 1,
-             plan: dict | None = None, plan_name: str = "default") -> dict:
-    """The whole demo on PLANS[plan_name] (quick=True: the quick plan); `plan` overrides entries of it (e.g. fewer
-    steps in tests)."""
+def warm_start(out: Path, plan: dict, seed: int) -> tuple[str, float]:
+    torch.set_num_threads(max(1, multiprocessing.cpu_count() or 1))
+    overrides = [f"data.train=[{{task: arith_styles, limit: {plan['limit']}, weight: 0.75}}, {{task: facts, weight: 0.25}}]",
+                 "data.validation={task: arith_styles, split: validation}", "rollout.max_new_tokens=48",
+                 f"train.max_steps={plan['student_steps']}", f"train.seed={seed}"]
+    seconds = _train("configs/builtin/student.yaml", out / "student", overrides, sft=True)
+    return str(out / "student" / "final"), seconds
+
+
+def _retrain_teacher(out_dir: Path, seed: int) -> str:
+    previous = None
+    for stage in ("teacher", "teacher_facts", "teacher_polish"):  # what `make teacher` runs
+        init = [f"model.student={previous}"] if previous else []
+        _train(f"configs/builtin/{stage}.yaml", out_dir / stage, init + [f"train.seed={seed}"], sft=True)
+        previous = out_dir / stage / "final"
+    return str(previous)
+
+
+def plan_jobs(plan: dict, seeds: list[int], teacher: str, warm: str, costs: ForwardCosts, out_dir: Path) -> list[dict]:
+    """Every worker job: the headroom run first (the longest), then the warm start measured once per world, then
+    each method and seed; the grid study's jobs last."""
+    chosen = [m for m in METHODS if plan["methods"] is None or m.label in plan["methods"]]
+    base = {"plan": plan, "teacher": teacher, "student": warm, "costs": asdict(costs)}
+    jobs = [{**base, "kind": "headroom", "seed": seeds[0], "out": str(out_dir / "headroom")}] if plan["headroom_steps"] else []
+    jobs += [{**base, "world": w, "label": WARM, "config": None, "overrides": [], "seed": seeds[0], "out": ""}
+             for w in dict.fromkeys(m.world for m in chosen)]
+    jobs += [{**base, "world": m.world, "label": m.label, "config": m.config, "overrides": list(m.overrides), "seed": s,
+              "out": str(out_dir / f"seed{s}" / f"{m.world}-{m.config}{'-noknow' if m.overrides else ''}")}
+             for s in seeds for m in chosen]
+    if plan["grids"]:
+        from .grid_study import grid_jobs
+
+        jobs += grid_jobs(plan, seeds, out_dir)
+    return jobs
+
+
+def run_demo(out: str = "runs/demo", quick: bool = False, retrain: bool = False, seed: int = 0,
+             seeds: int | None = None, plan: dict | None = None, plan_name: str = "default",
+             results: str | None = None) -> dict:
+    """The demo on PLANS[plan_name] (quick=True: the quick plan); `plan` overrides entries of it (e.g. fewer steps
+    in tests); `seeds` overrides the plan's number of seeds; `results`: also write the report there, its figures
+    in img/ beside it (docs/results.md)."""
     _quiet()
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -209,39 +284,57 @@ def run_demo(out: str = "runs/demo", quick: bool = False, retrain: bool = False,
     if plan_name not in PLANS:
         raise ValueError(f"demo: unknown plan {plan_name!r}; allowed: {', '.join(PLANS)}")
     plan = {**PLANS[plan_name], **(plan or {})}
-    teacher = "builtin-teacher"
-    if retrain:
-        previous = None
-        for stage in ("teacher", "teacher_facts", "teacher_polish"):  # what `make teacher` runs
-            init = [f"model.student={previous}"] if previous else []
-            _train(f"configs/builtin/{stage}.yaml", out_dir / stage, init + [f"train.seed={seed}"], sft=True)
-            previous = out_dir / stage / "final"
-        teacher = str(previous)
-    print(f"demo: warm-starting the student ({plan['student_steps']} SFT steps), then {len(METHODS) * seeds} "
-          f"distillation runs of {plan['steps']} steps on {_workers()} workers", flush=True)
-    teacher_row, warm_row = _baselines(out_dir, teacher, plan, seed)
-    jobs = [{"task": task, "label": label, "config": config, "overrides": overrides, "plan": plan, "seed": s,
-             "student": warm_row["path"], "teacher": teacher, "out": str(out_dir / f"seed{s}" / f"{task}-{config}")}
-            for s in range(seed, seed + seeds) for task, label, config, overrides in METHODS]
-    results = run_all(jobs)
-    report = {"plan_name": plan_name, "quick": plan_name == "quick", "seeds": list(range(seed, seed + seeds)),
-              "plan": plan, "gamma": GAMMA,
-              "teacher": teacher_row, "warm_start": warm_row, "rows": aggregate(results), "runs": results}
+    seed_list = list(range(seed, seed + (seeds or plan["seeds"])))
+    teacher = _retrain_teacher(out_dir, seed) if retrain else "builtin-teacher"
+    print(f"demo ({plan_name} plan): warm-starting the student ({plan['student_steps']} SFT steps), then "
+          f"{len(seed_list)} seeds of each method, {plan['steps']} steps each", flush=True)
+    warm, warm_s = warm_start(out_dir, plan, seed)
+    costs = pair_costs(teacher, warm, text_prompts("arith_styles", 1)[1][0])
+    teacher_row = {"path": teacher, **teacher_quality(teacher, plan)}
+    grid = {}
+    if plan["grids"]:
+        from .grid_study import grid_costs
+
+        grid = grid_costs(plan)
+    jobs = plan_jobs(plan, seed_list, teacher, warm, costs, out_dir)
+    for job in (j for j in jobs if j.get("kind") == "grids"):
+        job["costs"] = asdict(grid[job["depth"]])  # each depth's own cost ratio
+    runs = run_all(jobs)
+    from .evaluate.claims import aggregate, render_report
+
+    report = {"plan_name": plan_name, "seeds": seed_list, "plan": plan, "gamma": GAMMA, "teacher": teacher_row,
+              "warm_start": {"path": warm, "train_s": warm_s}, "costs": asdict(costs),
+              "grid_costs": {str(k): asdict(v) for k, v in grid.items()}, "rows": aggregate(runs), "runs": runs}
     _check_finite(report["rows"])
     (out_dir / "report.json").write_text(json.dumps(report, indent=1))
     from .evaluate.plots import plot_demo
 
     plot_demo(report, out_dir)
-    table = render_report(report)
-    (out_dir / "report.md").write_text(table + "\n\n![quality vs acceptance](quality_vs_acceptance.png)\n"
-                                       "![acceptance per position](acceptance_per_position.png)\n"
-                                       "![training curves](training_curves.png)\n")
-    print(table)
+    text = render_report(report)
+    (out_dir / "report.md").write_text(text + FIGURES.format(img=""))
+    print(text)
+    if results:
+        write_results(Path(results), text, out_dir)
     return report
+
+
+FIGURES = ("\n## Figures\n\n![test quality against greedy acceptance, mean and 95% interval over seeds]"
+           "({img}quality_vs_acceptance.png)\n\n![acceptance per draft position, first seed]"
+           "({img}acceptance_per_position.png)\n\n![training loss per step, first seed]({img}training_curves.png)\n")
+
+
+def write_results(path: Path, text: str, out_dir: Path) -> None:
+    """The report as a docs page: its text, then the figures, copied into img/ beside it."""
+    import shutil
+
+    (path.parent / "img").mkdir(parents=True, exist_ok=True)
+    for name in ("quality_vs_acceptance", "acceptance_per_position", "training_curves"):
+        shutil.copyfile(out_dir / f"{name}.png", path.parent / "img" / f"{name}.png")
+    path.write_text(text + FIGURES.format(img="img/"))
 
 
 def _check_finite(rows: list[dict]) -> None:
     for row in rows:
         for key, value in row.items():
-            if isinstance(value, float) and not math.isfinite(value):
-                raise RuntimeError(f"demo: {row['task']} / {row['method']}: {key} is {value}")
+            if isinstance(value, float) and not math.isfinite(value) and not key.endswith(("_low", "_high")):
+                raise RuntimeError(f"demo: {row['world']} / {row['method']}: {key} is {value}")

@@ -1,4 +1,5 @@
-"""Built-in tasks, generated offline from a seed: `arith` (worked multi-step arithmetic) and `facts` (LUPI).
+"""Built-in tasks, generated offline from a seed: `arith` (worked multi-step arithmetic), `arith_styles` (the same
+problems, with gold solutions in several styles) and `facts` (LUPI).
 
 Each task yields records {id, query, response, answer[, knowledge, category]} in three disjoint splits, and
 has a scorer that maps (prediction text, record) to 0/1.
@@ -6,6 +7,7 @@ has a scorer that maps (prediction text, record) to 0/1.
 
 from __future__ import annotations
 
+import math
 import random
 import re
 from dataclasses import dataclass
@@ -15,6 +17,11 @@ from ..errors import UserError
 
 # arith: 200 validation and 500 test problems, the rest train. facts: 150 validation facts, the other 300 test.
 SPLIT_SIZES = {"arith": {"validation": 200, "test": 500}, "facts": {"validation": 150}}
+
+# arith_styles: each step line of a gold solution is written in one of three styles, drawn per line with these
+# weights. The built-in teacher was trained on `arith`, so it writes style "symbols" only: matching the data and
+# matching the teacher are different goals (the data's most likely style is the one the teacher never writes).
+STYLE_WEIGHTS = {"symbols": 0.2, "words": 0.45, "result_first": 0.35}
 
 
 # ---------------------------------------------------------------- arith
@@ -40,6 +47,41 @@ def _arith_items() -> list[dict]:
         {"query": f"What is {expr}?", "response": "\n".join(steps) + f"\n#### {ans}", "answer": str(ans)}
         for expr, steps, ans in items
     ]
+
+
+_WORDS = {"+": "plus", "-": "minus", "*": "times"}
+
+
+def restyle_step(step: str, style: str) -> str:
+    """One step line `x op y=z` in a style: symbols `7*8=56`, words `7 times 8 is 56`, result_first `56=7*8`."""
+    lhs, result = step.split("=")
+    x, op, y = re.fullmatch(r"(\d+)([-+*])(\d+)", lhs).groups()
+    if style == "words":
+        return f"{x} {_WORDS[op]} {y} is {result}"
+    return f"{result}={lhs}" if style == "result_first" else step
+
+
+STYLE_PATTERNS = {"symbols": r"\d+[-+*]\d+=-?\d+", "words": r"\d+ (plus|minus|times) \d+ is -?\d+",
+                  "result_first": r"-?\d+=\d+[-+*]\d+"}
+
+
+def style_shares(texts: list[str]) -> dict[str, float]:
+    """The fraction of step lines (every line but `#### N`) written in each style, and `other` for lines in none."""
+    counts = dict.fromkeys([*STYLE_PATTERNS, "other"], 0)
+    for text in texts:
+        for line in (ln.strip() for ln in text.split("\n") if ln.strip() and not ln.startswith("####")):
+            name = next((k for k, pat in STYLE_PATTERNS.items() if re.fullmatch(pat, line)), "other")
+            counts[name] += 1
+    total = sum(counts.values())
+    return {k: v / total if total else math.nan for k, v in counts.items()}
+
+
+def _styled(record: dict, rng: random.Random) -> dict:
+    """The record with each step line restyled, styles drawn independently per line (STYLE_WEIGHTS)."""
+    *steps, final = record["response"].split("\n")
+    styles = rng.choices(list(STYLE_WEIGHTS), weights=list(STYLE_WEIGHTS.values()), k=len(steps))
+    lines = [restyle_step(s, style) for s, style in zip(steps, styles)]
+    return {**record, "response": "\n".join(lines + [final]), "styles": styles}
 
 
 def extract_final_number(text: str) -> str | None:
@@ -124,6 +166,7 @@ class Task:
 
 TASKS = {
     "arith": Task("arith", score_arith, "exact_match", has_knowledge=False),
+    "arith_styles": Task("arith_styles", score_arith, "exact_match", has_knowledge=False),
     "facts": Task("facts", score_facts, "exact_match", has_knowledge=True),
 }
 
@@ -148,4 +191,7 @@ def load_task(name: str, split: str, seed: int = 0) -> list[dict]:
         bounds = {"validation": (0, n_val), "test": (n_val, n_val + n_test), "train": (n_val + n_test, len(items))}
         lo, hi = bounds[split]
         records = items[lo:hi]
+        if name == "arith_styles":  # the same problems and splits as arith (the teacher's), restyled
+            style_rng = random.Random(f"{seed}-{split}")
+            records = [_styled(r, style_rng) for r in records]
     return [{"id": f"{name}-{split}-{i}", **r} for i, r in enumerate(records)]
