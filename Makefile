@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # would pull a multi-GB CUDA build). GPU users install their own torch; pyproject keeps the range open.
 TORCH ?= torch==2.13.0
 
-.PHONY: install demo demo-quick test teacher clean
+.PHONY: install demo demo-quick results test teacher clean
 
 install: $(VENV)/.installed
 
@@ -22,6 +22,11 @@ demo: install
 
 demo-quick: install
 	$(BIN)/specdistill demo --quick
+
+# docs/results.md and its figures, from scratch: every method, 5 seeds, the headroom run and the grid study
+# (about an hour on 2 CPU cores; docs/benchmarks.md has the time).
+results: install
+	$(BIN)/specdistill demo --plan paper --out runs/results --results docs/results.md
 
 test: install
 	$(BIN)/python -m pytest

@@ -74,16 +74,18 @@ WORLD_DATA = {  # what every method of a world trains and validates on
 }
 MAX_NEW = {"arith_styles": 48, "facts": 16}
 GAMMA = 4
-# student_steps: warm start; steps, batch_size: per method; limit: the arith_styles prompt set; eval_limit: test
-# records per world (None = all); bench_prompts: test prompts per draft benchmark; headroom_steps: 0 = no
+# student_steps: warm start; steps, batch_size: per method; world_steps: a world's steps where they differ
+# (facts has 300 train prompts: fewer steps are as many epochs); limit: the arith_styles prompt set; eval_limit:
+# test records per world (None = all); bench_prompts: test prompts per draft benchmark; headroom_steps: 0 = no
 # headroom run; methods: labels run (None = all); grids: run the grid study (grid_steps of hybrid CE + KL, then
-# grid_more_steps of each continuation). `default` (make demo) fits in 10 minutes with set-up on a 2-core
-# CPU; `paper` (docs/results.md, `make results`) is the whole study; `quick` is a smoke run.
+# grid_more_steps of each continuation). `default` (make demo) fits in 10 minutes with set-up on a 2-core CPU;
+# `paper` (docs/results.md, `make results`) is the whole study; `quick` (make demo-quick) is a smoke run.
 PLANS = {
-    "default": {"seeds": 3, "student_steps": 300, "steps": 60, "batch_size": 32, "limit": 1000, "eval_limit": 200,
+    "default": {"seeds": 3, "student_steps": 300, "steps": 100, "batch_size": 32, "limit": 1000, "eval_limit": 200,
                 "bench_prompts": 24, "headroom_steps": 0, "grids": False,
                 "methods": ["SFT on gold", "supervised KD", "SKD", "DistillSpec (on-policy TVD)"]},
-    "paper": {"seeds": 5, "student_steps": 300, "steps": 150, "batch_size": 32, "limit": 1000, "eval_limit": None,
+    "paper": {"seeds": 5, "student_steps": 300, "steps": 200, "world_steps": {"facts": 120}, "batch_size": 32,
+              "limit": 1000, "eval_limit": None,
               "bench_prompts": 40, "headroom_steps": 1500, "grids": True, "grid_steps": 300, "grid_more_steps": 150,
               "methods": None},
     "quick": {"seeds": 2, "student_steps": 150, "steps": 30, "batch_size": 16, "limit": 1000, "eval_limit": 100,
@@ -171,7 +173,7 @@ def run_method(job: dict) -> list[dict]:
     train_s, curve, student = 0.0, [], job["student"]
     if job["config"] is not None:
         overrides = [*WORLD_DATA[job["world"]](plan["limit"]), *job["overrides"], f"model.student={job['student']}",
-                     f"model.teacher={job['teacher']}", f"train.max_steps={plan['steps']}",
+                     f"model.teacher={job['teacher']}", f"train.max_steps={method_steps(plan, job['world'])}",
                      f"train.batch_size={plan['batch_size']}", f"train.seed={job['seed']}", "train.lr=1.0e-3",
                      "train.warmup_steps=10"]
         train_s = _train(f"configs/{job['config']}.yaml", out, overrides, sft=job["config"] == "sft")
@@ -180,6 +182,11 @@ def run_method(job: dict) -> list[dict]:
     result = measure(student, job["teacher"], job["world"], plan, job["seed"], costs)
     return [{"world": job["world"], "method": job["label"], "seed": job["seed"], "train_s": train_s,
              "loss_curve": curve, **result}]
+
+
+def method_steps(plan: dict, world: str) -> int:
+    """Each method's steps on a world: the plan's `steps`, unless `world_steps` names the world."""
+    return plan.get("world_steps", {}).get(world, plan["steps"])
 
 
 def run_headroom(job: dict) -> list[dict]:

@@ -189,7 +189,8 @@ def render_report(report: dict) -> str:
     """report.md: the preconditions, each world's table, and the claims with verdicts."""
     rows, plan, t = report["rows"], report["plan"], report["teacher"]
     out = [f"# specdistill demo: {report['plan_name']} plan, seeds {report['seeds'][0]}..{report['seeds'][-1]}", "",
-           f"Each method trains {plan['steps']} steps of batch {plan['batch_size']} from one warm start "
+           f"Each method trains {plan['steps']} steps of batch {plan['batch_size']}"
+           + "".join(f" ({w}: {n})" for w, n in plan.get("world_steps", {}).items()) + " from one warm start "
            f"({plan['student_steps']} SFT steps); cells are the mean over seeds and its 95% t interval. Draft figures: "
            f"speculative decoding with gamma {report['gamma']} on {plan['bench_prompts']} test prompts per world, the "
            f"teacher verifying on its own view; predicted speedups use the measured acceptance and the pair's forward "
