@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ..errors import UserError
+from .grids import grid_splits, score_grids
 
 # arith: 200 validation and 500 test problems, the rest train. facts: 150 validation facts, the other 300 test.
 SPLIT_SIZES = {"arith": {"validation": 200, "test": 500}, "facts": {"validation": 150}}
@@ -125,6 +126,7 @@ class Task:
 TASKS = {
     "arith": Task("arith", score_arith, "exact_match", has_knowledge=False),
     "facts": Task("facts", score_facts, "exact_match", has_knowledge=True),
+    "grids": Task("grids", score_grids, "rule_score", has_knowledge=False),  # pre-tokenized (data/grids.py)
 }
 
 
@@ -141,6 +143,8 @@ def load_task(name: str, split: str, seed: int = 0) -> list[dict]:
         raise UserError(f"unknown split {split!r}; allowed: train, validation, test")
     if name == "facts":
         records = _facts_splits(seed)[split]
+    elif name == "grids":
+        records = grid_splits(seed)[split]
     else:
         items = _arith_items()
         random.Random(seed).shuffle(items)
