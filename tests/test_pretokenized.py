@@ -235,7 +235,7 @@ def test_distill_a_grid_student_three_steps_and_load_the_saved_folder(method, tm
     out = tmp_path / "run"
     argv = ["distill", f"configs/grid_{method}.yaml", "--set", f"train.output_dir={out}", "--set",
             "train.max_steps=3", "--set", "train.batch_size=4", "--set", "train.eval_every=0", "--set",
-            "train.eval_samples=4", "--set", "train.progress=false", "--set", "model.student=grid-student-1"]
+            "train.eval_samples=4", "--set", "train.progress=false", "--set", "train.warmup_steps=1", "--set", "model.student=grid-student-1"]
     code, _, err = run_cli(argv, capsys)
     assert code == 0, err
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

@@ -39,11 +39,10 @@ PRESET_TOKENIZERS = {name: build_grid_tokenizer if name.startswith("grid-") else
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-SHIPPED = {"builtin-teacher": (BUILTIN_TEACHER, "`make teacher` (three `specdistill sft` stages: "
-                                                 "configs/builtin/teacher.yaml, teacher_facts.yaml, then "
-                                                 "teacher_polish.yaml) or run the demo with --retrain"),
-           "builtin-grid-teacher": (BUILTIN_GRID_TEACHER, "`make teacher` (`specdistill sft "
-                                                           "configs/builtin/grid_teacher.yaml`)")}
+# The trained models shipped in assets/: how to make each (its folder is looked up when used).
+SHIPPED = {"builtin-teacher": "`make teacher` (three `specdistill sft` stages: configs/builtin/teacher.yaml, "
+                              "teacher_facts.yaml, then teacher_polish.yaml) or run the demo with --retrain",
+           "builtin-grid-teacher": "`make teacher` (`specdistill sft configs/builtin/grid_teacher.yaml`)"}
 PRESET_NAMES = (*PRESETS, *SHIPPED)
 
 
@@ -67,9 +66,9 @@ def preset_config(name: str, tokenizer: PreTrainedTokenizerBase) -> LlamaConfig:
 
 def _builtin_path(spec: str) -> str:
     if spec in SHIPPED:
-        folder, how = SHIPPED[spec]
+        folder = BUILTIN_TEACHER if spec == "builtin-teacher" else BUILTIN_GRID_TEACHER
         if not (folder / "config.json").exists():
-            raise FileNotFoundError(f"the shipped model {spec} is missing from {folder}; make it with {how}")
+            raise FileNotFoundError(f"the shipped model {spec} is missing from {folder}; make it with {SHIPPED[spec]}")
         return str(folder)
     return spec
 
