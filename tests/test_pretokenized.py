@@ -234,9 +234,9 @@ def test_bench_a_grid_student_as_draft_of_the_grid_teacher(temperature, tmp_path
 @pytest.mark.parametrize("method", ["hybrid", "onpolicy"])
 def test_distill_a_grid_student_three_steps_and_load_the_saved_folder(method, tmp_path, capsys):
     out = tmp_path / "run"
-    argv = ["distill", f"configs/grid_{method}.yaml", "--set", f"train.output_dir={out}", "--set",
-            "train.max_steps=3", "--set", "train.batch_size=4", "--set", "train.eval_every=0", "--set",
-            "train.eval_samples=4", "--set", "train.progress=false", "--set", "train.warmup_steps=1", "--set", "model.student=grid-student-1"]
+    settings = [f"train.output_dir={out}", "train.max_steps=3", "train.batch_size=4", "train.eval_every=0",
+                "train.eval_samples=4", "train.progress=false", "train.warmup_steps=1", "model.student=grid-student-1"]
+    argv = ["distill", f"configs/grid_{method}.yaml", *[a for s in settings for a in ("--set", s)]]
     code, _, err = run_cli(argv, capsys)
     assert code == 0, err
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
