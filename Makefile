@@ -32,8 +32,8 @@ test: install
 	$(BIN)/python -m pytest
 
 # Retrain the built-in teacher in three stages (arith; then mostly facts; then the same mixture at a lower
-# learning rate) and ship it in the package (docs/benchmarks.md has the times and scores). train.overwrite: a
-# rebuild replaces the stages' earlier runs in runs/builtin/.
+# learning rate) and the grid world's teacher in one, and ship them in the package (docs/benchmarks.md and
+# docs/grids.md have the times and scores). train.overwrite: a rebuild replaces the earlier runs in runs/builtin/.
 teacher: install
 	$(BIN)/specdistill sft configs/builtin/teacher.yaml --set train.overwrite=true
 	$(BIN)/specdistill sft configs/builtin/teacher_facts.yaml --set train.overwrite=true
@@ -41,6 +41,9 @@ teacher: install
 	rm -rf src/specdistill/assets/builtin-teacher
 	mkdir -p src/specdistill/assets
 	cp -r runs/builtin/teacher-polish/final src/specdistill/assets/builtin-teacher
+	$(BIN)/specdistill sft configs/builtin/grid_teacher.yaml --set train.overwrite=true
+	rm -rf src/specdistill/assets/builtin-grid-teacher
+	cp -r runs/builtin/grid-teacher/final src/specdistill/assets/builtin-grid-teacher
 
 clean:
 	rm -rf $(VENV) runs build dist src/*.egg-info

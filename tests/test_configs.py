@@ -21,11 +21,12 @@ def test_every_method_has_a_config():
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
 def test_example_config_runs_two_steps(path, tmp_path):
     cfg = load_config(path)
-    overrides = ["model.student=tiny-student", "train.max_steps=2", "train.batch_size=2", "train.eval_every=0",
+    grid = any(d.task == "grids" for d in cfg.data.train)  # the grid world has its own id tokenizer and presets
+    overrides = [f"model.student={'grid-student-1' if grid else 'tiny-student'}", "train.max_steps=2", "train.batch_size=2", "train.eval_every=0",
                  "train.eval_samples=2", "rollout.max_new_tokens=6", f"train.output_dir={tmp_path}", "train.progress=false",
                  "train.warmup_steps=1"]
     if cfg.model.teacher:
-        overrides.append("model.teacher=tiny-teacher")
+        overrides.append(f"model.teacher={'grid-teacher' if grid else 'tiny-teacher'}")
     run_training(load_config(path, overrides))
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in rows if "train/loss" in r]

@@ -149,7 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=POSITIVE, default=16)
     prompt = p.add_mutually_exclusive_group(required=True)
     prompt.add_argument("--prompt", help="one prompt (a user message; the chat template is applied)")
-    prompt.add_argument("--prompts", help="a file with one prompt per line")
+    prompt.add_argument("--prompts", help="a file with one prompt per line, or a .jsonl/.json/.parquet file of "
+                                          "pre-tokenized rows {prompt_ids: [...]} (no template)")
     p.add_argument("--temperature", type=TEMPERATURE, default=0.0, help="0 = greedy")
     p.add_argument("--top-p", type=TOP_P, default=1.0)
     p.add_argument("--max-new-tokens", type=POSITIVE, default=64)
@@ -165,7 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "one table (and one plot with --plot), each at its best gamma")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--task", default="arith", help="built-in task whose test prompts to use (default arith)")
-    src.add_argument("--prompts", help="a file with one prompt per line (user messages)")
+    src.add_argument("--prompts", help="a file with one prompt per line (user messages), or a .jsonl/.json/.parquet "
+                                       "file of pre-tokenized rows {prompt_ids: [...]}")
     p.add_argument("--limit", type=POSITIVE, default=64, help="number of prompts (default 64)")
     p.add_argument("--gamma", default=None, help="drafted tokens per block; a list sweeps: 1,2,4,8; auto = the gamma "
                    "in 1..16 with the best predicted speedup, from the acceptance of an untimed run at gamma 4 and "
@@ -196,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = dsub.add_parser("check", help="report every bad record with its line or index")
     c.add_argument("file")
     c.add_argument("--config", help="use the field mapping and views of this config")
-    c.add_argument("--format", default="auto", choices=["auto", "lupi", "json", "jsonl", "csv", "parquet"])
+    c.add_argument("--format", default="auto", choices=["auto", "lupi", "json", "jsonl", "csv", "parquet", "tokens"])
     for command in (*sub.choices.values(), c):
         if "--debug" not in command._option_string_actions:
             _add_debug(command)
@@ -296,6 +298,25 @@ def _check_prompts_fit(model, prompts: list[list[int]], max_new_tokens: int, fla
                             f"the prompt is refused, not cut: shorten it or lower --max-new-tokens")
 
 
+TOKEN_PROMPT_SUFFIXES = (".jsonl", ".json", ".parquet")  # a --prompts file of these holds pre-tokenized rows
+
+
+def _token_prompts(path: str, tokenizer) -> tuple[list[str], list[list[int]], list[str]]:
+    """(texts, prompt ids, labels) of a --prompts file of pre-tokenized rows {prompt_ids, ...}: the ids as they
+    are, checked against the tokenizer's range; a bad row is a DataError naming its line."""
+    from .config import DatasetConfig, ViewConfig
+    from .data.records import load_records
+    from .data.views import encode_example
+
+    records = load_records(DatasetConfig(path=path, format="tokens"))
+    prompts = [encode_example(r, tokenizer, ViewConfig()).student_prompt for r in records]
+    return [r.query for r in records], prompts, [f"prompt {r.where}" for r in records]
+
+
+def _is_token_file(path: str | None) -> bool:
+    return path is not None and Path(path).suffix.lower() in TOKEN_PROMPT_SUFFIXES
+
+
 def _encode_prompts(texts: list[str], tokenizer, labels: list[str]) -> list[list[int]]:
     """User messages as chat-template prompt ids; text the tokenizer cannot encode is refused."""
     from .data.views import check_encodable, render_prompt
@@ -385,11 +406,15 @@ def cmd_generate(args) -> int:
     check_output_file(args.json_out, "--json")
     _check_devices(args)
     _check_models(("--model", args.model), ("--draft", args.draft))
-    texts = [args.prompt] if args.prompt is not None else read_prompts(args.prompts)
+    tokens = _is_token_file(args.prompts)
+    texts = [args.prompt] if args.prompt is not None else [] if tokens else read_prompts(args.prompts)
     labels = (["--prompt"] if args.prompt is not None
               else [f"prompt {i + 1} of {args.prompts}" for i in range(len(texts))])
     model, draft, tokenizer = _load_pair(args.model, args.draft, args, args.draft_device)
-    prompts = _encode_prompts(texts, tokenizer, labels)
+    if tokens:
+        texts, prompts, labels = _token_prompts(args.prompts, tokenizer)
+    else:
+        prompts = _encode_prompts(texts, tokenizer, labels)
     for flag, m in (("--model", model), ("--draft", draft)):
         if m is not None:
             _check_prompts_fit(m, prompts, args.max_new_tokens, flag, labels)
@@ -419,6 +444,9 @@ def _bench_prompts(args, tokenizer):
     from .data.records import load_records
     from .data.views import encode_example
 
+    if _is_token_file(args.prompts):
+        prompts = _token_prompts(args.prompts, tokenizer)[1][: args.limit]
+        return prompts, prompts
     if args.prompts:
         lines = read_prompts(args.prompts)[: args.limit]
         ids = _encode_prompts(lines, tokenizer, [f"prompt {i + 1} of {args.prompts}" for i in range(len(lines))])
@@ -439,7 +467,12 @@ def _check_bench_args(args) -> list[str]:
     _check_devices(args)
     names = [d.strip() for d in args.draft.split(",") if d.strip()]
     _check_models(("--target", args.target), *(("--draft", name) for name in names))
-    if args.prompts:
+    if _is_token_file(args.prompts):
+        from .config import DatasetConfig
+        from .data.records import load_records
+
+        load_records(DatasetConfig(path=args.prompts, format="tokens"))  # its rows; their range once it is known
+    elif args.prompts:
         read_prompts(args.prompts)
     else:
         get_task(args.task)

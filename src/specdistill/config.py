@@ -76,7 +76,8 @@ class DatasetConfig:
     hub: Optional[str] = None
     hub_config: Optional[str] = None  # the hub dataset's configuration (GSM8K: main)
     split: Literal["train", "validation", "test"] = "train"
-    format: Literal["auto", "lupi", "json", "jsonl", "csv", "parquet"] = "auto"
+    # tokens: pre-tokenized rows {id?, prompt_ids, response_ids?} in JSON, JSONL or parquet (auto finds them too)
+    format: Literal["auto", "lupi", "json", "jsonl", "csv", "parquet", "tokens"] = "auto"
     fields: FieldMap = field(default_factory=FieldMap)
     limit: Optional[int] = None  # keep the first N records; None = all
     weight: float = 1.0  # share in a mixture (normalised over the datasets of a stage)

@@ -3,7 +3,10 @@
 A model spec is a local folder or hub id (anything `from_pretrained` accepts), or a preset name:
 - `tiny-teacher`, `tiny-student`: randomly initialised Llama models with the built-in tokenizer;
 - `builtin-teacher`: the trained built-in teacher shipped with the package (`specdistill sft configs/builtin/teacher.yaml`
-  makes it; see docs/benchmarks.md).
+  makes it; see docs/benchmarks.md);
+- `grid-teacher`, `grid-student-1/2/3`: randomly initialised Llama models of 4 and 1/2/3 layers with the grid
+  world's id tokenizer (data/grids.py);
+- `builtin-grid-teacher`: the trained grid teacher shipped with the package (configs/builtin/grid_teacher.yaml).
 """
 
 from __future__ import annotations
@@ -14,22 +17,33 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
+from .data.grids import build_grid_tokenizer
 from .data.tokenizer import build_tokenizer
 from .errors import UserError
 
 ASSETS = Path(__file__).parent / "assets"
 BUILTIN_TEACHER = ASSETS / "builtin-teacher"
+BUILTIN_GRID_TEACHER = ASSETS / "builtin-grid-teacher"
 
 # Sizes chosen so that drafting pays on a CPU: at batch size 1 a forward pass costs a fixed overhead plus a
 # per-layer cost, so the 2-layer student costs about 0.3x the 6-layer teacher per token (docs/benchmarks.md).
 PRESETS = {
     "tiny-teacher": dict(hidden_size=128, intermediate_size=384, num_hidden_layers=6, num_attention_heads=4),
     "tiny-student": dict(hidden_size=128, intermediate_size=384, num_hidden_layers=2, num_attention_heads=4),
+    # The grid world: one width, several depths, so depth is the only thing that differs between drafts.
+    "grid-teacher": dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4),
+    **{f"grid-student-{n}": dict(hidden_size=128, intermediate_size=384, num_hidden_layers=n, num_attention_heads=4)
+       for n in (1, 2, 3)},
 }
+PRESET_TOKENIZERS = {name: build_grid_tokenizer if name.startswith("grid-") else build_tokenizer for name in PRESETS}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-PRESET_NAMES = (*PRESETS, "builtin-teacher")
+# The trained models shipped in assets/: how to make each (its folder is looked up when used).
+SHIPPED = {"builtin-teacher": "`make teacher` (three `specdistill sft` stages: configs/builtin/teacher.yaml, "
+                              "teacher_facts.yaml, then teacher_polish.yaml) or run the demo with --retrain",
+           "builtin-grid-teacher": "`make teacher` (`specdistill sft configs/builtin/grid_teacher.yaml`)"}
+PRESET_NAMES = (*PRESETS, *SHIPPED)
 
 
 def is_preset(spec: str) -> bool:
@@ -51,13 +65,11 @@ def preset_config(name: str, tokenizer: PreTrainedTokenizerBase) -> LlamaConfig:
 
 
 def _builtin_path(spec: str) -> str:
-    if spec == "builtin-teacher":
-        if not (BUILTIN_TEACHER / "config.json").exists():
-            raise FileNotFoundError(
-                f"the built-in teacher is missing from {BUILTIN_TEACHER}; make it with `make teacher` "
-                "(three `specdistill sft` stages: configs/builtin/teacher.yaml, teacher_facts.yaml, then teacher_polish.yaml) or run the demo with --retrain"
-            )
-        return str(BUILTIN_TEACHER)
+    if spec in SHIPPED:
+        folder = BUILTIN_TEACHER if spec == "builtin-teacher" else BUILTIN_GRID_TEACHER
+        if not (folder / "config.json").exists():
+            raise FileNotFoundError(f"the shipped model {spec} is missing from {folder}; make it with {SHIPPED[spec]}")
+        return str(folder)
     return spec
 
 
@@ -121,7 +133,7 @@ def _from_pretrained(load, spec: str, what: str, **kwargs):
 def load_tokenizer(spec: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     """The tokenizer of a folder/hub id, or the built-in one for presets. Padding is always on the left."""
     if spec in PRESETS:
-        return build_tokenizer()
+        return PRESET_TOKENIZERS[spec]()
     check_model_spec(spec, need_config=False)
     tok = _from_pretrained(AutoTokenizer.from_pretrained, spec, "tokenizer", trust_remote_code=trust_remote_code)
     tok.padding_side = "left"
@@ -172,7 +184,7 @@ def load_model(
         raise UserError(f"dtype {dtype!r} is not allowed; allowed: {', '.join(DTYPES)}")
     if spec in PRESETS:
         torch.manual_seed(seed)
-        model = LlamaForCausalLM(preset_config(spec, tokenizer or build_tokenizer()))
+        model = LlamaForCausalLM(preset_config(spec, tokenizer or PRESET_TOKENIZERS[spec]()))
         model = model.to(dtype=DTYPES[dtype])
     else:
         check_model_spec(spec)

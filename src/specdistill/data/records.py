@@ -1,6 +1,8 @@
 """Records and readers: JSON, JSONL, CSV and parquet, built-in tasks, field mapping, checks.
 
 A record is {id, query, knowledge?, response?}. `knowledge` is privileged: only the teacher's view shows it.
+A pre-tokenized record is {id?, prompt_ids, response_ids?}: lists of token ids, no text (`format: tokens`, or
+any row holding `prompt_ids`); both views are its prompt ids, with no template (data/views.py).
 One reader (`scan_records`) serves `specdistill data check`, training, eval and bench, so they agree on every
 record. Every bad record is reported with its line (JSONL, CSV) or index (JSON array, parquet) and the reason;
 bytes that are not UTF-8 with their line and byte offset.
@@ -20,6 +22,7 @@ from .tasks import load_task
 
 FORMATS = {".json": "json", ".jsonl": "jsonl", ".csv": "csv", ".parquet": "parquet"}
 LUPI_KEYS = {"id", "category", "query", "knowledge"}
+ID_FIELDS = ("prompt_ids", "response_ids")  # the keys of a pre-tokenized record
 
 
 class DataError(UserError):
@@ -34,6 +37,8 @@ class Record:
     response: str | None = None
     extra: dict = field(default_factory=dict)  # the raw row, for scorers (e.g. the final `answer`)
     where: str = ""  # where it was read: "file.jsonl:12", "file.json[3]", "arith/train[5]" (errors name it)
+    prompt_ids: list[int] | None = None  # a pre-tokenized record: both views' prompt (query is then its text)
+    response_ids: list[int] | None = None  # its reference response, without or with the end id
 
     def label(self) -> str:
         """How errors name the record: its id and, when known, its file and line."""
@@ -54,7 +59,7 @@ def detect_format(path: str | Path, fmt: str = "auto") -> str:
     first character is not `[` holds JSON lines."""
     if Path(path).is_dir():
         raise DataError(f"{path}: is a folder; give a data file (JSON, JSONL, CSV or parquet)")
-    if fmt != "auto":
+    if fmt not in ("auto", "tokens"):  # tokens: any of the JSON and parquet readers, told by the suffix
         return "json" if fmt == "lupi" else fmt
     suffix = Path(path).suffix.lower()
     if suffix not in FORMATS:
@@ -231,8 +236,42 @@ def _pick(row: dict, keys: list[str]):
     return None, None
 
 
-def to_record(row: dict, fields: FieldMap, where: str, index: int) -> Record | Problem:
-    """Map one raw row to a Record, or say why it cannot be one."""
+def _id_list(row: dict, key: str, where: str) -> list[int] | Problem:
+    """row[key] as a non-empty list of whole numbers >= 0 (the upper bound is the tokenizer's: `encode_example`)."""
+    value = row[key]
+    if not isinstance(value, list) or not value:
+        what = "an empty list" if value == [] else f"{type(value).__name__} {value!r}"[:80]
+        return Problem(where, f"field {key!r} must be a non-empty list of token ids (whole numbers >= 0), got {what}")
+    for i, v in enumerate(value):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            return Problem(where, f"field {key!r}[{i}] is {v!r}; token ids must be whole numbers >= 0")
+    return value
+
+
+def to_token_record(row: dict, where: str, index: int) -> Record | Problem:
+    """A pre-tokenized row {id?, prompt_ids, response_ids?} as a Record whose query and response are the ids'
+    text (for messages and text metrics); the ids are what models read."""
+    if row.get("prompt_ids") is None:
+        return Problem(where, f"missing field 'prompt_ids' (a list of token ids) of a pre-tokenized record; keys "
+                              f"present: {', '.join(map(str, row)) or 'none'}")
+    ids = {key: _id_list(row, key, where) for key in ID_FIELDS if row.get(key) is not None}
+    bad = next((v for v in ids.values() if isinstance(v, Problem)), None)
+    if bad is not None:
+        return bad
+    rid = row.get("id")
+    if rid is not None and (isinstance(rid, bool) or not isinstance(rid, (str, int))):
+        return Problem(where, f"field 'id' must be a string or an integer, got {type(rid).__name__} {rid!r}")
+    response = ids.get("response_ids")
+    return Record(id=str(rid if rid is not None else index), query=" ".join(map(str, ids["prompt_ids"])),
+                  response=" ".join(map(str, response)) if response else None, extra=row,
+                  prompt_ids=ids["prompt_ids"], response_ids=response)
+
+
+def to_record(row: dict, fields: FieldMap, where: str, index: int, tokens: bool = False) -> Record | Problem:
+    """Map one raw row to a Record, or say why it cannot be one. tokens: every row is pre-tokenized (format
+    tokens); else a row holding prompt_ids or response_ids is."""
+    if tokens or any(key in row for key in ID_FIELDS):
+        return to_token_record(row, where, index)
     qkey, query = _pick(row, fields.query)
     if qkey is None:
         present = [k for k in fields.query if k in row]  # there, but null
@@ -257,11 +296,13 @@ def to_record(row: dict, fields: FieldMap, where: str, index: int) -> Record | P
     return Record(id=str(rid if rid is not None else index), query=query, extra=row, **values)
 
 
-def rows_to_records(rows: list[dict], fields: FieldMap, where) -> tuple[list[Record], list[Problem]]:
-    """Records of rows located by where(i); a row that is not a record, or that repeats an id, is a problem."""
+def rows_to_records(rows: list[dict], fields: FieldMap, where, tokens: bool = False
+                    ) -> tuple[list[Record], list[Problem]]:
+    """Records of rows located by where(i); a row that is not a record, or that repeats an id, is a problem.
+    tokens: the rows are pre-tokenized (format tokens)."""
     records, problems, seen = [], [], {}
     for i, row in enumerate(rows):
-        item = to_record(row, fields, where(i), i)
+        item = to_record(row, fields, where(i), i, tokens)
         if isinstance(item, Record) and item.id in seen:
             item = Problem(where(i), f"id {item.id!r} repeats the id of {seen[item.id]}; ids must be unique")
         if isinstance(item, Record):
@@ -277,7 +318,7 @@ def scan_records(path: str | Path, fields: FieldMap | None = None, fmt: str = "a
     fields = fields or FieldMap()
     scan = scan_rows(path, fmt)
     rows = scan.rows
-    records, problems = rows_to_records([r for _, r in rows], fields, lambda i: rows[i][0])
+    records, problems = rows_to_records([r for _, r in rows], fields, lambda i: rows[i][0], fmt == "tokens")
     if fmt == "lupi":
         keys = sorted(LUPI_KEYS)
         problems += [Problem(w, f"format lupi needs the keys {keys}; found {sorted(map(str, r))}")

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ..errors import UserError
+from .grids import grid_splits, score_grids
 
 # arith: 200 validation and 500 test problems, the rest train. facts: 150 validation facts, the other 300 test.
 SPLIT_SIZES = {"arith": {"validation": 200, "test": 500}, "facts": {"validation": 150}}
@@ -168,6 +169,7 @@ TASKS = {
     "arith": Task("arith", score_arith, "exact_match", has_knowledge=False),
     "arith_styles": Task("arith_styles", score_arith, "exact_match", has_knowledge=False),
     "facts": Task("facts", score_facts, "exact_match", has_knowledge=True),
+    "grids": Task("grids", score_grids, "rule_score", has_knowledge=False),  # pre-tokenized (data/grids.py)
 }
 
 
@@ -184,6 +186,8 @@ def load_task(name: str, split: str, seed: int = 0) -> list[dict]:
         raise UserError(f"unknown split {split!r}; allowed: train, validation, test")
     if name == "facts":
         records = _facts_splits(seed)[split]
+    elif name == "grids":
+        records = grid_splits(seed)[split]
     else:
         items = _arith_items()
         random.Random(seed).shuffle(items)

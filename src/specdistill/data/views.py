@@ -50,13 +50,45 @@ class Example:
 
 
 def encode_example(record: Record, tokenizer, views: ViewConfig) -> Example:
-    """Encode both views (each within its own limit, see `fit_view`); responses keep their start."""
+    """Encode both views (each within its own limit, see `fit_view`); responses keep their start.
+    A pre-tokenized record is used as it is (`encode_token_example`)."""
+    if record.prompt_ids is not None:
+        return encode_token_example(record, tokenizer, views)
     response = None
     if record.response is not None:
         ids = tokenizer(record.response, add_special_tokens=False).input_ids[: views.max_response_tokens - 1]
         response = ids + [turn_end_id(tokenizer)]
     return Example(fit_view(record, tokenizer, views, False), fit_view(record, tokenizer, views, True), response,
                    record)
+
+
+def encode_token_example(record: Record, tokenizer, views: ViewConfig) -> Example:
+    """A pre-tokenized record: both views are its prompt ids (no template, no knowledge); the response is its
+    response ids, then the tokenizer's EOS unless they end with it, cut like a text response to
+    max_response_tokens. An id outside [0, len(tokenizer)), or a prompt over max_prompt_tokens, is a DataError
+    naming the record's file and line."""
+    for key in ("prompt_ids", "response_ids"):
+        check_id_range(record, key, len(tokenizer))
+    prompt = list(record.prompt_ids)
+    if len(prompt) > views.max_prompt_tokens:
+        raise DataError(f"{record.where or record.label()}: field 'prompt_ids' holds {len(prompt)} ids, over "
+                        f"data.views.max_prompt_tokens={views.max_prompt_tokens}; token prompts are never cut: "
+                        f"raise the limit or shorten the record")
+    response = None
+    if record.response_ids is not None:
+        eos = tokenizer.eos_token_id
+        ids = list(record.response_ids)
+        ids = ids[:-1] if ids[-1] == eos else ids
+        response = ids[: views.max_response_tokens - 1] + [eos]
+    return Example(prompt, list(prompt), response, record)
+
+
+def check_id_range(record: Record, key: str, size: int) -> None:
+    """Refuse a token id at or beyond the tokenizer's size: it has no embedding row that means anything."""
+    for i, v in enumerate(getattr(record, key) or []):
+        if not 0 <= v < size:
+            raise DataError(f"{record.where or record.label()}: field {key!r}[{i}] is {v}, outside the tokenizer's "
+                            f"ids; allowed: 0 <= id < {size} (len(tokenizer))")
 
 
 _WARNED: set[str] = set()  # rules already announced in this process
@@ -163,6 +195,8 @@ def record_texts(records: list[Record], views: ViewConfig | None = None):
             for k in ("query", "response"):
                 yield f"data.views.few_shot[{i}].{k}", shot[k]
     for r in records:
+        if r.prompt_ids is not None:  # pre-tokenized: its text is only the ids' numbers; the ids are checked
+            continue  # against the tokenizer's range when encoded
         for k in ("query", "knowledge", "response"):
             text = getattr(r, k)
             if text:

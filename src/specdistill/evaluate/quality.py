@@ -39,9 +39,13 @@ def generate_texts(model, tokenizer, prompts: list[list[int]], max_new_tokens: i
     return tokenizer.batch_decode(ids, skip_special_tokens=True)
 
 
-def reference_ids(tokenizer, text: str) -> list[int]:
-    """A reference response as the model should write it: its tokens, untruncated, then the end-of-turn token."""
-    return tokenizer(text, add_special_tokens=False).input_ids + [turn_end_id(tokenizer)]
+def reference_ids(tokenizer, record: Record) -> list[int]:
+    """A reference response as the model should write it: its tokens, untruncated, then the end-of-turn token
+    (a pre-tokenized record's ids, then the EOS unless they end with it)."""
+    if record.response_ids is not None:
+        ids = list(record.response_ids)
+        return ids if ids[-1] == tokenizer.eos_token_id else ids + [tokenizer.eos_token_id]
+    return tokenizer(record.response, add_special_tokens=False).input_ids + [turn_end_id(tokenizer)]
 
 
 def agreement_on_records(student, teacher, tokenizer, records: list[Record], views, batch_size: int = 32) -> float:
@@ -52,6 +56,14 @@ def agreement_on_records(student, teacher, tokenizer, records: list[Record], vie
                                   [e.teacher_prompt for e in examples], [e.response for e in examples],
                                   tokenizer.pad_token_id, len(tokenizer), batch_size)
     return agree / total if total else float("nan")
+
+
+def reference_text(tokenizer, record: Record) -> str | None:
+    """The reference response as text, as generated answers are decoded: a pre-tokenized record's ids decoded
+    (its `response` holds only the ids' numbers), else its response."""
+    if record.response_ids is not None:
+        return tokenizer.decode(record.response_ids, skip_special_tokens=True)
+    return record.response
 
 
 def evaluate_records(model, tokenizer, records: list[Record], views, scorer=None, view: str = "student",
@@ -69,25 +81,26 @@ def evaluate_records(model, tokenizer, records: list[Record], views, scorer=None
     examples = [encode_example(r, tokenizer, views) for r in records]
     prompts = [e.teacher_prompt if view == "teacher" else e.student_prompt for e in examples]
     budget = max([max_new_tokens if answers or any(m in GENERATED for m in metrics) else 0]
-                 + [len(reference_ids(tokenizer, r.response)) for r in records if "perplexity" in metrics])
+                 + [len(reference_ids(tokenizer, r)) for r in records if "perplexity" in metrics])
     positions = max_positions(model)  # the model reads the chosen view only
     check_positions(examples, budget, *((None, positions) if view == "teacher" else (positions, None)),
                     budget_name="max_new_tokens, or the longest reference response for perplexity")
     samples = [{"id": r.id, "query": r.query} for r in records]
+    references = [reference_text(tokenizer, r) for r in records]
     result = {}
     if answers or any(m in GENERATED for m in metrics):
         texts = generate_texts(model, tokenizer, prompts, max_new_tokens, batch_size)
-        for s, t, r in zip(samples, texts, records):
-            s.update(prediction=t, reference=r.response)
+        for s, t, ref in zip(samples, texts, references):
+            s.update(prediction=t, reference=ref)
         if "exact_match" in metrics:
             result["exact_match"], scores = exact_match(texts, rows, scorer)
             for s, v in zip(samples, scores):
                 s["score"] = v
-        result.update({m: TEXT_SCORES[m](texts, [r.response for r in records]) for m in metrics if m in TEXT_SCORES})
+        result.update({m: TEXT_SCORES[m](texts, references) for m in metrics if m in TEXT_SCORES})
     if "perplexity" in metrics:
-        responses = [reference_ids(tokenizer, r.response) for r in records]
+        responses = [reference_ids(tokenizer, r) for r in records]
         sums, counts = response_nll(model, prompts, responses, tokenizer.pad_token_id, len(tokenizer), batch_size)
         result["perplexity"] = perplexity(sums, counts)
-        for s, r, nll, n in zip(samples, records, sums.tolist(), counts.tolist()):
-            s.update(reference=r.response, nll=nll, response_tokens=n)
+        for s, ref, nll, n in zip(samples, references, sums.tolist(), counts.tolist()):
+            s.update(reference=ref, nll=nll, response_tokens=n)
     return {**{m: result[m] for m in metrics}, "n": len(records), "samples": samples}
