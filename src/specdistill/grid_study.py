@@ -67,8 +67,6 @@ def _train(config: str, out: Path, student: str, steps: int, seed: int) -> tuple
 
 def run_grid_job(job: dict) -> list[dict]:
     """Train one depth's students for one seed, then measure each (demo.run_method's grid branch)."""
-    from .demo import draft_figures
-
     out, plan, depth, seed = Path(job["out"]), job["plan"], job["depth"], job["seed"]
     base_s, base_curve = _train("configs/grid_hybrid.yaml", out / "hybrid-base", f"grid-student-{depth}",
                                 plan["grid_steps"], seed)
@@ -83,6 +81,9 @@ def run_grid_job(job: dict) -> list[dict]:
 
 
 def measure_grid(student_path: str, plan: dict, seed: int, costs: ForwardCosts) -> dict:
+    """Rule score of greedy grids on the test split, and the draft figures (demo.draft_figures)."""
+    from .demo import draft_figures  # demo imports this module
+
     torch.manual_seed(seed)
     tok = load_tokenizer(TEACHER)
     teacher = load_model(TEACHER, tokenizer=tok).eval()
