@@ -101,3 +101,19 @@ def test_preconditions_are_checked_against_their_thresholds():
                    "headroom run (1500 steps on the whole train split) over the warm start": True,  # 2.5x
                    "limited prompt set, several epochs": True,  # 4.8 epochs
                    "gold style is not the teacher's: share of step lines in the teacher's style": True}
+
+
+def test_the_grid_study_reports_every_depth_and_its_claims(tmp_path):
+    plan = {**TINY_PLAN, "seeds": 2, "methods": [], "grids": True, "grid_steps": 2, "grid_more_steps": 2}
+    report = run_demo(out=str(tmp_path), plan=plan)
+    grid_rows = {r["method"]: r for r in report["rows"] if r["world"] == "grids"}
+    assert sorted(grid_rows) == sorted(f"{d}-layer, {k}" for d in (1, 2, 3)
+                                       for k in ("hybrid CE+KL", "hybrid, then on-policy"))
+    for row in grid_rows.values():
+        assert row["seeds"] == [0, 1] and 0 <= row["quality"] <= 1
+        assert 0 <= row["sampled_expected_acceptance"] <= 1 and row["sampled_predicted_speedup"] > 0
+    # deeper drafts cost more per forward: c rises with depth
+    c = [report["grid_costs"][str(d)]["c"] for d in (1, 2, 3)]
+    assert c[0] < c[2]
+    table = (tmp_path / "report.md").read_text()
+    assert "| image-token GPT | on-policy distillation raises the 2-layer draft's T=1 acceptance |" in table

@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import math
 import multiprocessing
-import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -39,9 +38,9 @@ from .data.views import encode_example
 from .evaluate.claims import WARM_LABEL
 from .evaluate.prediction import ForwardCosts
 from .evaluate.quality import evaluate_records
-from .evaluate.speculative import bench_pair, measure_forward_costs
+from .evaluate.speculative import measure_forward_costs
 from .models import load_model, load_tokenizer
-from .train import run_training
+from .runs import GAMMA, draft_figures, quiet, train_run
 
 
 @dataclass(frozen=True)
@@ -73,7 +72,6 @@ WORLD_DATA = {  # what every method of a world trains and validates on
                             "rollout.max_new_tokens=16"],
 }
 MAX_NEW = {"arith_styles": 48, "facts": 16}
-GAMMA = 4
 # student_steps: warm start; steps, batch_size: per method; world_steps: a world's steps where they differ
 # (facts has 300 train prompts: fewer steps are as many epochs); limit: the arith_styles prompt set; eval_limit:
 # test records per world (None = all); bench_prompts: test prompts per draft benchmark; headroom_steps: 0 = no
@@ -91,22 +89,7 @@ PLANS = {
     "quick": {"seeds": 2, "student_steps": 150, "steps": 30, "batch_size": 16, "limit": 1000, "eval_limit": 100,
               "bench_prompts": 12, "headroom_steps": 0, "grids": False, "methods": ["SFT on gold", "SKD"]},
 }
-RUN_FIXED = ["train.save_every=0", "train.progress=false", "train.threads=1", "train.eval_every=0",
-             "train.eval_samples=32", "train.overwrite=true"]  # a demo again into --out replaces its runs
 
-
-def _train(config: str, out: Path, overrides: list[str], sft: bool) -> float:
-    cfg = load_config(config, list(overrides) + [f"train.output_dir={out}"] + RUN_FIXED)
-    start = time.perf_counter()
-    run_training(cfg, sft=sft)
-    return time.perf_counter() - start
-
-
-def _quiet() -> None:
-    """No per-model loading/saving progress bars: the demo prints its own table."""
-    import transformers
-
-    transformers.utils.logging.disable_progress_bar()
 
 
 def text_prompts(world: str, n: int | None):
@@ -135,24 +118,6 @@ def measure(student_path: str, teacher_path: str, world: str, plan: dict, seed: 
             **draft_figures(teacher, student, t_prompts, s_prompts, tok, MAX_NEW[world], seed, costs)}
 
 
-def draft_figures(teacher, student, t_prompts, s_prompts, tok, max_new: int, seed: int, costs: ForwardCosts) -> dict:
-    """Greedy and T=1 speculative decoding (gamma GAMMA): acceptance, mean accepted length, per-position
-    acceptance, sum(min(p, q)) over the teacher's own outputs, and the speedup predicted from the measured
-    acceptance and `costs` (timed alone, so parallel workers cannot skew it)."""
-    out = {}
-    for prefix, temperature in (("", 0.0), ("sampled_", 1.0)):
-        with torch.no_grad():
-            b = bench_pair(teacher, student, t_prompts, tok, gamma=GAMMA, temperature=temperature,
-                           max_new_tokens=max_new, draft_prompts=s_prompts, batch_size=8, seed=seed, warmup=0,
-                           repeats=1, costs=costs)
-        for key in ("acceptance_rate", "mean_accepted_length", "per_position_acceptance", "expected_acceptance",
-                    "predicted_speedup", "token_acceptance"):
-            out[prefix + key] = b[key]
-        if temperature == 0:
-            out["matches_target_greedy"] = b["matches_target_greedy"]
-    return out
-
-
 def pair_costs(teacher_path: str, student_path: str, prompt: list[int]) -> ForwardCosts:
     """The pair's forward costs at batch size 1 and one thread, timed while nothing else runs."""
     torch.set_num_threads(1)
@@ -164,7 +129,7 @@ def pair_costs(teacher_path: str, student_path: str, prompt: list[int]) -> Forwa
 def run_method(job: dict) -> list[dict]:
     """One worker job: train a method from the warm start (none for the warm start itself), then measure it."""
     torch.set_num_threads(1)
-    _quiet()
+    quiet()
     if job.get("kind") == "grids":
         from .grid_study import run_grid_job
 
@@ -176,7 +141,7 @@ def run_method(job: dict) -> list[dict]:
                      f"model.teacher={job['teacher']}", f"train.max_steps={method_steps(plan, job['world'])}",
                      f"train.batch_size={plan['batch_size']}", f"train.seed={job['seed']}", "train.lr=1.0e-3",
                      "train.warmup_steps=10"]
-        train_s = _train(f"configs/{job['config']}.yaml", out, overrides, sft=job["config"] == "sft")
+        train_s = train_run(f"configs/{job['config']}.yaml", out, overrides, sft=job["config"] == "sft")
         curve = [(r["step"], r["train/loss"]) for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())]
         student = str(out / "final")
     result = measure(student, job["teacher"], job["world"], plan, job["seed"], costs)
@@ -192,11 +157,11 @@ def method_steps(plan: dict, world: str) -> int:
 def run_headroom(job: dict) -> list[dict]:
     """The same student from random weights, trained long on the whole arith_styles train split."""
     torch.set_num_threads(1)
-    _quiet()
+    quiet()
     out, plan = Path(job["out"]), job["plan"]
     overrides = ["data.train=[{task: arith_styles}]", "data.validation={task: arith_styles, split: validation}",
                  "rollout.max_new_tokens=48", f"train.max_steps={plan['headroom_steps']}", f"train.seed={job['seed']}"]
-    train_s = _train("configs/builtin/student.yaml", out, overrides, sft=True)
+    train_s = train_run("configs/builtin/student.yaml", out, overrides, sft=True)
     tok = load_tokenizer(job["teacher"])
     records, _, _ = text_prompts("arith_styles", plan["eval_limit"])
     quality = evaluate_records(load_model(str(out / "final"), tokenizer=tok).eval(), tok, records,
@@ -247,7 +212,7 @@ def warm_start(out: Path, plan: dict, seed: int) -> tuple[str, float]:
     overrides = [f"data.train=[{{task: arith_styles, limit: {plan['limit']}, weight: 0.75}}, {{task: facts, weight: 0.25}}]",
                  "data.validation={task: arith_styles, split: validation}", "rollout.max_new_tokens=48",
                  f"train.max_steps={plan['student_steps']}", f"train.seed={seed}"]
-    seconds = _train("configs/builtin/student.yaml", out / "student", overrides, sft=True)
+    seconds = train_run("configs/builtin/student.yaml", out / "student", overrides, sft=True)
     return str(out / "student" / "final"), seconds
 
 
@@ -255,7 +220,7 @@ def _retrain_teacher(out_dir: Path, seed: int) -> str:
     previous = None
     for stage in ("teacher", "teacher_facts", "teacher_polish"):  # what `make teacher` runs
         init = [f"model.student={previous}"] if previous else []
-        _train(f"configs/builtin/{stage}.yaml", out_dir / stage, init + [f"train.seed={seed}"], sft=True)
+        train_run(f"configs/builtin/{stage}.yaml", out_dir / stage, init + [f"train.seed={seed}"], sft=True)
         previous = out_dir / stage / "final"
     return str(previous)
 
@@ -284,7 +249,7 @@ def run_demo(out: str = "runs/demo", quick: bool = False, retrain: bool = False,
     """The demo on PLANS[plan_name] (quick=True: the quick plan); `plan` overrides entries of it (e.g. fewer steps
     in tests); `seeds` overrides the plan's number of seeds; `results`: also write the report there, its figures
     in img/ beside it (docs/results.md)."""
-    _quiet()
+    quiet()
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     plan_name = "quick" if quick else plan_name

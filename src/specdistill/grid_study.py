@@ -10,7 +10,6 @@ comparison is the data the last steps see, not how long each student trained.
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import torch
@@ -19,20 +18,15 @@ from .config import DatasetConfig, load_config
 from .data.records import load_records
 from .data.tasks import get_task
 from .data.views import encode_example
-from .evaluate.claims import Claim, cell
+from .evaluate.claims import DEPTHS, HYBRID, ONPOLICY, grid_label
 from .evaluate.prediction import ForwardCosts
 from .evaluate.quality import evaluate_records
 from .evaluate.speculative import measure_forward_costs
 from .models import load_model, load_tokenizer
+from .runs import draft_figures, train_run
 
 TEACHER = "builtin-grid-teacher"
-DEPTHS = (1, 2, 3)
 MAX_NEW = 40  # 36 codes and <eos>, with room
-HYBRID, ONPOLICY = "hybrid CE+KL", "hybrid, then on-policy"
-
-
-def label(depth: int, kind: str) -> str:
-    return f"{depth}-layer, {kind}"
 
 
 def grid_jobs(plan: dict, seeds: list[int], out_dir: Path) -> list[dict]:
@@ -57,8 +51,6 @@ def grid_costs(plan: dict) -> dict[int, ForwardCosts]:
 
 
 def _train(config: str, out: Path, student: str, steps: int, seed: int) -> tuple[float, list]:
-    from .demo import _train as train_run
-
     overrides = [f"model.student={student}", f"train.max_steps={steps}", f"train.seed={seed}"]
     seconds = train_run(config, out, overrides, sft=False)
     curve = [(r["step"], r["train/loss"]) for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())]
@@ -74,7 +66,7 @@ def run_grid_job(job: dict) -> list[dict]:
     for kind, config in ((HYBRID, "grid_hybrid"), (ONPOLICY, "grid_onpolicy")):
         more_s, curve = _train(f"configs/{config}.yaml", out / config, str(out / "hybrid-base" / "final"),
                                plan["grid_more_steps"], seed)
-        results.append({"world": "grids", "method": label(depth, kind), "depth": depth, "seed": seed,
+        results.append({"world": "grids", "method": grid_label(depth, kind), "depth": depth, "seed": seed,
                         "train_s": base_s + more_s, "loss_curve": base_curve + [(s + plan["grid_steps"], v) for s, v in curve],
                         **measure_grid(str(out / config / "final"), plan, seed, ForwardCosts(**job["costs"]))})
     return results
@@ -82,8 +74,6 @@ def run_grid_job(job: dict) -> list[dict]:
 
 def measure_grid(student_path: str, plan: dict, seed: int, costs: ForwardCosts) -> dict:
     """Rule score of greedy grids on the test split, and the draft figures (demo.draft_figures)."""
-    from .demo import draft_figures  # demo imports this module
-
     torch.manual_seed(seed)
     tok = load_tokenizer(TEACHER)
     teacher = load_model(TEACHER, tokenizer=tok).eval()
@@ -93,33 +83,3 @@ def measure_grid(student_path: str, plan: dict, seed: int, costs: ForwardCosts) 
     quality = evaluate_records(student, tok, records, views, get_task("grids").scorer, "student", MAX_NEW, 64)
     _, prompts = grid_prompts(plan["bench_prompts"])
     return {"quality": quality["exact_match"], **draft_figures(teacher, student, prompts, prompts, tok, MAX_NEW, seed, costs)}
-
-
-def grid_table(report: dict) -> list[str]:
-    """One line per (depth, training): rule score, T=1 draft figures, and the cost ratio c behind the prediction."""
-    costs = report.get("grid_costs", {})
-    lines = ["| draft | seeds | rule score (greedy) | T=1 acceptance | sum min(p,q), T=1 | T=1 mean accepted length | "
-             "c | predicted T=1 speedup | greedy acceptance |", "|---|---|---|---|---|---|---|---|---|"]
-    for r in (r for r in report["rows"] if r["world"] == "grids"):
-        c = costs.get(r["method"].split("-")[0], {}).get("c", float("nan"))
-        lines.append(f"| {r['method']} | {len(r['seeds'])} | {cell(r, 'quality')} | {cell(r, 'sampled_acceptance_rate')} | "
-                     f"{cell(r, 'sampled_expected_acceptance')} | {cell(r, 'sampled_mean_accepted_length', '.2f')} | "
-                     f"{c:.2f} | {cell(r, 'sampled_predicted_speedup', '.2f')} | {cell(r, 'acceptance_rate')} |")
-    return lines
-
-
-def grid_claims(report: dict) -> list[Claim]:
-    """The image-token study's claims, per depth: its hybrid drafts slow sampled decoding; on-policy distillation
-    raises their acceptance; and whether the on-policy draft still slows decoding."""
-    claims = []
-    for d in DEPTHS:
-        hybrid, onpolicy = label(d, HYBRID), label(d, ONPOLICY)
-        claims += [
-            Claim("image-token GPT", f"a {d}-layer hybrid-trained draft slows T=1 decoding (speedup below 1)", "grids",
-                  "sampled_predicted_speedup", hybrid, threshold=1.0),
-            Claim("image-token GPT", f"on-policy distillation raises the {d}-layer draft's T=1 acceptance", "grids",
-                  "sampled_acceptance_rate", hybrid, onpolicy),
-            Claim("image-token GPT", f"after on-policy distillation the {d}-layer draft still slows T=1 decoding",
-                  "grids", "sampled_predicted_speedup", onpolicy, threshold=1.0),
-        ]
-    return claims

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .stats import HOLDS, REVERSED, UNDECIDED, diff_ci, format_interval, mean_ci, verdict
+from .stats import HOLDS, REVERSED, UNDECIDED, format_interval, mean_ci, verdict
 
 METRICS = ("quality", "acceptance_rate", "mean_accepted_length", "sampled_acceptance_rate",
            "sampled_mean_accepted_length", "sampled_expected_acceptance", "predicted_speedup",
@@ -203,13 +203,48 @@ def render_report(report: dict) -> str:
     for world in dict.fromkeys(r["world"] for r in rows if r["world"] != "grids"):
         out += [f"## {world}", "", *method_table([r for r in rows if r["method"] != "headroom"], world), ""]
     if any(r["world"] == "grids" for r in rows):
-        from ..grid_study import grid_table
-
         out += ["## grids (the image-token study)", "", *grid_table(report), ""]
     claims = list(CLAIMS)
     if any(r["world"] == "grids" for r in rows):
-        from ..grid_study import grid_claims
-
         claims += grid_claims(report)
     out += ["## Claims", "", *claims_table(claims, rows), ""]
     return "\n".join(out) + "\n"
+
+
+# ---- the grid study (grid_study.py runs it)
+DEPTHS = (1, 2, 3)
+HYBRID, ONPOLICY = "hybrid CE+KL", "hybrid, then on-policy"
+
+
+def grid_label(depth: int, kind: str) -> str:
+    return f"{depth}-layer, {kind}"
+
+
+def grid_table(report: dict) -> list[str]:
+    """One line per (depth, training): rule score, T=1 draft figures, and the cost ratio c behind the prediction."""
+    costs = report.get("grid_costs", {})
+    lines = ["| draft | seeds | rule score (greedy) | T=1 acceptance | sum min(p,q), T=1 | T=1 mean accepted length | "
+             "c | predicted T=1 speedup | greedy acceptance |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in (r for r in report["rows"] if r["world"] == "grids"):
+        c = costs.get(r["method"].split("-")[0], {}).get("c", float("nan"))
+        lines.append(f"| {r['method']} | {len(r['seeds'])} | {cell(r, 'quality')} | {cell(r, 'sampled_acceptance_rate')} | "
+                     f"{cell(r, 'sampled_expected_acceptance')} | {cell(r, 'sampled_mean_accepted_length', '.2f')} | "
+                     f"{c:.2f} | {cell(r, 'sampled_predicted_speedup', '.2f')} | {cell(r, 'acceptance_rate')} |")
+    return lines
+
+
+def grid_claims(report: dict) -> list[Claim]:
+    """The image-token study's claims, per depth: its hybrid drafts slow sampled decoding; on-policy distillation
+    raises their acceptance; and whether the on-policy draft still slows decoding."""
+    claims = []
+    for d in DEPTHS:
+        hybrid, onpolicy = grid_label(d, HYBRID), grid_label(d, ONPOLICY)
+        claims += [
+            Claim("image-token GPT", f"a {d}-layer hybrid-trained draft slows T=1 decoding (speedup below 1)", "grids",
+                  "sampled_predicted_speedup", hybrid, threshold=1.0),
+            Claim("image-token GPT", f"on-policy distillation raises the {d}-layer draft's T=1 acceptance", "grids",
+                  "sampled_acceptance_rate", hybrid, onpolicy),
+            Claim("image-token GPT", f"after on-policy distillation the {d}-layer draft still slows T=1 decoding",
+                  "grids", "sampled_predicted_speedup", onpolicy, threshold=1.0),
+        ]
+    return claims
