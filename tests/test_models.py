@@ -96,3 +96,13 @@ def test_missing_builtin_teacher_says_how_to_make_it(monkeypatch, tmp_path):
     monkeypatch.setattr(models, "BUILTIN_TEACHER", tmp_path / "none")
     with pytest.raises(FileNotFoundError, match="make teacher.*configs/builtin/teacher.yaml.*teacher_facts.yaml.*teacher_polish.yaml"):
         models.load_model("builtin-teacher")
+
+
+def test_the_shipped_weights_stay_under_20_mb():
+    """The package carries its built-in teachers; together they stay small (make teacher rebuilds them)."""
+    from specdistill.models import ASSETS
+
+    folders = sorted(p.name for p in ASSETS.iterdir() if p.is_dir())
+    assert folders == ["builtin-grid-teacher", "builtin-teacher"]
+    total = sum(f.stat().st_size for f in ASSETS.rglob("*") if f.is_file())
+    assert total <= 20 * 2**20, f"{total / 2**20:.1f} MB"

@@ -97,6 +97,21 @@ def cell(row: dict, key: str, fmt: str = ".3f") -> str:
     return format(row[key], fmt) if math.isnan(low) else f"{row[key]:{fmt}} [{low:{fmt}}, {row[key + '_high']:{fmt}}]"
 
 
+def summary(claims: list[Claim], rows: list[dict]) -> list[str]:
+    """One line per paper: which of its claims hold, are reversed, or cannot be told apart at this budget."""
+    by_paper: dict[str, dict[str, list[str]]] = {}
+    for claim in claims:
+        judged = judge(claim, rows)
+        if judged is not None:
+            by_paper.setdefault(claim.paper, {}).setdefault(judged["verdict"], []).append(claim.text)
+    lines = []
+    for paper, verdicts in by_paper.items():
+        parts = [f"{word} ({len(texts)}): " + "; ".join(texts) for word, texts in
+                 sorted(verdicts.items(), key=lambda kv: (HOLDS, REVERSED, UNDECIDED).index(kv[0]))]
+        lines.append(f"- **{paper}**: " + ". ".join(parts) + ".")
+    return lines
+
+
 def claims_table(claims: list[Claim], rows: list[dict]) -> list[str]:
     lines = ["| paper | claim | metric | compared | difference or value [95% CI] | verdict |", "|---|---|---|---|---|---|"]
     for claim in claims:
@@ -189,6 +204,9 @@ def render_report(report: dict) -> str:
     """report.md: the preconditions, each world's table, and the claims with verdicts."""
     rows, plan, t = report["rows"], report["plan"], report["teacher"]
     out = [f"# specdistill demo: {report['plan_name']} plan, seeds {report['seeds'][0]}..{report['seeds'][-1]}", "",
+           f"Written by `specdistill demo --plan {report['plan_name']}`; `make results` runs the paper plan and "
+           "writes docs/results.md (docs/benchmarks.md has its wall time). Every figure below is measured by that "
+           "run; nothing is copied in by hand.", "",
            f"Each method trains {plan['steps']} steps of batch {plan['batch_size']}"
            + "".join(f" ({w}: {n})" for w, n in plan.get("world_steps", {}).items()) + " from one warm start "
            f"({plan['student_steps']} SFT steps); cells are the mean over seeds and its 95% t interval. Draft figures: "
@@ -207,7 +225,7 @@ def render_report(report: dict) -> str:
     claims = list(CLAIMS)
     if any(r["world"] == "grids" for r in rows):
         claims += grid_claims(report)
-    out += ["## Claims", "", *claims_table(claims, rows), ""]
+    out += ["## Claims", "", "In short, as measured:", "", *summary(claims, rows), "", *claims_table(claims, rows), ""]
     return "\n".join(out) + "\n"
 
 
