@@ -97,7 +97,7 @@ def plot_demo(report: dict, out_dir: str | Path) -> list[Path]:
         for r in (r for r in report["rows"] if r["world"] == task and "acceptance_rate" in r):
             ax.errorbar(r["acceptance_rate"], r["quality"], xerr=_err(r, "acceptance_rate"), yerr=_err(r, "quality"),
                         marker="o", capsize=3, label=r["method"])
-        ax.set(xlabel="acceptance rate as the teacher's draft (accepted / drafted)",
+        ax.set(xlabel="greedy acceptance rate as the teacher's draft (accepted / drafted)",
                ylabel="test quality (exact match; grids: rule score)", title=f"{task}: quality vs acceptance (95% CI)")
         ax.legend(fontsize=8)
     paths.append(_save(fig, out_dir / "quality_vs_acceptance.png"))
