@@ -90,3 +90,45 @@ def test_score_arith_reads_a_gsm8k_solution_as_the_answer():
     gsm8k = {"answer": "Natalia sold 48/2 = <<48/2=24>>24 clips in May.\n#### 72"}
     assert score_arith("so #### 72", gsm8k) == 1.0
     assert score_arith("#### 24", gsm8k) == 0.0
+
+
+_OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
+_WORD_OPS = {"plus": "+", "minus": "-", "times": "*"}
+
+
+def _step_is_true(line: str) -> bool:
+    """An independent reading of a step line in any of the three styles: is its arithmetic right?"""
+    import re
+
+    if m := re.fullmatch(r"(\d+) (plus|minus|times) (\d+) is (-?\d+)", line):
+        x, op, y, z = m.group(1), _WORD_OPS[m.group(2)], m.group(3), m.group(4)
+    elif m := re.fullmatch(r"(\d+)([-+*])(\d+)=(-?\d+)", line):
+        x, op, y, z = m.groups()
+    elif m := re.fullmatch(r"(-?\d+)=(\d+)([-+*])(\d+)", line):
+        z, x, op, y = m.groups()
+    else:
+        return False
+    return _OPS[op](int(x), int(y)) == int(z)
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_arith_styles_keeps_the_problems_and_mixes_true_steps_by_weight(split):
+    from specdistill.data.tasks import STYLE_WEIGHTS, style_shares
+
+    plain, styled = load_task("arith", split), load_task("arith_styles", split)
+    assert [(r["query"], r["answer"]) for r in plain] == [(r["query"], r["answer"]) for r in styled]
+    for p, s in zip(plain, styled):
+        *steps, final = s["response"].split("\n")
+        assert final == p["response"].split("\n")[-1] and all(_step_is_true(line) for line in steps), s["response"]
+        assert score_arith(s["response"], p) == 1.0
+    shares = style_shares([r["response"] for r in styled])
+    n = sum(len(r["response"].split("\n")) - 1 for r in styled)
+    for style, weight in STYLE_WEIGHTS.items():  # each share within 4 binomial standard deviations of its weight
+        assert abs(shares[style] - weight) <= 4 * (weight * (1 - weight) / n) ** 0.5, (style, shares[style])
+    assert shares["other"] == 0
+    assert style_shares([r["response"] for r in plain])["symbols"] == 1.0  # the teacher's data: one style
+
+
+def test_arith_styles_are_the_same_for_the_same_seed_and_differ_for_another():
+    first, again, other = (load_task("arith_styles", "train", seed) for seed in (0, 0, 1))
+    assert first == again and [r["styles"] for r in first] != [r["styles"] for r in other[: len(first)]]

@@ -89,7 +89,7 @@ def _by_task(report: dict) -> list[str]:
 
 
 def plot_demo(report: dict, out_dir: str | Path) -> list[Path]:
-    """The demo's three figures, one panel per task: quality against acceptance (mean ± std over seeds),
+    """The demo's three figures, one panel per task: quality against acceptance (mean and 95% interval over seeds),
     acceptance per draft position, and the training loss curves (first seed)."""
     out_dir, tasks, paths = Path(out_dir), _by_task(report), []
     fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4.6), squeeze=False)
