@@ -245,3 +245,12 @@ def test_distill_a_grid_student_three_steps_and_load_the_saved_folder(method, tm
     saved = AutoModelForCausalLM.from_pretrained(out / "final")
     assert saved.config.num_hidden_layers == 1 and saved.config.vocab_size == 44
     assert len(AutoTokenizer.from_pretrained(out / "final")) == 44
+
+
+def test_a_text_row_with_null_id_columns_stays_a_text_record(tmp_path):
+    # a fixed-schema file (parquet, or JSON written from one) holds null prompt_ids/response_ids in its text rows
+    rows = [{"id": "t", "query": "What is 2+3?", "response": "#### 5", "prompt_ids": None, "response_ids": None},
+            {"id": "g", "prompt_ids": [2, 5], "response_ids": [12]}]
+    records = load_records(DatasetConfig(path=write_jsonl(tmp_path / "mixed.jsonl", rows)))
+    assert (records[0].query, records[0].response, records[0].prompt_ids) == ("What is 2+3?", "#### 5", None)
+    assert records[1].prompt_ids == [2, 5]

@@ -60,6 +60,10 @@ METHODS = [
     Method("arith_styles", "ImitKD", "imitkd"),
     Method("arith_styles", "SKD", "skd"),
     Method("arith_styles", "DistillSpec (on-policy TVD)", "distillspec"),
+    # DistillSpec's loss on the other two data sources: the data-source claims then change the data alone
+    Method("arith_styles", "TVD on the dataset", "distillspec", ("rollout.strategy=dataset",)),
+    Method("arith_styles", "TVD on teacher samples", "distillspec", ("rollout.strategy=teacher",
+                                                                    "rollout.teacher_temperature=1.0")),
     Method("facts", "SFT on answers", "sft"),
     Method("facts", "KD without knowledge", "supervised_kd", ("data.views.teacher_knowledge=false",)),
     Method("facts", "LUPI-SKD", "lupi_skd"),
@@ -225,16 +229,26 @@ def _retrain_teacher(out_dir: Path, seed: int) -> str:
     return str(previous)
 
 
-def plan_jobs(plan: dict, seeds: list[int], teacher: str, warm: str, costs: ForwardCosts, out_dir: Path) -> list[dict]:
+def folder(m: Method) -> str:
+    """A method's run folder name: its config, and its overrides' values when it has any."""
+    return "-".join([m.config] + [o.split("=", 1)[1] for o in m.overrides]).replace(".", "_")
+
+
+def chosen_methods(plan: dict) -> list[Method]:
+    return [m for m in METHODS if plan["methods"] is None or m.label in plan["methods"]]
+
+
+def plan_jobs(plan: dict, seeds: list[int], teacher: str, warm: str, costs: dict[str, ForwardCosts],
+              out_dir: Path) -> list[dict]:
     """Every worker job: the headroom run first (the longest), then the warm start measured once per world, then
-    each method and seed; the grid study's jobs last."""
-    chosen = [m for m in METHODS if plan["methods"] is None or m.label in plan["methods"]]
-    base = {"plan": plan, "teacher": teacher, "student": warm, "costs": asdict(costs)}
+    each method and seed; the grid study's jobs last. costs: each world's pair costs."""
+    chosen = chosen_methods(plan)
+    base = {"plan": plan, "teacher": teacher, "student": warm}
     jobs = [{**base, "kind": "headroom", "seed": seeds[0], "out": str(out_dir / "headroom")}] if plan["headroom_steps"] else []
-    jobs += [{**base, "world": w, "label": WARM, "config": None, "overrides": [], "seed": seeds[0], "out": ""}
-             for w in dict.fromkeys(m.world for m in chosen)]
-    jobs += [{**base, "world": m.world, "label": m.label, "config": m.config, "overrides": list(m.overrides), "seed": s,
-              "out": str(out_dir / f"seed{s}" / f"{m.world}-{m.config}{'-noknow' if m.overrides else ''}")}
+    jobs += [{**base, "world": w, "label": WARM, "config": None, "overrides": [], "seed": seeds[0], "out": "",
+              "costs": asdict(costs[w])} for w in dict.fromkeys(m.world for m in chosen)]
+    jobs += [{**base, "world": m.world, "label": m.label, "costs": asdict(costs[m.world]), "config": m.config,
+              "overrides": list(m.overrides), "seed": s, "out": str(out_dir / f"seed{s}" / f"{m.world}-{folder(m)}")}
              for s in seeds for m in chosen]
     if plan["grids"]:
         from .grid_study import grid_jobs
@@ -261,7 +275,9 @@ def run_demo(out: str = "runs/demo", quick: bool = False, retrain: bool = False,
     print(f"demo ({plan_name} plan): warm-starting the student ({plan['student_steps']} SFT steps), then "
           f"{len(seed_list)} seeds of each method, {plan['steps']} steps each", flush=True)
     warm, warm_s = warm_start(out_dir, plan, seed)
-    costs = pair_costs(teacher, warm, text_prompts("arith_styles", 1)[1][0])
+    # each world's pair costs, from its first test prompt in the teacher's view (facts: with the knowledge)
+    costs = {w: pair_costs(teacher, warm, text_prompts(w, 1)[1][0]) for w in dict.fromkeys(
+        m.world for m in chosen_methods(plan))}
     teacher_row = {"path": teacher, **teacher_quality(teacher, plan)}
     grid = {}
     if plan["grids"]:
@@ -275,7 +291,8 @@ def run_demo(out: str = "runs/demo", quick: bool = False, retrain: bool = False,
     from .evaluate.claims import aggregate, render_report
 
     report = {"plan_name": plan_name, "seeds": seed_list, "plan": plan, "gamma": GAMMA, "teacher": teacher_row,
-              "warm_start": {"path": warm, "train_s": warm_s}, "costs": asdict(costs),
+              "warm_start": {"path": warm, "train_s": warm_s}, "workers": _workers(len(jobs)),
+              "costs": {w: asdict(c) for w, c in costs.items()},
               "grid_costs": {str(k): asdict(v) for k, v in grid.items()}, "rows": aggregate(runs), "runs": runs}
     _check_finite(report["rows"])
     (out_dir / "report.json").write_text(json.dumps(report, indent=1))

@@ -3,8 +3,10 @@ grid teacher under speculative sampling (T=1).
 
 Per depth and seed, one job: hybrid CE + soft KL from random weights for `grid_steps` (configs/grid_hybrid.yaml),
 then two continuations of equal length `grid_more_steps` from that model: more hybrid CE + KL, or on-policy
-distillation (configs/grid_onpolicy.yaml: GKD, half the grids sampled by the draft). Equal budgets, so the
-comparison is the data the last steps see, not how long each student trained.
+distillation (configs/grid_onpolicy.yaml: GKD, half the grids sampled by the draft, generalised JSD). Equal
+budgets, so the comparison is not how long each student trained; it is the recipe of the last steps: their data
+(dataset grids or the draft's own) and their loss (CE + KL at T=2, or JSD at T=1) both change, as between the
+image-token study's recipe and on-policy distillation.
 """
 
 from __future__ import annotations

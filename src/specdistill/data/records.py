@@ -270,7 +270,7 @@ def to_token_record(row: dict, where: str, index: int) -> Record | Problem:
 def to_record(row: dict, fields: FieldMap, where: str, index: int, tokens: bool = False) -> Record | Problem:
     """Map one raw row to a Record, or say why it cannot be one. tokens: every row is pre-tokenized (format
     tokens); else a row holding prompt_ids or response_ids is."""
-    if tokens or any(key in row for key in ID_FIELDS):
+    if tokens or any(row.get(key) is not None for key in ID_FIELDS):  # a null *_ids column: a text row
         return to_token_record(row, where, index)
     qkey, query = _pick(row, fields.query)
     if qkey is None:
