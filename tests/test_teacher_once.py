@@ -118,7 +118,7 @@ def test_mixed_rollout_keeps_the_skd_rows_and_the_loss_runs_the_teacher_on_the_o
     torch.testing.assert_close(rb.teacher_logits[m], want[m], rtol=0, atol=1e-5)
     run = type("R", (), {})()
     run.teacher_device, run.vocab, run.score_teacher, run.loss_teacher_forwards = torch.device("cpu"), V, pair[1], 0
-    run.teacher = pair[1]
+    run.teacher, run.step = pair[1], 0
     run.cfg = build(Config, {"loss": {"name": "fkl"}})
     full = train.teacher_logits(run, rb)
     assert run.loss_teacher_forwards == 1
@@ -329,9 +329,18 @@ def test_the_loss_phase_forward_uses_the_shared_prefix(pair):
     rb = make_rollout(RolloutConfig(strategy="dataset"), batch, *pair, TOK, seeds=[1, 2, 3])
     run = type("R", (), {})()
     run.teacher_device, run.vocab, run.score_teacher, run.loss_teacher_forwards = torch.device("cpu"), V, pair[1], 0
-    run.teacher, run.cfg = pair[1], build(Config, {"loss": {"name": "fkl"}})
+    run.teacher, run.cfg, run.step = pair[1], build(Config, {"loss": {"name": "fkl"}}), 0
     prefix_mod.forget(pair[1])
     got = train.teacher_logits(run, rb)
     assert prefix_mod._STORE[pair[1]].length > 100
     want = forward_logits(pair[1], rb)
     torch.testing.assert_close(got[rb.response_mask], want[rb.response_mask], rtol=0, atol=1e-5)
+    # a schedule stage that turns the option off is obeyed from its first step on, and only from there
+    run.cfg = build(Config, {"loss": {"name": "fkl"}, "train": {"max_steps": 10},
+                             "rollout": {"schedule": [{"step": 5, "share_teacher_prefix": False}]}})
+    for step, shares in ((4, True), (5, False)):
+        prefix_mod.forget(pair[1])
+        run.step = step
+        got = train.teacher_logits(run, rb)
+        assert (pair[1] in prefix_mod._STORE) == shares, step
+        torch.testing.assert_close(got[rb.response_mask], want[rb.response_mask], rtol=0, atol=1e-5)

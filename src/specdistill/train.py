@@ -464,13 +464,15 @@ def teacher_logits(run: Run, rb: RolloutBatch):
 
 def teacher_forward(run: Run, rb: RolloutBatch, rows) -> torch.Tensor:
     """The teacher's logits predicting the response tokens of rb's `rows` (a list, or slice(None) for all):
-    [m, T, V] on the teacher's device. With rollout.share_teacher_prefix (and no autocast, which would run the
-    rows in another dtype than the stored prefix), the prefix every row's view shares is encoded once and reused."""
+    [m, T, V] on the teacher's device. With rollout.share_teacher_prefix in the stage in force (and no autocast,
+    which would run the rows in another dtype than the stored prefix), the prefix every row's view shares is
+    encoded once and reused."""
     T, tdev = rb.response.shape[1], run.teacher_device
     ids, mask = rb.teacher_ids[rows].to(tdev), rb.teacher_mask[rows].to(tdev)
     run.loss_teacher_forwards += 1
     prefix = None
-    if run.cfg.rollout.share_teacher_prefix and run.cfg.train.mixed_precision == "no":
+    _, settings = rollout_at(run.cfg.rollout, run.step, run.cfg.train.max_steps)
+    if settings.share_teacher_prefix and run.cfg.train.mixed_precision == "no":
         P = rb.teacher_prompt_len
         prefix = shared_prefix(run.teacher, ids[:, :P], mask[:, :P])
     return response_logits(run.score_teacher, ids, mask, T, run.vocab, prefix=prefix)
