@@ -15,8 +15,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from conftest import SHARED_DATA, needs_shared
 from families import FAMILIES, STUDENT_ROWS, TEACHER_ROWS, TOKENIZER_SIZE, get_family
 from specdistill.cli import main
-from specdistill.config import ViewConfig, load_config
-from specdistill.data.records import Record
+from specdistill.config import DatasetConfig, ViewConfig, load_config
+from specdistill.data.records import Record, load_records
 from specdistill.data.tasks import load_task
 from specdistill.data.templates import end_token_ids, turn_end_id
 from specdistill.data.views import collate, encode_example, fit_view
@@ -491,3 +491,33 @@ def test_batched_speculative_greedy_equals_each_row_decoded_alone(family):
         one_ids, one_mask = _left_padded(tok, [question])
         alone = sample(teacher, one_ids, one_mask, chunk=1, **kw).rows()[0]
         assert batched.rows()[b] == alone, f"row {b}"
+
+
+# ---------------------------------------------------------------- pre-tokenized records on a real family's format
+@pytest.mark.parametrize("family", FAMILIES)
+def test_pre_tokenized_records_on_a_family_end_at_its_turn_end_and_distill(family, tmp_path, capsys):
+    """Id records in a family's ids: the response ends with the template's end of turn (as a text response does),
+    one already ending with an end id keeps it alone, an id past the tokenizer (inside the padded embedding rows)
+    is refused in one line, and a distill run on the ids trains and saves."""
+    fam = get_family(family)
+    tok = load_tokenizer(str(fam.teacher))
+    turn_end = tok.convert_tokens_to_ids(fam.turn_end)
+    answer = tok("#### 11", add_special_tokens=False).input_ids
+    rows = [{"id": f"r{i}", "prompt_ids": prompt_ids(tok, f"What is {i}+5*2?"), "response_ids": answer + end}
+            for i, end in enumerate([[], [tok.eos_token_id], [], []])]
+    data = tmp_path / "ids.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    examples = [encode_example(r, tok, ViewConfig()) for r in load_records(DatasetConfig(path=str(data)))]
+    assert examples[0].response == answer + [turn_end]
+    assert examples[1].response == answer + [tok.eos_token_id]  # Llama-3's <|end_of_text|>: no <|eot_id|> after it
+    out = tmp_path / "run"
+    code, _, err = run_cli(["distill", distill_config(tmp_path / "c.yaml", fam, "supervised_kd", data, out)], capsys)
+    assert code == 0, err
+    assert [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"prompt_ids": rows[0]["prompt_ids"], "response_ids": [V]}) + "\n")
+    code, _, err = run_cli(["distill", distill_config(tmp_path / "b.yaml", fam, "supervised_kd", bad,
+                                                      tmp_path / "bad-run")], capsys)
+    line = err.strip().splitlines()[-1]  # after the loading bars: the one error line, no traceback
+    assert code == 2 and "Traceback" not in err and line.startswith("specdistill distill: error: ")
+    assert "bad.jsonl:1" in line and "'response_ids'[0] is 2000" in line and f"id < {V}" in line

@@ -17,7 +17,7 @@ import torch
 
 from ..config import ViewConfig
 from .records import DataError, Record
-from .templates import render_plain, render_prompt, turn_end_id  # noqa: F401 - render_* are this module's API too
+from .templates import end_token_ids, render_plain, render_prompt, turn_end_id  # noqa: F401 - render_* are this module's API too
 
 
 def _user_text(record: Record, views: ViewConfig, teacher: bool, knowledge: str | None) -> str:
@@ -64,8 +64,8 @@ def encode_example(record: Record, tokenizer, views: ViewConfig) -> Example:
 
 def encode_token_example(record: Record, tokenizer, views: ViewConfig) -> Example:
     """A pre-tokenized record: both views are its prompt ids (no template, no knowledge); the response is its
-    response ids, then the tokenizer's EOS unless they end with it, cut like a text response to
-    max_response_tokens. An id outside [0, len(tokenizer)), or a prompt over max_prompt_tokens, is a DataError
+    response ids ending with one end id (the template's end of turn appended, unless they end with an end id of
+    the tokenizer already), cut like a text response to max_response_tokens. An id outside [0, len(tokenizer)), or a prompt over max_prompt_tokens, is a DataError
     naming the record's file and line."""
     for key in ("prompt_ids", "response_ids"):
         check_id_range(record, key, len(tokenizer))
@@ -76,10 +76,11 @@ def encode_token_example(record: Record, tokenizer, views: ViewConfig) -> Exampl
                         f"raise the limit or shorten the record")
     response = None
     if record.response_ids is not None:
-        eos = tokenizer.eos_token_id
+        # it ends as a text response does (the template's end of turn; the EOS without a template), unless the ids
+        # already end with one of the tokenizer's end ids (Llama-3's <|eot_id|> or <|end_of_text|>, say)
         ids = list(record.response_ids)
-        ids = ids[:-1] if ids[-1] == eos else ids
-        response = ids[: views.max_response_tokens - 1] + [eos]
+        end = ids.pop() if ids[-1] in end_token_ids(tokenizer) else turn_end_id(tokenizer)
+        response = ids[: views.max_response_tokens - 1] + [end]
     return Example(prompt, list(prompt), response, record)
 
 
