@@ -22,6 +22,7 @@ Two runs with the same seeds give the same numbers (timings aside).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import multiprocessing
@@ -96,8 +97,10 @@ PLANS = {
 
 
 
+@functools.lru_cache(maxsize=None)
 def text_prompts(world: str, n: int | None):
-    """(test records, teacher prompts, student prompts): the teacher reads its view (facts: with knowledge)."""
+    """(test records, teacher prompts, student prompts): the teacher reads its view (facts: with knowledge).
+    Encoded once per process (a worker measures many students of one world); callers only read them."""
     tok = load_tokenizer("builtin-teacher")
     views = load_config("configs/builtin/teacher.yaml").data.views
     records = load_records(DatasetConfig(task=world, split="test"))[:n]

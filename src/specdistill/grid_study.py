@@ -11,6 +11,7 @@ image-token study's recipe and on-policy distillation.
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -36,10 +37,12 @@ def grid_jobs(plan: dict, seeds: list[int], out_dir: Path) -> list[dict]:
             for s in seeds for d in DEPTHS]
 
 
+@functools.lru_cache(maxsize=None)
 def grid_prompts(n: int | None) -> tuple[list, list[list[int]]]:
-    views = load_config("configs/grid_hybrid.yaml").data.views
+    """(the first n test records, their prompt ids), encoded once per process; callers only read them."""
+    views, tok = load_config("configs/grid_hybrid.yaml").data.views, load_tokenizer(TEACHER)
     records = load_records(DatasetConfig(task="grids", split="test"))[:n]
-    return records, [encode_example(r, load_tokenizer(TEACHER), views).teacher_prompt for r in records]
+    return records, [encode_example(r, tok, views).teacher_prompt for r in records]
 
 
 def grid_costs(plan: dict) -> dict[int, ForwardCosts]:

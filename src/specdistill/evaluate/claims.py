@@ -35,6 +35,7 @@ class Claim:
 
 
 ARITH, FACTS = "arith_styles", "facts"
+WARM_LABEL = "warm start (no distillation)"  # the demo's row for the warm start, measured without training
 CLAIMS = [
     Claim("SKD", "supervised KD beats SFT", ARITH, "quality", "SFT on gold", "supervised KD"),
     Claim("SKD", "on-policy KD beats supervised KD", ARITH, "quality", "supervised KD", "on-policy KD (GKD)"),
@@ -173,9 +174,6 @@ def preconditions(report: dict) -> list[str]:
         add("gold style is not the teacher's: share of step lines in the teacher's style", "gold << teacher",
             f"gold {teacher['gold_symbols_share']:.2f}, teacher {share:.2f}", share - teacher["gold_symbols_share"] >= 0.3)
     return lines
-
-
-WARM_LABEL = "warm start (no distillation)"
 
 
 WORLDS_TEXT = """\
