@@ -124,7 +124,10 @@ def read_header(path, role: str = "model", keep: tuple[str, ...] = ()) -> tuple[
     stat = file.stat()
     try:
         metadata, tensors, _ = _header(str(file.resolve()), stat.st_mtime_ns, stat.st_size, tuple(keep))
-    except (ValueError, KeyError, struct.error, UnicodeDecodeError) as exc:
+    except struct.error:
+        raise UserError(f"{role}={path}: a damaged GGUF file (truncated: its header ends early); download or "
+                        f"convert it again") from None
+    except (ValueError, KeyError, UnicodeDecodeError) as exc:
         raise UserError(f"{role}={path}: a damaged GGUF file ({exc}); download or convert it again") from None
     return metadata, tensors
 
