@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from tokenizers import Tokenizer
+from tokenizers import Tokenizer, decoders, models, normalizers, processors, trainers
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, LlamaConfig, PreTrainedTokenizerFast
 
 import specdistill.gguf_export as gguf_export
-from families import QWEN25_TEMPLATE, TOKENIZER_SIZE, build_tokenizer, get_family
+from families import GEMMA3_TEMPLATE, QWEN25_TEMPLATE, TOKENIZER_SIZE, _corpus, build_tokenizer, get_family
 from specdistill.cli import main
 from specdistill.gguf_io import convert_gguf, read_header
 from specdistill.models import load_model, load_tokenizer
@@ -62,6 +62,33 @@ def smollm_like(root: Path) -> Path:
     return folder
 
 
+def gemma_spm(root: Path) -> Path:
+    """The Gemma-3 teacher with a SentencePiece-style tokenizer, as Gemma's own: byte-fallback BPE over text whose
+    spaces are written as U+2581, <0xNN> byte tokens, BOS prepended; 1,500 ids, Gemma's special tokens at Gemma's
+    ids (so the model's config fits), the Gemma-3 template."""
+    folder = root / "gemma-spm"
+    if (folder / "config.json").exists():
+        return folder
+    core = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>", fuse_unk=True))
+    core.normalizer = normalizers.Replace(" ", "\u2581")
+    core.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()])
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"]
+    trainer = trainers.BpeTrainer(vocab_size=1500, show_progress=False,
+                                  special_tokens=specials + [f"<0x{i:02X}>" for i in range(256)])
+    core.train_from_iterator(_corpus(), trainer=trainer)
+    spec = json.loads(core.to_str())  # byte tokens are vocabulary entries, not added tokens matched in text
+    spec["added_tokens"] = [t for t in spec["added_tokens"] if not t["content"].startswith("<0x")]
+    core = Tokenizer.from_str(json.dumps(spec))
+    core.post_processor = processors.TemplateProcessing(single="<bos> $A", pair="<bos> $A <bos>:1 $B:1",
+                                                        special_tokens=[("<bos>", 2)])
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
+                                  unk_token="<unk>", clean_up_tokenization_spaces=False)
+    tok.chat_template = GEMMA3_TEMPLATE
+    AutoModelForCausalLM.from_pretrained(get_family("gemma3").teacher).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
 class Exports:
     """Each model's folder, and its export per outtype (written once per session)."""
 
@@ -69,7 +96,8 @@ class Exports:
         self.root = root
 
     def folder(self, name: str) -> Path:
-        return smollm_like(self.root) if name == "smollm" else get_family(name).teacher
+        builders = {"smollm": smollm_like, "gemma-spm": gemma_spm}
+        return builders[name](self.root) if name in builders else get_family(name).teacher
 
     @functools.cache
     def file(self, name: str, outtype: str) -> Path:
@@ -264,14 +292,22 @@ def test_llamacpp_greedy_equals_transformers_greedy(exports, name, outtype):
 
 
 @needs_llamacpp
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", (*MODELS, "gemma-spm"))
 def test_the_rebuilt_tokenizer_matches_llamacpps(exports, name):
-    """transformers' tokenizer rebuilt from the file and llama.cpp's tokenizer of the same file agree on digits,
-    runs of spaces, newlines, code, non-ASCII text and special tokens written in text."""
+    """transformers' tokenizer rebuilt from the file, the original folder's tokenizer, and llama.cpp's tokenizer of
+    the same file agree on digits, runs of spaces, newlines, code, non-ASCII text, special tokens written in text
+    and a chat-template prompt (gemma-spm: the SentencePiece-style vocabulary export builds, with merge-rank
+    scores)."""
     from specdistill.gguf_check import tokenizer_check
 
-    found = tokenizer_check(exports.file(name, "f32"))
-    assert found["texts"] >= 9 and found["mismatches"] == [], found["mismatches"]
+    path = exports.file(name, "f32")
+    for tokenizer in (None, AutoTokenizer.from_pretrained(exports.folder(name))):
+        found = tokenizer_check(path, tokenizer=tokenizer)
+        assert found["texts"] >= 12 and found["mismatches"] == [], found["mismatches"]
+    if name == "gemma-spm":
+        fields = gguf.GGUFReader(path).fields
+        assert fields["tokenizer.ggml.model"].contents() == "llama"
+        assert fields["tokenizer.ggml.token_type"].contents()[6 + 0x41] == gguf.TokenType.BYTE  # <0x41>
 
 
 @needs_llamacpp
@@ -284,3 +320,16 @@ def test_the_tokenizer_check_finds_a_wrong_pre_tokenizer(exports, tmp_path, monk
     gguf_export.export_gguf(str(get_family("llama3").teacher), str(out), "f32")
     found = tokenizer_check(out, tokenizer=AutoTokenizer.from_pretrained(get_family("llama3").teacher))
     assert "digits" in {m["name"] for m in found["mismatches"]}
+
+
+@needs_llamacpp
+def test_the_tokenizer_check_finds_wrong_sentencepiece_scores(exports, tmp_path, monkeypatch):
+    """With the merge-rank scores reversed, llama.cpp's SentencePiece merges run in the wrong order."""
+    from specdistill.gguf_check import tokenizer_check
+
+    real = gguf.GGUFWriter.add_token_scores
+    monkeypatch.setattr(gguf.GGUFWriter, "add_token_scores", lambda self, scores: real(self, [-x for x in scores]))
+    out = tmp_path / "wrong-scores.gguf"
+    gguf_export.export_gguf(str(exports.folder("gemma-spm")), str(out), "f32")
+    found = tokenizer_check(out, tokenizer=AutoTokenizer.from_pretrained(exports.folder("gemma-spm")))
+    assert {"words", "question"} <= {m["name"] for m in found["mismatches"]}

@@ -23,8 +23,9 @@ Outtypes and their error on each weight w of a 2-D tensor (norms are exact in al
 
 The tokenizer goes into the file's metadata: copied from the GGUF file the folder was converted from (the
 `gguf_source.json` that `specdistill convert` writes, when the file is still there and unchanged), or built from
-the folder's tokenizer.json (byte-level BPE: llama.cpp's `gpt2` model). The chat template and every end id are
-written too (eos, and the template's end of turn as eot).
+the folder's tokenizer.json: byte-level BPE as llama.cpp's `gpt2` model (tokens, types, merges, pre-tokenizer
+name), byte-fallback BPE (SentencePiece-style, Gemma's) as its `llama` model (tokens, types, scores from the merge
+ranks). The chat template and every end id are written too (eos, and the template's end of turn as eot).
 """
 
 from __future__ import annotations
@@ -294,18 +295,14 @@ def _write_bpe_vocab(writer, gguf, folder: Path, tokenizer, rows: int) -> None:
     tokenizer as unused [PADi]), token types (special added -> control, other added -> user-defined), merges."""
     spec = json.loads(tokenizer.backend_tokenizer.to_str())
     model = spec.get("model", {})
-    if model.get("type") != "BPE" or model.get("byte_fallback"):
-        raise UserError(f"{folder}: its tokenizer ({model.get('type')}{', byte fallback' if model.get('byte_fallback') else ''}) "
-                        f"is exported only from the GGUF it was converted from (specdistill convert records it); "
-                        f"a byte-level BPE tokenizer.json is built directly")
-    tokens = [f"[PAD{i}]" for i in range(rows)]
-    types = [gguf.TokenType.UNUSED] * rows
-    added = tokenizer.added_tokens_decoder
-    for text, i in tokenizer.get_vocab().items():
-        if i < rows:
-            tokens[i] = text
-            types[i] = (gguf.TokenType.NORMAL if i not in added else
-                        gguf.TokenType.CONTROL if added[i].special else gguf.TokenType.USER_DEFINED)
+    if model.get("type") != "BPE":
+        raise UserError(f"{folder}: its tokenizer ({model.get('type')}) cannot be exported: export writes BPE "
+                        f"tokenizers (byte-level, or SentencePiece-style with byte fallback), or copies the "
+                        f"tokenizer of the GGUF the folder was converted from")
+    tokens, types = _tokens_and_types(gguf, tokenizer, rows)
+    if model.get("byte_fallback"):
+        _write_spm_fields(writer, spec, tokens, types, rows)
+        return
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre(_pre_tokenizer_name(spec, folder))
     writer.add_token_list(tokens)
@@ -318,6 +315,44 @@ def _write_bpe_vocab(writer, gguf, folder: Path, tokenizer, rows: int) -> None:
     finally:
         vocab_log.setLevel(level)
     writer.add_token_merges(merges)
+
+
+def _tokens_and_types(gguf, tokenizer, rows: int) -> tuple[list[str], list[int]]:
+    """Token texts by id (rows past the tokenizer as unused [PADi]) and llama.cpp's token types: byte tokens
+    <0xNN> -> byte, special added -> control, other added -> user-defined, the rest normal."""
+    tokens = [f"[PAD{i}]" for i in range(rows)]
+    types = [gguf.TokenType.UNUSED] * rows
+    added = tokenizer.added_tokens_decoder
+    for text, i in tokenizer.get_vocab().items():
+        if i < rows:
+            tokens[i] = text
+            types[i] = (gguf.TokenType.BYTE if len(text) == 6 and text.startswith("<0x") and text.endswith(">")
+                        else gguf.TokenType.NORMAL if i not in added
+                        else gguf.TokenType.CONTROL if added[i].special else gguf.TokenType.USER_DEFINED)
+    return tokens, types
+
+
+def _write_spm_fields(writer, spec: dict, tokens: list[str], types: list[int], rows: int) -> None:
+    """llama.cpp's SentencePiece-style `llama` vocabulary from a byte-fallback BPE tokenizer.json (Gemma's).
+
+    llama.cpp merges, among adjacent pieces whose concatenation is a token, the one of highest score; BPE applies
+    its merges in rank order. Giving each token the score -(rank of the first merge that makes it) makes the two
+    agree; tokens no merge makes (characters, bytes, specials) are never merge results, and get 0."""
+    scores = [0.0] * rows
+    vocab = spec["model"]["vocab"]
+    for rank, merge in enumerate(spec["model"].get("merges", [])):
+        left, right = merge.split(" ", 1) if isinstance(merge, str) else merge
+        i = vocab.get(left + right)
+        if i is not None and i < rows and scores[i] == 0.0:
+            scores[i] = -float(rank + 1)
+    normalizers = spec.get("normalizer") or {}
+    steps = normalizers.get("normalizers", [normalizers]) if normalizers.get("type") == "Sequence" else [normalizers]
+    writer.add_tokenizer_model("llama")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(tokens)
+    writer.add_token_scores(scores)
+    writer.add_token_types(types)
+    writer.add_add_space_prefix(any(step.get("type") == "Prepend" for step in steps))
 
 
 def _pre_tokenizer_name(spec: dict, folder: Path) -> str:
