@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from .errors import UserError
-from .gguf_io import read_source_record, require_gguf, token_list_sha256
+from .gguf_io import read_header, read_source_record, require_gguf, token_list_sha256
 
 OUTTYPES = ("f32", "f16", "q8_0")
 GEMMA_NORM_SHIFT = 1.0  # Gemma's RMSNorm scales by (1 + w); llama.cpp's by the stored weight
@@ -271,7 +271,7 @@ def _usable_source(gguf, folder: Path, rows: int) -> Path | None:
         warnings.warn(f"{folder}: its source {path} is gone; the vocabulary is rebuilt from tokenizer.json",
                       stacklevel=4)
         return None
-    tokens = gguf.GGUFReader(path).fields["tokenizer.ggml.tokens"].contents()
+    tokens = read_header(path, "gguf_source.json", keep=("tokenizer.ggml.tokens",))[0]["tokenizer.ggml.tokens"]
     if token_list_sha256(tokens) != record["tokens_sha256"] or len(tokens) != rows:
         warnings.warn(f"{folder}: {path} no longer holds the vocabulary it was converted from (or the model has "
                       f"{rows} rows); the vocabulary is rebuilt from tokenizer.json", stacklevel=4)
