@@ -25,7 +25,7 @@ import specdistill.gguf_export as gguf_export
 from families import GEMMA3_TEMPLATE, QWEN25_TEMPLATE, TOKENIZER_SIZE, _corpus, build_tokenizer, get_family
 from specdistill.cli import main
 from specdistill.gguf_io import convert_gguf, read_header
-from specdistill.models import load_model, load_tokenizer
+from specdistill.models import check_same_tokenizer, load_model, load_tokenizer
 
 gguf = pytest.importorskip("gguf")
 needs_llamacpp = pytest.mark.skipif(importlib.util.find_spec("xllamacpp") is None,
@@ -192,9 +192,10 @@ def test_generate_on_a_gguf_spec_equals_generate_on_the_folder(exports, capsys, 
     prompt = "What does the farmer carry after the rain?"
     assert _generate_ids(capsys, str(exports.file(name, "f32")), prompt) == _generate_ids(
         capsys, str(exports.folder(name)), prompt)
-    tok = load_tokenizer(str(exports.file(name, "f32")))
-    assert tok.chat_template == AutoTokenizer.from_pretrained(exports.folder(name)).chat_template
-    assert len(tok) <= TOKENIZER_SIZE + 48  # never more ids than the file has rows (transformers' extras dropped)
+    tok, before = load_tokenizer(str(exports.file(name, "f32"))), AutoTokenizer.from_pretrained(exports.folder(name))
+    assert tok.chat_template == before.chat_template
+    check_same_tokenizer(tok, before)  # every id the same token, the same specials; no [PADi] rows, no extras
+    assert len(tok) == len(before)
 
 
 def test_a_file_without_a_chat_template_uses_the_plain_template_with_one_warning(exports, tmp_path):
@@ -223,6 +224,25 @@ def test_without_the_gguf_package_a_gguf_spec_names_the_extra(exports, capsys, m
     assert main(["generate", "--model", str(path), "--prompt", "hi"]) == 2
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert "pip install 'specdistill[gguf]'" in line and str(path) in line and "Traceback" not in line
+
+
+def test_distill_takes_gguf_teacher_and_student_and_saves_a_plain_student(exports, tmp_path, capsys):
+    """SKD with both models given as .gguf files (the student's 2,016 rows and the teacher's 2,048 share the
+    2,000-id tokenizer): the run trains, and its final/ folder is a plain folder that loads, with the teacher's row
+    count as every student folder (docs/models.md)."""
+    from test_real_families import arith_file, distill_config
+
+    family = get_family("gemma3")
+    student = exports.root / "gemma3-student.gguf"
+    if not student.exists():
+        gguf_export.export_gguf(str(family.student), str(student), "f32")
+    fam = type("GgufPair", (), {"teacher": exports.file("gemma3", "f16"), "student": student})
+    out = tmp_path / "run"
+    cfg = distill_config(tmp_path / "c.yaml", fam, "skd", arith_file(tmp_path / "d.jsonl"), out)
+    assert main(["distill", str(cfg), "--set", "train.max_steps=2"]) == 0, capsys.readouterr().err
+    final = AutoModelForCausalLM.from_pretrained(out / "final")
+    assert final.get_input_embeddings().weight.shape[0] == 2048
+    assert "quantization_config" not in json.loads((out / "final" / "config.json").read_text())
 
 
 # ---------------------------------------------------------------- convert

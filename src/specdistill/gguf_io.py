@@ -202,12 +202,15 @@ def gguf_config(path):
 def load_gguf_model(path, dtype):
     """The model of a GGUF file, dequantized into `dtype` (a torch dtype), its generation_config listing every
     end id of the file."""
-    from transformers import AutoModelForCausalLM, GgufConfig
+    import transformers
+    from transformers import AutoModelForCausalLM
 
     config = gguf_config(path)
     folder, name = _split(path)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, config=config, dtype=dtype,
-                                                 quantization_config=GgufConfig(dequantize=True))
+    # transformers >= 5.24 can keep GGUF blocks packed (not trainable); ask for plain weights where it can
+    packed = ({"quantization_config": transformers.GgufConfig(dequantize=True)}
+              if hasattr(transformers, "GgufConfig") else {})
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, config=config, dtype=dtype, **packed)
     model.generation_config.eos_token_id = config.eos_token_id
     return model
 
@@ -220,11 +223,11 @@ def load_gguf_tokenizer(path):
     the plain template, said once per file."""
     from transformers import AutoTokenizer
 
-    metadata = check_gguf_file(path, "tokenizer")
+    check_gguf_file(path, "tokenizer")
     folder, name = _split(path)
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    size = metadata.get("tokenizer.ggml.tokens")
-    if isinstance(size, int) and len(tokenizer) > size:
+    size = _vocabulary_size(path)
+    if len(tokenizer) > size:
         tokenizer = _only_ids_below(tokenizer, size)
     tokenizer.name_or_path = str(path)
     if not getattr(tokenizer, "chat_template", None) and str(path) not in _WARNED:
@@ -234,15 +237,30 @@ def load_gguf_tokenizer(path):
     return tokenizer
 
 
+def _vocabulary_size(path) -> int:
+    """The file's token count without its trailing unused `[PADi]` tokens (embedding rows past the tokenizer,
+    as `export` writes them; the model keeps those rows, as a padded checkpoint does)."""
+    metadata, _ = read_header(path, "tokenizer", keep=("tokenizer.ggml.tokens", "tokenizer.ggml.token_type"))
+    tokens = metadata.get("tokenizer.ggml.tokens") or []
+    types = metadata.get("tokenizer.ggml.token_type") or []
+    size = len(tokens)
+    while size and len(types) == len(tokens) and types[size - 1] == 5 and tokens[size - 1] == f"[PAD{size - 1}]":
+        size -= 1  # 5: llama.cpp's unused token type
+    return size
+
+
 def _only_ids_below(tokenizer, size: int):
-    """The tokenizer without the added tokens transformers appends past the file's `size` ids (a default
-    `<|endoftext|>` unk, Gemma's `<mask>`): they have no embedding row, and llama.cpp does not know them."""
+    """The tokenizer without ids from `size` on: the added tokens transformers appends past the file's ids (a
+    default `<|endoftext|>` unk, Gemma's `<mask>`), which have no embedding row and which llama.cpp does not
+    know, and the file's unused [PADi] rows."""
     from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
 
     spec = json.loads(tokenizer.backend_tokenizer.to_str())
     dropped = {t["content"] for t in spec["added_tokens"] if t["id"] >= size}
     spec["added_tokens"] = [t for t in spec["added_tokens"] if t["id"] < size]
+    if isinstance(spec["model"].get("vocab"), dict):  # BPE / WordPiece: a text -> id map
+        spec["model"]["vocab"] = {text: i for text, i in spec["model"]["vocab"].items() if i < size}
     roles = {f"{role}_token": getattr(tokenizer, f"{role}_token") for role in ("bos", "eos", "unk", "pad")}
     roles = {key: value for key, value in roles.items() if value is not None and value not in dropped}
     flags = {key: tokenizer.init_kwargs[key] for key in ("add_bos_token", "add_eos_token") if key in tokenizer.init_kwargs}
