@@ -263,7 +263,8 @@ def _only_ids_below(tokenizer, size: int):
         spec["model"]["vocab"] = {text: i for text, i in spec["model"]["vocab"].items() if i < size}
     roles = {f"{role}_token": getattr(tokenizer, f"{role}_token") for role in ("bos", "eos", "unk", "pad")}
     roles = {key: value for key, value in roles.items() if value is not None and value not in dropped}
-    flags = {key: tokenizer.init_kwargs[key] for key in ("add_bos_token", "add_eos_token") if key in tokenizer.init_kwargs}
+    flags = {key: tokenizer.init_kwargs[key] for key in ("add_bos_token", "add_eos_token")
+             if key in tokenizer.init_kwargs}
     return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(spec)),
                                    chat_template=tokenizer.chat_template, clean_up_tokenization_spaces=False,
                                    **roles, **flags)
