@@ -108,6 +108,23 @@ def test_uniforms_are_keyed_by_seed_position_and_stream():
     assert chi2_pvalue(torch.histc(many.float(), bins=10, min=0, max=1), [0.1] * 10) > 1e-3
 
 
+def test_noise_is_float64_except_on_mps_which_has_none():
+    from specdistill.engine.sampling import float_dtype, unit_interval
+
+    assert float_dtype("cpu") == float_dtype(torch.device("cuda:1")) == torch.float64
+    assert float_dtype(torch.device("mps")) == float_dtype("mps:0") == torch.float32
+    # float32 uniforms stay inside the open interval at the hash's extremes, where (h + 0.5) / 2^32 rounds to 1.0
+    extremes = torch.tensor([0, 1, 511, 512, 2**31, 2**32 - 513, 2**32 - 1])
+    assert float(((extremes.float() + 0.5) * 2.0**-32)[-1]) == 1.0  # the float64 formula, done in float32
+    u32, u64 = unit_interval(extremes, torch.float32), unit_interval(extremes, torch.float64)
+    assert u32.dtype == torch.float32 and bool((u32 > 0).all() and (u32 < 1).all())
+    assert float((u32.double() - u64).abs().max()) <= 2.0**-23
+    assert u32[-1] == 1 - 2.0**-24 and u32[0] == 2.0**-24  # (h >> 9 + 0.5) / 2^23 by hand
+    seeds, positions = torch.tensor([3, 7]), torch.arange(64).expand(2, -1)
+    torch.testing.assert_close(uniforms(seeds, positions, 1, torch.float32).double(), uniforms(seeds, positions, 1),
+                               atol=2.0**-23, rtol=0)
+
+
 def test_row_seeds_are_hashed_from_seed_and_row():
     a = row_seeds(0, 8)
     assert torch.equal(a, row_seeds(0, 8)) and torch.equal(row_seeds(0, 5, first_row=3), a[3:])  # pure in (seed, row)
