@@ -160,7 +160,7 @@ class LossConfig:
     name: Literal["fkl", "rkl", "jsd", "tvd", "skew_fkl", "skew_rkl", "ce", "hybrid", "rank"] = "ce"
     temperature: float = 1.0
     beta: float = 0.5
-    alpha: float = 0.1
+    alpha: float = 0.1  # skew_fkl / skew_rkl, in [0, 1)
     ce_weight: float = 0.5
     rank_top_k: int = 8  # rank loss: the teacher's top-k tokens whose order the student keeps
     margin: float = 0.0
@@ -471,7 +471,8 @@ def _validate_rollout(r: RolloutConfig) -> None:
 
 def _validate_loss(l: LossConfig) -> None:
     _check(0 <= l.beta <= 1, f"loss.beta: {l.beta} is not allowed; allowed range [0, 1]")
-    _check(0 <= l.alpha <= 1, f"loss.alpha: {l.alpha} is not allowed; allowed range [0, 1]")
+    _check(0 <= l.alpha < 1, f"loss.alpha: {l.alpha} is not allowed; allowed range [0, 1) (the skew losses' mix "
+           f"alpha p + (1 - alpha) q; at 1 the divergence is 0 whatever the student does)")
     _check(0 <= l.ce_weight <= 1, f"loss.ce_weight: {l.ce_weight} is not allowed; allowed range [0, 1]")
     _check(l.temperature > 0, f"loss.temperature: {l.temperature}; must be > 0")
     _check(l.rank_top_k >= 2, f"loss.rank_top_k: {l.rank_top_k}; must be >= 2 (an order needs two tokens)")
