@@ -153,7 +153,8 @@ def generate(
     draft_sampling: the student's own temperature / top-p for drafting (the teacher's is in the policy).
     eos_token_id: id(s) that end a row (included in the response); None = never.
     stop: token-id sequences, or strings with `tokenizer`, that end a row (included in the response).
-    tokenizer: the models' tokenizer, if known: stop strings, and the defaults of vocab_size and pad_token_id.
+    tokenizer: the models' tokenizer, if known: stop strings, and the defaults of vocab_size (its len, where it
+        has one: an object with only `encode` serves stop strings) and pad_token_id.
     pad_token_id: the id after each row's end in Generation.tokens; None: the tokenizer's pad id (its EOS when it
         has none), else the draft config's pad id, else 0 (a real token in Llama-3 and Qwen: read `lengths`).
     seed: int (row b's seed is hashed from (seed, b): sampling.row_seeds) or [B] per-row seeds; noise is keyed
@@ -278,7 +279,7 @@ class _Run:
         self.noise = noise_tables(row_seeds(seed, batch, device), self.resp.width)
         self.draft_clock, self.target_clock = ForwardClock(), ForwardClock()  # each model's forward time
         spare = max_new_tokens + 2 * self.schedule.max_gamma + 4
-        vocab = vocab_size or (len(tokenizer) if tokenizer is not None else shared_vocab(draft, target))
+        vocab = vocab_size or (len(tokenizer) if hasattr(tokenizer, "__len__") else shared_vocab(draft, target))
         self.student = ModelView(draft, self.draft_clock, batch, draft_ids.shape[1] + spare, device, compile, "draft", vocab)
         self.teacher, self.judge, self.settle = None, self.policy.judge, settle
         self.t_device = device
