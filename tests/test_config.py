@@ -1,6 +1,7 @@
 import dataclasses
 
 import pytest
+import torch
 
 from specdistill import losses
 from specdistill.config import (Config, ConfigError, LossConfig, MixtureStage, RolloutConfig, load_config, rollout_at,
@@ -139,3 +140,13 @@ def test_a_schedule_round_trips_through_the_resolved_config(tmp_path):
     cfg = load_config(None, ["rollout.schedule=[{start: 0.5, strategy: mixed, mix: [skd, dataset], lam: 0.25}]"])
     save_config(cfg, tmp_path / "config.yaml")
     assert load_config(tmp_path / "config.yaml") == cfg
+
+
+@pytest.mark.parametrize("alpha", [1, 1.0, 1.5, -0.1])
+def test_loss_alpha_outside_its_range_is_refused_when_the_config_loads(alpha):
+    """skew_fkl / skew_rkl take alpha in [0, 1): alpha = 1 used to pass validation and fail at the first step."""
+    with pytest.raises(ConfigError, match=r"loss\.alpha: .* allowed range \[0, 1\)"):
+        load_config(overrides=[f"loss.alpha={alpha}", "loss.name=skew_fkl"])
+    with pytest.raises(ValueError):  # the loss itself agrees that the value is outside its range
+        losses.skew_fkl(torch.zeros(1, 1, 3), torch.zeros(1, 1, 3), torch.ones(1, 1, dtype=torch.bool), alpha=alpha)
+    assert load_config(overrides=["loss.alpha=0.99", "loss.name=skew_fkl"]).loss.alpha == 0.99

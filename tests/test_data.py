@@ -134,8 +134,11 @@ def test_plain_template_without_chat_template():
     msgs = view_messages(rec, ViewConfig(system_prompt="Sys"), teacher=True)
     tok = build_tokenizer()
     tok.chat_template = None
-    assert render_prompt(tok, msgs) == "Sys\n\nQuestion: [Background Knowledge]\nK.\n\nQ?\nAnswer: "
+    assert render_prompt(tok, msgs) == "Sys\n\nQuestion: [Background Knowledge]\nK.\n\nQ?\nAnswer:"
     assert render_prompt(build_tokenizer(), msgs, use_chat_template=False) == render_prompt(tok, msgs)
+    ex = encode_example(Record(id="x", query="Q?", response="A."), tok, ViewConfig())
+    # the answer follows "Answer:" after one space, and ends with the EOS (no chat template: no turn token)
+    assert tok.decode(ex.student_prompt + ex.response) == "Question: Q?\nAnswer: A.<|end|>"
 
 
 def test_collate_left_pads_both_views():

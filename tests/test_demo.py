@@ -28,7 +28,8 @@ def test_report_structure_and_finite_numbers(tmp_path):
         for key in ("quality", "acceptance_rate", "sampled_acceptance_rate", "sampled_expected_acceptance",
                     "predicted_speedup", "sampled_predicted_speedup"):
             assert math.isfinite(row[key]) and len(row[key + "_values"]) == n, (row["method"], key)
-            assert (n == 1) == math.isnan(row[key + "_low"])  # an interval from two seeds, none from one
+            spread = len(set(row[key + "_values"])) > 1  # no interval from one seed, nor from equal values
+            assert spread == (not math.isnan(row[key + "_low"])), (row["method"], key, row[key + "_values"])
         assert 0 <= row["quality"] <= 1 and 0 <= row["acceptance_rate"] <= 1
         assert 0 <= row["sampled_expected_acceptance"] <= 1
     for run in report["runs"]:

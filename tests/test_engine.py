@@ -545,3 +545,48 @@ def test_each_compiled_model_gets_its_own_graphs():
     del first, second, model
     gc.collect()
     assert len(compiling._CALLERS) == callers
+
+
+# ---------------------------------------------------------------- defaults taken from the tokenizer
+def llama3_student():
+    """Llama-3 format: the student has 2,016 output rows over a 2,000-id tokenizer, no pad id in its config, and
+    id 0 is a real token ('!'). Returns (model, tokenizer, ids, mask) of two prompts."""
+    from families import STUDENT_ROWS, TOKENIZER_SIZE, get_family
+    from transformers import AutoModelForCausalLM
+
+    from specdistill.models import load_tokenizer
+
+    fam = get_family("llama3")
+    tok = load_tokenizer(str(fam.student))
+    model = AutoModelForCausalLM.from_pretrained(fam.student).eval()
+    assert model.get_output_embeddings().weight.shape[0] == STUDENT_ROWS and len(tok) == TOKENIZER_SIZE
+    assert model.config.pad_token_id is None and tok.pad_token_id not in (None, 0)
+    ids, mask = left_pad([tok("What is 2+2?").input_ids, tok("Hello there, who are you?").input_ids])
+    return model, tok, ids, mask
+
+
+def test_given_only_a_tokenizer_generation_never_writes_a_padded_row():
+    """Each padded row gets the largest logit; vocab_size is not given, the tokenizer is: its 2,000 ids bound
+    what is written (the smaller output size, 2,016, let the padded rows through)."""
+    model, tok, ids, mask = llama3_student()
+    size = len(tok)
+
+    def boost_padded_rows(module, inputs, output):
+        return torch.cat([output[..., :size], output[..., size:] + 1000.0], -1)
+
+    hook = model.get_output_embeddings().register_forward_hook(boost_padded_rows)
+    try:
+        out = sample(model, ids, mask, max_new_tokens=6, tokenizer=tok)
+        spec = generate(model, ids, mask, model, ids, mask, gamma=2, max_new_tokens=6, tokenizer=tok)
+    finally:
+        hook.remove()
+    assert out.tokens.shape == (2, 6) and int(out.tokens.max()) < size and int(spec.tokens.max()) < size
+
+
+def test_given_only_a_tokenizer_ended_rows_are_padded_with_its_pad_id_not_zero():
+    model, tok, ids, mask = llama3_student()
+    free = sample(model, ids, mask, max_new_tokens=6, tokenizer=tok).tokens.tolist()
+    end = free[0][1]  # row 0's second token ends it; row 1 runs on
+    assert end not in free[1] and end not in free[0][:1]
+    out = sample(model, ids, mask, max_new_tokens=6, tokenizer=tok, eos_token_id=end)
+    assert out.lengths.tolist() == [2, 6] and out.tokens[0, 2:].tolist() == [tok.pad_token_id] * 4

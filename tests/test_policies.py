@@ -1,5 +1,6 @@
 """Policies, schedules and sampling on hand-made distributions (no models except a context-free stub)."""
 
+import math
 from types import SimpleNamespace
 
 import pytest
@@ -105,6 +106,23 @@ def test_uniforms_are_keyed_by_seed_position_and_stream():
     many = uniforms(torch.tensor([1]), torch.arange(20000)[None], stream=3)[0]
     assert abs(float(many.mean()) - 0.5) < 0.01
     assert chi2_pvalue(torch.histc(many.float(), bins=10, min=0, max=1), [0.1] * 10) > 1e-3
+
+
+def test_noise_is_float64_except_on_mps_which_has_none():
+    from specdistill.engine.sampling import float_dtype, unit_interval
+
+    assert float_dtype("cpu") == float_dtype(torch.device("cuda:1")) == torch.float64
+    assert float_dtype(torch.device("mps")) == float_dtype("mps:0") == torch.float32
+    # float32 uniforms stay inside the open interval at the hash's extremes, where (h + 0.5) / 2^32 rounds to 1.0
+    extremes = torch.tensor([0, 1, 511, 512, 2**31, 2**32 - 513, 2**32 - 1])
+    assert float(((extremes.float() + 0.5) * 2.0**-32)[-1]) == 1.0  # the float64 formula, done in float32
+    u32, u64 = unit_interval(extremes, torch.float32), unit_interval(extremes, torch.float64)
+    assert u32.dtype == torch.float32 and bool((u32 > 0).all() and (u32 < 1).all())
+    assert float((u32.double() - u64).abs().max()) <= 2.0**-23
+    assert u32[-1] == 1 - 2.0**-24 and u32[0] == 2.0**-24  # (h >> 9 + 0.5) / 2^23 by hand
+    seeds, positions = torch.tensor([3, 7]), torch.arange(64).expand(2, -1)
+    torch.testing.assert_close(uniforms(seeds, positions, 1, torch.float32).double(), uniforms(seeds, positions, 1),
+                               atol=2.0**-23, rtol=0)
 
 
 def test_row_seeds_are_hashed_from_seed_and_row():
@@ -223,6 +241,31 @@ def test_adaptive_top_k_entropy_offset():
     assert policy.effective_k(peaked, state.k_base).tolist() == [[6]]
     low = AdaptiveTopKPolicy(k_init=2, k_min=1, k_max=40, entropy_gain=4.0)
     assert low.effective_k(peaked, low.init_state(1, "cpu").k_base).tolist() == [[1]]  # clipped to k_min
+
+
+def test_a_greedy_teacher_tests_min_prob_on_its_distribution_at_temperature_one():
+    """logits [3, 2.9, 0, 0, 0, 0], draft token 1, K=5, min_prob 0.1, greedy teacher: at T=1,
+    p(1) = e^2.9 / (e^3 + e^2.9 + 4) = 18.17 / 42.26 = 0.43 >= 0.1, so the draft is kept (the one-hot p of the
+    warped greedy teacher gave p(1) = 0). p(2) = 1 / 42.26 = 0.024 < 0.1: rejected although its rank is 2 < 5."""
+    logits = torch.tensor([3.0, 2.9, 0.0, 0.0, 0.0, 0.0])
+    p1 = math.exp(2.9) / (math.exp(3) + math.exp(2.9) + 4)
+    assert 0.42 < p1 < 0.44
+    for policy in (TopKPolicy(k=5, min_prob=0.1, target=Sampling()),
+                   AdaptiveTopKPolicy(k_init=5, k_min=5, k_max=5, min_prob=0.1, target=Sampling())):
+        for draft, kept in ((1, True), (2, False), (0, True)):
+            b = Block(draft_tokens=torch.tensor([[draft]]), draft_logits=None, target_logits=logits.expand(1, 2, 6),
+                      u_accept=torch.full((1, 1), 0.5, dtype=torch.double),
+                      u_target=torch.full((1, 2), 0.5, dtype=torch.double))
+            assert policy.judge(b, policy.init_state(1, "cpu")).accept.tolist() == [[kept]], (policy.name, draft)
+
+
+def test_the_adaptive_k_of_a_greedy_teacher_reads_its_entropy_at_temperature_one():
+    """p = [1/2, 1/4, 1/8, 1/8] (V = 4): H = (1/2 + 2/4 + 3/8 + 3/8) ln 2 = 1.75 ln 2, H_norm = 1.75 / 2 = 0.875,
+    K_eff = round(25 + 5 (2 * 0.875 - 1)) = round(28.75) = 29. (The one-hot p of the warped greedy teacher has
+    H = 0: K_eff = 25 - 5 = 20 whatever the teacher's distribution.)"""
+    policy = AdaptiveTopKPolicy(k_init=25, k_min=1, k_max=100, entropy_gain=5.0, target=Sampling())
+    b = block([2], [[0.5, 0.25, 0.125, 0.125]] * 2)
+    assert policy.judge(b, policy.init_state(1, "cpu")).top_k.tolist() == [[29, 29]]
 
 
 def test_adaptive_top_k_moves_its_baseline_with_the_success_ema():

@@ -147,6 +147,18 @@ def test_a_hub_dataset_that_cannot_load_names_itself(monkeypatch):
         load_records(DatasetConfig(hub="openai/gsm8k", hub_config="main"))
 
 
+def test_a_bad_hub_record_is_named_by_its_hub_id_and_split(monkeypatch):
+    rows = [{"question": "What is 2+2?", "answer": "#### 4"}, {"question": "", "answer": "#### 1"}]
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: datasets.Dataset.from_list(rows))
+    cfg = DatasetConfig(hub="openai/gsm8k", hub_config="main", split="test",
+                        fields=FieldMap(query=["question"], response=["answer"]))
+    with pytest.raises(DataError) as caught:
+        load_records(cfg)
+    message = str(caught.value)
+    assert message.startswith("hub openai/gsm8k (config main, split test): 1 bad record(s) of 2: ")
+    assert "openai/gsm8k/test[1]: field 'question' is empty" in message and "None" not in message
+
+
 def test_a_dataset_names_exactly_one_source(tmp_path):
     with pytest.raises(ConfigError, match="exactly one of 'task', 'path' or 'hub'"):
         load_config(overrides=["data.train=[{task: arith, hub: openai/gsm8k}]"])

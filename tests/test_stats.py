@@ -48,9 +48,23 @@ def test_verdicts(b, expected):
     assert verdict([1.0, 2.0, 3.0, 4.0, 5.0], b)[0] == expected
 
 
-def test_identical_constant_samples_cannot_be_told_apart_and_different_ones_can():
-    assert verdict([0.5] * 5, [0.5] * 5)[0] == UNDECIDED
-    assert verdict([0.5] * 5, [0.6] * 5)[0] == HOLDS
+@pytest.mark.parametrize("a, b", [([0.5, 0.5], [0.5, 0.5]), ([0.5] * 5, [0.5] * 5), ([0.5, 0.5], [0.6, 0.6]),
+                                  ([0.5] * 5, [0.6] * 5), ([0.6] * 3, [0.5] * 3)],
+                         ids=["two-equal", "five-equal", "two-different", "five-different", "lower"])
+def test_samples_without_spread_never_decide_a_claim(a, b):
+    """Constant samples give no estimate of the seeds' variation: a zero-width interval at the difference would
+    make any difference "hold" (two seeds each at 0.5 and 0.6). Their interval is undefined: cannot be told apart."""
+    word, ci = verdict(a, b)
+    assert word == UNDECIDED and math.isnan(ci.low) and math.isnan(ci.high)
+    assert ci.mean == pytest.approx(sum(b) / len(b) - sum(a) / len(a))
+    assert math.isnan(mean_ci(a).low) and format_interval(mean_ci(a)) == f"{a[0]:.3f}"
+
+
+def test_one_constant_sample_against_a_varying_one_has_the_varying_ones_interval():
+    # se = sqrt(2.5 / 5) = 0.7071, df = (0.5)^2 / (0.5^2 / 4) = 4: half = 2.7764 * 0.7071 = 1.9632 around 3 - 0.5
+    ci = diff_ci([0.5] * 5, [1.0, 2.0, 3.0, 4.0, 5.0])
+    assert (ci.low, ci.high) == pytest.approx((2.5 - 1.9632, 2.5 + 1.9632), abs=1e-3)
+    assert verdict([0.5] * 5, [6.0, 7.0, 8.0, 9.0, 10.0])[0] == HOLDS
 
 
 def test_one_seed_gives_no_interval_and_no_verdict():

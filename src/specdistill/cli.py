@@ -97,6 +97,13 @@ def _add_debug(p: argparse.ArgumentParser, default=argparse.SUPPRESS) -> None:
                    help=f"show the traceback of an input error too (or set {DEBUG_ENV}=1)")
 
 
+def _add_prompt_config(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="a YAML config, or a run's config.yaml: its data.views settings (system prompts, "
+                   "template_options such as enable_thinking, the knowledge template, few_shot, the limits, "
+                   "use_chat_template) and its datasets' field mapping make the prompts as training made them "
+                   "(default: the default views, with no limits but the models' positions)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="specdistill", description="Distil students that their teachers accept as drafts.")
     _add_debug(parser, default=False)
@@ -140,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", help="a teacher model: also report top1_agreement, the share of reference-response "
                    "positions where the two models' argmax tokens agree (each reading its own view)")
     p.add_argument("--json", dest="json_out", help="write the scores and samples to this JSON file")
+    _add_prompt_config(p)
 
     p = sub.add_parser("generate", help="generate from a model, alone or with a draft (speculative decoding)")
     p.add_argument("--model", required=True, help="the target model")
@@ -149,8 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=POSITIVE, default=16)
     prompt = p.add_mutually_exclusive_group(required=True)
     prompt.add_argument("--prompt", help="one prompt (a user message; the chat template is applied)")
-    prompt.add_argument("--prompts", help="a file with one prompt per line, or a .jsonl/.json/.parquet file of "
-                                          "pre-tokenized rows {prompt_ids: [...]} (no template)")
+    prompt.add_argument("--prompts", help="a file with one prompt per line, or a .jsonl/.json/.parquet data file "
+                                          "read as training reads it: text records {query, ...} or pre-tokenized "
+                                          "rows {prompt_ids: [...]} (no template)")
+    p.add_argument("--view", default="student", choices=["student", "teacher"],
+                   help="the view of the records the models read (teacher: with its system prompt, few-shot examples "
+                   "and knowledge; the two are the same without --config or knowledge)")
     p.add_argument("--temperature", type=TEMPERATURE, default=0.0, help="0 = greedy")
     p.add_argument("--top-p", type=TOP_P, default=1.0)
     p.add_argument("--max-new-tokens", type=POSITIVE, default=64)
@@ -159,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--draft-device", help="the draft's device (default: --device), e.g. cpu beside a cuda target")
     p.add_argument("--json", dest="json_out", help="write texts, token ids and statistics to this JSON file")
+    _add_prompt_config(p)
 
     p = sub.add_parser("bench", help="measure drafts as the target's speculative drafter")
     p.add_argument("--target", required=True)
@@ -167,7 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--task", default="arith", help="built-in task whose test prompts to use (default arith)")
     src.add_argument("--prompts", help="a file with one prompt per line (user messages), or a .jsonl/.json/.parquet "
-                                       "file of pre-tokenized rows {prompt_ids: [...]}")
+                                       "data file read as training reads it: text records {query, ...} or "
+                                       "pre-tokenized rows {prompt_ids: [...]}")
     p.add_argument("--limit", type=POSITIVE, default=64, help="number of prompts (default 64)")
     p.add_argument("--gamma", default=None, help="drafted tokens per block; a list sweeps: 1,2,4,8; auto = the gamma "
                    "in 1..16 with the best predicted speedup, from the acceptance of an untimed run at gamma 4 and "
@@ -192,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", dest="json_out", help="write every figure to this JSON file")
     p.add_argument("--plot", help="write the acceptance-per-position and speedup-vs-gamma plot to this PNG (several "
                    "drafts: predicted and measured speedup of each)")
+    _add_prompt_config(p)
 
     p = sub.add_parser("convert", help="a GGUF checkpoint as a plain Hugging Face folder (dequantized once, so later "
                        "runs load it in seconds)")
@@ -269,21 +284,6 @@ def check_output_file(path: str | None, flag: str) -> None:
         raise UsageError(f"{flag} {path}: cannot write there (permission denied)")
 
 
-def read_prompts(path: str, flag: str = "--prompts") -> list[str]:
-    """The non-blank lines of a prompts file (one user message each); a missing, non-UTF-8 or empty file is a
-    UserError naming it (and the line of a bad byte)."""
-    from .data.records import decode_utf8
-
-    target = Path(path)
-    if not target.is_file():
-        raise UsageError(f"{flag} {path}: {'is a folder' if target.is_dir() else 'no such file'}; give a text file "
-                         f"with one prompt per line")
-    lines = [t for t in decode_utf8(target.read_bytes(), target.name).splitlines() if t.strip()]
-    if not lines:
-        raise UsageError(f"{flag} {path}: holds no prompts (every line is blank); write one prompt per line")
-    return lines
-
-
 def _check_models(*specs: tuple[str, str | None]) -> None:
     """(flag, model spec) pairs: each given spec must be able to load (models.check_model_spec)."""
     from .models import check_model_spec
@@ -313,34 +313,6 @@ def _check_prompts_fit(model, prompts: list[list[int]], max_new_tokens: int, fla
                             f"the prompt is refused, not cut: shorten it or lower --max-new-tokens")
 
 
-TOKEN_PROMPT_SUFFIXES = (".jsonl", ".json", ".parquet")  # a --prompts file of these holds pre-tokenized rows
-
-
-def _token_prompts(path: str, tokenizer) -> tuple[list[str], list[list[int]], list[str]]:
-    """(texts, prompt ids, labels) of a --prompts file of pre-tokenized rows {prompt_ids, ...}: the ids as they
-    are, checked against the tokenizer's range; a bad row is a DataError naming its line."""
-    from .config import DatasetConfig, ViewConfig
-    from .data.records import load_records
-    from .data.views import encode_example
-
-    records = load_records(DatasetConfig(path=path, format="tokens"))
-    prompts = [encode_example(r, tokenizer, ViewConfig()).student_prompt for r in records]
-    return [r.query for r in records], prompts, [f"prompt {r.where}" for r in records]
-
-
-def _is_token_file(path: str | None) -> bool:
-    return path is not None and Path(path).suffix.lower() in TOKEN_PROMPT_SUFFIXES
-
-
-def _encode_prompts(texts: list[str], tokenizer, labels: list[str]) -> list[list[int]]:
-    """User messages as chat-template prompt ids; text the tokenizer cannot encode is refused."""
-    from .data.views import check_encodable, render_prompt
-
-    check_encodable(list(zip(labels, texts)), tokenizer)
-    return [tokenizer(render_prompt(tokenizer, [{"role": "user", "content": t}]), add_special_tokens=False).input_ids
-            for t in texts]
-
-
 def _load_for_inference(spec: str, device: str, dtype: str, tokenizer=None):
     from .models import load_model, load_tokenizer, resolve_device
 
@@ -363,7 +335,8 @@ def _load_pair(main: str, other: str | None, args, other_device: str | None = No
 
 
 def cmd_eval(args) -> int:
-    from .config import DatasetConfig, ViewConfig
+    from .config import DatasetConfig
+    from .data.prompts import prompt_settings
     from .data.records import load_records
     from .data.tasks import get_task
     from .evaluate.metrics import parse_metrics, sacrebleu_signatures, select_metrics
@@ -373,7 +346,8 @@ def cmd_eval(args) -> int:
     _check_devices(args)
     if args.task:
         get_task(args.task)
-    ds = DatasetConfig(task=args.task, split=args.split) if args.task else DatasetConfig(path=args.data)
+    views, fields = prompt_settings(args.config, args.data)
+    ds = DatasetConfig(task=args.task, split=args.split) if args.task else DatasetConfig(path=args.data, fields=fields)
     records = load_records(ds)[: args.limit]
     scorer = get_task(args.task).scorer if args.task else None  # None: GSM8K `####` matching
     rows = [{**r.extra, "response": r.response} for r in records]
@@ -391,15 +365,15 @@ def cmd_eval(args) -> int:
     model, teacher, tokenizer = _load_pair(args.model, args.teacher, args)
     from .data.views import check_encodable, record_texts
 
-    check_encodable(record_texts(records), tokenizer, args.model)
-    result = evaluate_records(model, tokenizer, records, ViewConfig(), scorer, args.view, args.max_new_tokens,
+    check_encodable(record_texts(records, views), tokenizer, args.model)
+    result = evaluate_records(model, tokenizer, records, views, scorer, args.view, args.max_new_tokens,
                               args.batch_size, metrics)
     summary = {"model": args.model, "task": args.task or args.data, "split": args.split, "view": args.view,
-               **{m: result[m] for m in metrics}, "n": result["n"]}
+               **({"config": args.config} if args.config else {}), **{m: result[m] for m in metrics},
+               "n": result["n"]}
     if teacher is not None:
         summary["teacher"] = args.teacher
-        summary["top1_agreement"] = agreement_on_records(model, teacher, tokenizer, records, ViewConfig(),
-                                                         args.batch_size)
+        summary["top1_agreement"] = agreement_on_records(model, teacher, tokenizer, records, views, args.batch_size)
     if skipped:
         summary["skipped"] = skipped
     if {"chrf", "bleu"} & set(metrics):
@@ -411,6 +385,8 @@ def cmd_eval(args) -> int:
 
 
 def cmd_generate(args) -> int:
+    from .data.prompts import encode_prompts, prompt_labels, prompt_records, prompt_settings
+    from .data.records import Record
     from .evaluate.quality import generate_ids
     from .evaluate.speculative import run_speculative
 
@@ -421,15 +397,12 @@ def cmd_generate(args) -> int:
     check_output_file(args.json_out, "--json")
     _check_devices(args)
     _check_models(("--model", args.model), ("--draft", args.draft))
-    tokens = _is_token_file(args.prompts)
-    texts = [args.prompt] if args.prompt is not None else [] if tokens else read_prompts(args.prompts)
-    labels = (["--prompt"] if args.prompt is not None
-              else [f"prompt {i + 1} of {args.prompts}" for i in range(len(texts))])
+    views, fields = prompt_settings(args.config, args.prompts)
+    records = ([Record(id="1", query=args.prompt, where="--prompt")] if args.prompt is not None
+               else prompt_records(args.prompts, fields))
+    labels = prompt_labels(records)
     model, draft, tokenizer = _load_pair(args.model, args.draft, args, args.draft_device)
-    if tokens:
-        texts, prompts, labels = _token_prompts(args.prompts, tokenizer)
-    else:
-        prompts = _encode_prompts(texts, tokenizer, labels)
+    prompts = encode_prompts(records, tokenizer, views, args.view)
     for flag, m in (("--model", model), ("--draft", draft)):
         if m is not None:
             _check_prompts_fit(m, prompts, args.max_new_tokens, flag, labels)
@@ -446,57 +419,57 @@ def cmd_generate(args) -> int:
     for text in decoded:
         print(text)
     if args.json_out:
-        rows = [{"prompt": p, "text": d, "token_ids": o} for p, d, o in zip(texts, decoded, outputs)]
+        rows = [{"prompt": r.query, "text": d, "token_ids": o} for r, d, o in zip(records, decoded, outputs)]
         Path(args.json_out).write_text(json.dumps({"outputs": rows, "stats": stats}, indent=1))
     if stats:
         print(json.dumps({k: v for k, v in stats.items() if not k.startswith("time/")}), file=sys.stderr)
     return 0
 
 
-def _bench_prompts(args, tokenizer):
-    """(target prompts, draft prompts) as token-id lists."""
-    from .config import DatasetConfig, ViewConfig
+def _bench_records(args, fields):
+    """The records whose prompts bench runs: --prompts (a text or data file) or the task's test split."""
+    from .config import DatasetConfig
+    from .data.prompts import prompt_records
     from .data.records import load_records
-    from .data.views import encode_example
-
-    if _is_token_file(args.prompts):
-        prompts = _token_prompts(args.prompts, tokenizer)[1][: args.limit]
-        return prompts, prompts
-    if args.prompts:
-        lines = read_prompts(args.prompts)[: args.limit]
-        ids = _encode_prompts(lines, tokenizer, [f"prompt {i + 1} of {args.prompts}" for i in range(len(lines))])
-        return ids, ids
-    examples = [encode_example(r, tokenizer, ViewConfig()) for r in load_records(DatasetConfig(task=args.task, split="test"))]
-    examples = examples[: args.limit]
-    target = [e.teacher_prompt for e in examples]
-    return target, ([e.student_prompt for e in examples] if args.draft_view == "student" else target)
-
-
-def _check_bench_args(args) -> list[str]:
-    """Everything bench can check before loading a model: outputs, devices, models, gammas, the prompts' source.
-    Returns the draft specs (--draft A,B,C)."""
     from .data.tasks import get_task
+
+    if args.prompts:
+        return prompt_records(args.prompts, fields)[: args.limit]
+    get_task(args.task)
+    return load_records(DatasetConfig(task=args.task, split="test"))[: args.limit]
+
+
+def _bench_prompts(args, tokenizer, views=None, records=None):
+    """(target prompts, draft prompts): the target reads the teacher view, the draft that too or the student
+    view (--draft-view), each made as training makes it. views, records: by default those without --config."""
+    from .data.prompts import INFERENCE_VIEWS, encode_prompts
+
+    views = views or INFERENCE_VIEWS
+    records = _bench_records(args, None) if records is None else records
+
+    target = encode_prompts(records, tokenizer, views, "teacher")
+    return target, (encode_prompts(records, tokenizer, views) if args.draft_view == "student" else target)
+
+
+def _check_bench_args(args):
+    """Everything bench can check before loading a model: outputs, devices, models, the prompts' source and
+    settings. Returns the draft specs (--draft A,B,C), the records and the views."""
+    from .data.prompts import prompt_settings
 
     check_output_file(args.json_out, "--json")
     check_output_file(args.plot, "--plot")
     _check_devices(args)
     names = [d.strip() for d in args.draft.split(",") if d.strip()]
     _check_models(("--target", args.target), *(("--draft", name) for name in names))
-    if _is_token_file(args.prompts):
-        from .config import DatasetConfig
-        from .data.records import load_records
-
-        load_records(DatasetConfig(path=args.prompts, format="tokens"))  # its rows; their range once it is known
-    elif args.prompts:
-        read_prompts(args.prompts)
-    else:
-        get_task(args.task)
-    return names
+    views, fields = prompt_settings(args.config, args.prompts)
+    return names, _bench_records(args, fields), views
 
 
-def _check_bench_prompts(args, target, draft, prompts, draft_prompts) -> None:
-    labels = [f"prompt {i + 1}" + (f" of {args.prompts}" if args.prompts else f" of task {args.task}")
-              for i in range(len(prompts))]
+def _check_bench_prompts(args, target, draft, prompts, draft_prompts, records) -> None:
+    from .data.prompts import prompt_labels
+
+    labels = prompt_labels(records) if args.prompts else [f"prompt {i + 1} of task {args.task}"
+                                                          for i in range(len(prompts))]
     _check_prompts_fit(target, prompts, args.max_new_tokens, "--target", labels)
     _check_prompts_fit(draft, draft_prompts, args.max_new_tokens, "--draft", labels)
 
@@ -525,19 +498,19 @@ def cmd_bench(args) -> int:
     from .evaluate.speculative import bench_pair, choose_gamma, draft_comparison, format_comparison, measure_forward_costs
     from .models import check_same_tokenizer, load_tokenizer
 
-    names = _check_bench_args(args)
+    names, records, views = _check_bench_args(args)
     gammas = _bench_gammas(args.gamma, len(names))
     tokenizer = load_tokenizer(args.target)
     for name in names:  # every pair is checked before any model loads
         check_same_tokenizer(tokenizer, load_tokenizer(name), names=(args.target, name))
     target, _ = _load_for_inference(args.target, args.device, args.dtype, tokenizer)
-    prompts, draft_prompts = _bench_prompts(args, tokenizer)
+    prompts, draft_prompts = _bench_prompts(args, tokenizer, views, records)
     opts = dict(temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens, seed=args.seed,
                 draft_prompts=draft_prompts, compile=args.compile)
     results, sizes = [], {}
     for name in names:
         draft, _ = _load_for_inference(name, args.draft_device or args.device, args.dtype, tokenizer)
-        _check_bench_prompts(args, target, draft, prompts, draft_prompts)
+        _check_bench_prompts(args, target, draft, prompts, draft_prompts, records)
         sizes[name] = {"layers": draft.config.get_text_config().num_hidden_layers,
                        "parameters": sum(p.numel() for p in draft.parameters())}
         for bs in [int(x) for x in str(args.batch_size).split(",")]:
@@ -554,7 +527,8 @@ def cmd_bench(args) -> int:
                 print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()
                                   if k not in ("per_position_acceptance", "predicted_by_gamma")}))
     report = {"target": args.target, "draft": args.draft, "device": str(next(target.parameters()).device),
-              "task": None if args.prompts else args.task, "results": results}
+              "task": None if args.prompts else args.task, **({"config": args.config} if args.config else {}),
+              "results": results}
     if len(names) > 1:
         report["comparison"] = draft_comparison(results, sizes)
         print(format_comparison(report["comparison"]))
@@ -567,18 +541,12 @@ def cmd_bench(args) -> int:
     return 0
 
 
-def _configured_fields(cfg, file: str):
-    """The field mapping the config gives this file (the dataset whose path is it), else data.train[0]'s."""
-    datasets = cfg.data.train + ([cfg.data.validation] if cfg.data.validation else [])
-    same = [d for d in datasets if d.path and Path(d.path).resolve() == Path(file).resolve()]
-    return (same or cfg.data.train)[0].fields
-
-
 def cmd_data(args) -> int:
     from .config import FieldMap, load_config
+    from .data.prompts import configured_fields
     from .data.records import check_file, detect_format, is_lupi, read_rows
 
-    fields = _configured_fields(load_config(args.config), args.file) if args.config else FieldMap()
+    fields = configured_fields(load_config(args.config), args.file) if args.config else FieldMap()
     n, problems = check_file(args.file, fields, args.format)
     fmt = detect_format(args.file, args.format)
     if not problems and fmt == "json" and is_lupi(read_rows(args.file, fmt)):

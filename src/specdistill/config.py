@@ -160,7 +160,7 @@ class LossConfig:
     name: Literal["fkl", "rkl", "jsd", "tvd", "skew_fkl", "skew_rkl", "ce", "hybrid", "rank"] = "ce"
     temperature: float = 1.0
     beta: float = 0.5
-    alpha: float = 0.1
+    alpha: float = 0.1  # skew_fkl / skew_rkl, in [0, 1)
     ce_weight: float = 0.5
     rank_top_k: int = 8  # rank loss: the teacher's top-k tokens whose order the student keeps
     margin: float = 0.0
@@ -323,8 +323,10 @@ def resolve_config_path(path: str | Path) -> Path:
     return packaged if packaged.is_file() else path
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), cls: type = Config) -> Any:
-    """Read a YAML file (or nothing: the defaults), apply `--set` overrides, check and build the dataclass."""
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), cls: type = Config,
+                check=None) -> Any:
+    """Read a YAML file (or nothing: the defaults), apply `--set` overrides, check and build the dataclass.
+    check: the range checks run on the built config (default `validate`)."""
     data: dict = {}
     source = "defaults"
     if path is not None:
@@ -349,10 +351,17 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         apply_override(data, ov)
     try:
         cfg = build(cls, data)
-        validate(cfg)
+        (check or validate)(cfg)
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
     return cfg
+
+
+def load_prompt_config(path: str | Path) -> Config:
+    """A config read for the settings that make prompts (`eval`, `bench` and `generate --config`: data.views and
+    the datasets' field mappings). Every key is checked as `load_config` checks it, but only the data section's
+    values are validated, so a run's config.yaml loads on any machine (its devices and models need not be here)."""
+    return load_config(path, check=lambda cfg: _validate_data(cfg.data))
 
 
 def _check(ok: bool, message: str) -> None:
@@ -471,7 +480,8 @@ def _validate_rollout(r: RolloutConfig) -> None:
 
 def _validate_loss(l: LossConfig) -> None:
     _check(0 <= l.beta <= 1, f"loss.beta: {l.beta} is not allowed; allowed range [0, 1]")
-    _check(0 <= l.alpha <= 1, f"loss.alpha: {l.alpha} is not allowed; allowed range [0, 1]")
+    _check(0 <= l.alpha < 1, f"loss.alpha: {l.alpha} is not allowed; allowed range [0, 1) (the skew losses' mix "
+           f"alpha p + (1 - alpha) q; at 1 the divergence is 0 whatever the student does)")
     _check(0 <= l.ce_weight <= 1, f"loss.ce_weight: {l.ce_weight} is not allowed; allowed range [0, 1]")
     _check(l.temperature > 0, f"loss.temperature: {l.temperature}; must be > 0")
     _check(l.rank_top_k >= 2, f"loss.rank_top_k: {l.rank_top_k}; must be >= 2 (an order needs two tokens)")

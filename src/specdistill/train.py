@@ -43,6 +43,7 @@ from .data.tasks import get_task
 from .data.views import check_encodable, check_positions, collate, encode_example, record_texts
 from .engine.compiling import compiled_model
 from .engine.prefix import shared_prefix
+from .engine.sampling import float_dtype
 from .engine.sampling import derive_seed
 from .evaluate.quality import evaluate_records
 from .data.templates import end_token_ids
@@ -586,7 +587,7 @@ def validate(run: Run) -> dict:
     records = run.validation[acc.process_index :: acc.num_processes] if split else run.validation
     task = get_task(cfg.data.validation.task) if cfg.data.validation.task else None
     with_loss = all(r.response is not None for r in run.validation)
-    sums = torch.zeros(5, dtype=torch.float64, device=run.device)  # loss sum, tokens, score sum, records, agreements
+    sums = torch.zeros(5, dtype=float_dtype(run.device), device=run.device)  # loss sum, tokens, score sum, records, agreements
     agreement = run.cfg.loss.name in TEACHER_LOSSES
     student = acc.unwrap_model(run.student)
     fork = torch.random.fork_rng(devices=[run.device] if run.device.type == "cuda" else [])

@@ -351,6 +351,17 @@ def _summary(path, problems: list[Problem], count: int, shown: int = 3) -> str:
             f"lists them all)")
 
 
+def dataset_label(cfg: DatasetConfig) -> str:
+    """How errors name a configured dataset: its file, `task arith (split train)` or `hub openai/gsm8k (config
+    main, split train)`."""
+    if cfg.path is not None:
+        return str(cfg.path)
+    if cfg.task is not None:
+        return f"task {cfg.task} (split {cfg.split})"
+    config = f"config {cfg.hub_config}, " if cfg.hub_config else ""
+    return f"hub {cfg.hub} ({config}split {cfg.split})"
+
+
 def load_records(cfg: DatasetConfig, seed: int = 0) -> list[Record]:
     """The records of one configured dataset; any bad record is an error that names the first ones."""
     if cfg.task is not None:
@@ -364,7 +375,7 @@ def load_records(cfg: DatasetConfig, seed: int = 0) -> list[Record]:
     else:
         records, problems, count = scan_records(cfg.path, cfg.fields, cfg.format)
     if problems:
-        raise DataError(_summary(cfg.path or f"task {cfg.task}", problems, count))
+        raise DataError(_summary(dataset_label(cfg), problems, count))
     return records[: cfg.limit] if cfg.limit is not None else records
 
 

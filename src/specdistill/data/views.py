@@ -17,7 +17,14 @@ import torch
 
 from ..config import ViewConfig
 from .records import DataError, Record
-from .templates import end_token_ids, render_plain, render_prompt, turn_end_id  # noqa: F401 - render_* are this module's API too
+from .templates import (  # noqa: F401 - render_* and encode_prompt are this module's API too
+    encode_prompt,
+    end_token_ids,
+    render_plain,
+    render_prompt,
+    response_text_ids,
+    turn_end_id,
+)
 
 
 def _user_text(record: Record, views: ViewConfig, teacher: bool, knowledge: str | None) -> str:
@@ -40,8 +47,8 @@ def view_messages(record: Record, views: ViewConfig, teacher: bool, shots: list[
 
 @dataclass
 class Example:
-    """One record, encoded: each model's prompt ids and the reference response ids (ending with the template's
-    end-of-turn token, as the model would write it)."""
+    """One record, encoded: each model's prompt ids and the reference response ids (`encode_response`: ending
+    with the end of turn, as the model would write it, unless cut to data.views.max_response_tokens)."""
 
     student_prompt: list[int]
     teacher_prompt: list[int]
@@ -50,23 +57,18 @@ class Example:
 
 
 def encode_example(record: Record, tokenizer, views: ViewConfig) -> Example:
-    """Encode both views (each within its own limit, see `fit_view`); responses keep their start.
-    A pre-tokenized record is used as it is (`encode_token_example`)."""
+    """Encode both views (each within its own limit, see `fit_view`) and the reference response
+    (`encode_response`). A pre-tokenized record is used as it is (`encode_token_example`)."""
     if record.prompt_ids is not None:
         return encode_token_example(record, tokenizer, views)
-    response = None
-    if record.response is not None:
-        ids = tokenizer(record.response, add_special_tokens=False).input_ids[: views.max_response_tokens - 1]
-        response = ids + [turn_end_id(tokenizer)]
-    return Example(fit_view(record, tokenizer, views, False), fit_view(record, tokenizer, views, True), response,
-                   record)
+    return Example(fit_view(record, tokenizer, views, False), fit_view(record, tokenizer, views, True),
+                   encode_response(record, tokenizer, views), record)
 
 
 def encode_token_example(record: Record, tokenizer, views: ViewConfig) -> Example:
-    """A pre-tokenized record: both views are its prompt ids (no template, no knowledge); the response is its
-    response ids ending with one end id (the template's end of turn appended, unless they end with an end id of
-    the tokenizer already), cut like a text response to max_response_tokens. An id outside [0, len(tokenizer)), or a prompt over max_prompt_tokens, is a DataError
-    naming the record's file and line."""
+    """A pre-tokenized record: both views are its prompt ids (no template, no knowledge); the response as
+    `encode_response` gives it. An id outside [0, len(tokenizer)), or a prompt over max_prompt_tokens, is a
+    DataError naming the record's file and line."""
     for key in ("prompt_ids", "response_ids"):
         check_id_range(record, key, len(tokenizer))
     prompt = list(record.prompt_ids)
@@ -74,14 +76,35 @@ def encode_token_example(record: Record, tokenizer, views: ViewConfig) -> Exampl
         raise DataError(f"{record.where or record.label()}: field 'prompt_ids' holds {len(prompt)} ids, over "
                         f"data.views.max_prompt_tokens={views.max_prompt_tokens}; token prompts are never cut: "
                         f"raise the limit or shorten the record")
-    response = None
+    return Example(prompt, list(prompt), encode_response(record, tokenizer, views), record)
+
+
+def encode_response(record: Record, tokenizer, views: ViewConfig, cut: bool = True) -> list[int] | None:
+    """A record's reference response as the model should write it, for training and evaluation alike (None
+    without one): its ids (a text response as it follows the prompt: `response_text_ids`), then one end id: the
+    end of turn of the template in use (`turn_end_id`: the EOS with the plain template), or, for pre-tokenized
+    ids that already end with one of the tokenizer's end ids (Llama-3's <|eot_id|> or <|end_of_text|>, say),
+    that id.
+
+    cut: a response whose ids and end id are over data.views.max_response_tokens keeps its first
+    max_response_tokens ids and no end id, so that the model is not taught to stop mid-answer (one warning per
+    process). cut=False: whole (perplexity scores the whole reference)."""
     if record.response_ids is not None:
-        # it ends as a text response does (the template's end of turn; the EOS without a template), unless the ids
-        # already end with one of the tokenizer's end ids (Llama-3's <|eot_id|> or <|end_of_text|>, say)
         ids = list(record.response_ids)
-        end = ids.pop() if ids[-1] in end_token_ids(tokenizer) else turn_end_id(tokenizer)
-        response = ids[: views.max_response_tokens - 1] + [end]
-    return Example(prompt, list(prompt), response, record)
+        end = ids.pop() if ids[-1] in end_token_ids(tokenizer) else turn_end_id(tokenizer, views.use_chat_template)
+    elif record.response is not None:
+        ids = response_text_ids(tokenizer, record.response, views.use_chat_template)
+        end = turn_end_id(tokenizer, views.use_chat_template)
+    else:
+        return None
+    limit = views.max_response_tokens
+    if cut and len(ids) + 1 > limit:
+        _warn_once("response", f"{record.label()}: its reference response is {len(ids) + 1} tokens with its end of "
+                   f"turn, over data.views.max_response_tokens={limit}; it is cut to its first {limit} tokens, "
+                   f"without the end of turn, so that the model does not learn to stop mid-answer (so for every "
+                   f"such record); raise data.views.max_response_tokens to train on whole responses")
+        return ids[:limit]
+    return ids + [end]
 
 
 def check_id_range(record: Record, key: str, size: int) -> None:
@@ -107,8 +130,7 @@ def fit_view(record: Record, tokenizer, views: ViewConfig, teacher: bool) -> lis
 
     def encode(shots=None, knowledge=None) -> list[int]:
         messages = view_messages(record, views, teacher, shots, knowledge)
-        text = render_prompt(tokenizer, messages, views.use_chat_template, views.template_options)
-        return tokenizer(text, add_special_tokens=False).input_ids
+        return encode_prompt(tokenizer, messages, views.use_chat_template, views.template_options)
 
     ids = encode()
     if len(ids) <= limit:

@@ -153,6 +153,10 @@ def generate(
     draft_sampling: the student's own temperature / top-p for drafting (the teacher's is in the policy).
     eos_token_id: id(s) that end a row (included in the response); None = never.
     stop: token-id sequences, or strings with `tokenizer`, that end a row (included in the response).
+    tokenizer: the models' tokenizer, if known: stop strings, and the defaults of vocab_size (its len, where it
+        has one: an object with only `encode` serves stop strings) and pad_token_id.
+    pad_token_id: the id after each row's end in Generation.tokens; None: the tokenizer's pad id (its EOS when it
+        has none), else the draft config's pad id, else 0 (a real token in Llama-3 and Qwen: read `lengths`).
     seed: int (row b's seed is hashed from (seed, b): sampling.row_seeds) or [B] per-row seeds; noise is keyed
         by (row seed, response position).
     verify: "parallel" (one teacher forward per block) or "sequential" (one per drafted token; the reference).
@@ -162,7 +166,8 @@ def generate(
     trace: record every block (drafts, teacher top-K ids, decisions, gamma) in Generation.trace.
     vocab_size: the tokenizer's size V. Both models' logits are cut to [..., :V], so ids a padded embedding
         matrix has beyond the tokenizer are never drafted, sampled, accepted or written, and the two models'
-        distributions are compared over the same ids. None: the smaller of the two models' output sizes.
+        distributions are compared over the same ids. None: len(tokenizer) when a tokenizer is given, else the
+        smaller of the two models' output sizes.
     keep_target_logits: keep the teacher's logits at every committed response position (Generation.target_logits,
         [B, T, V] on the teacher's device): they equal a teacher-forced forward over the view and the response,
         which a distillation loss then need not run again. True keeps them as they are; a function maps each
@@ -223,6 +228,15 @@ def shared_vocab(draft, target=None) -> int:
     return min(sizes) if sizes else None
 
 
+def default_pad_id(draft, tokenizer=None) -> int:
+    """The pad id when none is given: the tokenizer's pad (else its EOS), else the draft config's, else 0."""
+    for pad in (getattr(tokenizer, "pad_token_id", None), getattr(tokenizer, "eos_token_id", None),
+                getattr(getattr(draft, "config", None), "pad_token_id", None)):
+        if isinstance(pad, int):
+            return pad
+    return 0
+
+
 def _check_inputs(draft_ids, draft_mask, target, target_ids, target_mask, verify: str) -> None:
     _check_view("draft", draft_ids, draft_mask)
     if target is not None:
@@ -259,13 +273,13 @@ class _Run:
         device = draft_ids.device
         batch = draft_ids.shape[0]
         if pad_token_id is None:
-            pad_token_id = getattr(getattr(draft, "config", None), "pad_token_id", None) or 0
+            pad_token_id = default_pad_id(draft, tokenizer)
         self.stopping = make_stopping(max_new_tokens, eos_token_id, stop, tokenizer, device)
         self.resp = Responses(batch, max_new_tokens, pad_token_id, device)
         self.noise = noise_tables(row_seeds(seed, batch, device), self.resp.width)
         self.draft_clock, self.target_clock = ForwardClock(), ForwardClock()  # each model's forward time
         spare = max_new_tokens + 2 * self.schedule.max_gamma + 4
-        vocab = vocab_size or shared_vocab(draft, target)
+        vocab = vocab_size or (len(tokenizer) if hasattr(tokenizer, "__len__") else shared_vocab(draft, target))
         self.student = ModelView(draft, self.draft_clock, batch, draft_ids.shape[1] + spare, device, compile, "draft", vocab)
         self.teacher, self.judge, self.settle = None, self.policy.judge, settle
         self.t_device = device

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, fields
 import torch
 
 from .policies import judged_positions
+from .sampling import float_dtype
 
 FINISH_REASONS = ("running", "eos", "stop", "length")  # index = the engine's reason code
 
@@ -246,7 +247,7 @@ class StatsAccumulator:
             return stats
         active, gamma, n, full, has_next = (torch.stack(x).flatten() for x in zip(*self.blocks))  # [S*B] each
         gamma, n, full, has_next = gamma[active], n[active], full[active], has_next[active]
-        g = gamma.double()
+        g = gamma.to(float_dtype(gamma.device))
         stats.blocks = int(active.sum())
         stats.drafted, stats.accepted = int(gamma.sum()), int(n.sum())
         stats.replaced, stats.bonus = int((~full).sum()), int((full & has_next).sum())

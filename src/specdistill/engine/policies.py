@@ -18,7 +18,8 @@ on the drafted token that is kept, never on a fresh sample.
 | top_k            | rank_i(x) < K and p_i(x) >= min_prob         | sample p_i               | off (option: p_{g+1}) |
 | adaptive_top_k   | as top_k with K_eff per position             | sample p_i               | as top_k             |
 
-p is the teacher's distribution warped by the policy's `target` sampling; q the student's drafting distribution.
+p is the teacher's distribution warped by the policy's `target` sampling (for the top-K tests of a greedy teacher,
+its distribution at temperature 1: `judged_logits`); q the student's drafting distribution.
 rank_i(x) counts the tokens before x in p_i's order, ties broken by token id (`top_k_rank`): exactly K pass.
 """
 
@@ -68,14 +69,21 @@ def top_k_rank(scores: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return ((scores > s_x) | ((scores == s_x) & (ids < x))).sum(-1)
 
 
+def judged_logits(block: Block, warped: torch.Tensor, target: Sampling) -> torch.Tensor:
+    """The teacher logits [B, g+1, V] that the top-K test (ranks, p(x) for min_prob) and the adaptive K's entropy
+    read: the warped ones, or under a greedy teacher its raw logits at temperature 1. A greedy teacher's warped p
+    is one-hot, so ranks would tie every other token, any min_prob > 0 would accept only the argmax and the
+    entropy would always be 0."""
+    return block.target_logits.float() if target.greedy else warped
+
+
 def _top_k_test(block: Block, warped: torch.Tensor, target: Sampling, k: torch.Tensor, min_prob: float):
-    """accept [B, g]: x is in the top-k [B, g+1] of the warped teacher p [B, g+1, V] (`top_k_rank`) and
-    p(x) >= min_prob. A greedy teacher ranks by its raw logits."""
+    """accept [B, g]: x is in the top-k [B, g+1] of the teacher's p [B, g+1, V] (`top_k_rank`) and p(x) >=
+    min_prob, p from `judged_logits` (the warped teacher; a greedy one at temperature 1)."""
     g = block.draft_tokens.shape[1]
-    # Ranks come from the raw logits when greedy (a one-hot p would tie every other token).
-    scores = block.target_logits[:, :g].float() if target.greedy else warped[:, :g]  # [B, g, V], sliced first
+    scores = judged_logits(block, warped, target)[:, :g]  # [B, g, V], sliced first
     x = block.draft_tokens.unsqueeze(-1)  # [B, g, 1]
-    p_x = warped[:, :g].softmax(-1).gather(-1, x).squeeze(-1)  # [B, g]
+    p_x = scores.softmax(-1).gather(-1, x).squeeze(-1)  # [B, g]
     # Outside the teacher's support (top-p / top-k / min-p filters) a token is never in its top-K.
     supported = True if target.greedy else warped[:, :g].gather(-1, x).squeeze(-1) > -math.inf
     return (top_k_rank(scores, block.draft_tokens) < k[:, :g]) & supported & (p_x >= min_prob)
@@ -186,7 +194,8 @@ class AdaptiveTopKPolicy:
 
         K_eff = clip(round(K_base + g * (2 * H_norm - 1)), k_min, k_max)
 
-    H_norm is the entropy of the teacher's warped p_i over log V. After each block the success EMA of the row is
+    H_norm is the entropy of the teacher's warped p_i over log V (a greedy teacher's at temperature 1:
+    `judged_logits`). After each block the success EMA of the row is
     updated over its judged positions (the accepted drafts and the first rejection, in order), then K_base moves
     down by `step` if the EMA is above r_plus, up by `step` if below r_minus, clipped to [k_min, k_max].
     """
@@ -221,7 +230,7 @@ class AdaptiveTopKPolicy:
         return AdaptiveState(k_base=k, success=ema)
 
     def effective_k(self, warped: torch.Tensor, k_base: torch.Tensor) -> torch.Tensor:
-        """K_eff [B, g+1] from the warped teacher logits [B, g+1, V] and K_base [B]."""
+        """K_eff [B, g+1] from the teacher logits [B, g+1, V] the test reads (`judged_logits`) and K_base [B]."""
         logp = warped.log_softmax(-1)
         entropy = -(logp.exp() * logp.nan_to_num(neginf=0.0)).sum(-1)  # [B, g+1] nats
         h_norm = entropy / math.log(warped.shape[-1])
@@ -230,7 +239,8 @@ class AdaptiveTopKPolicy:
 
     def judge(self, block: Block, state: AdaptiveState) -> Verdict:
         warped = warp_logits(block.target_logits, self.target)  # [B, g+1, V]
-        return _top_k_verdict(block, warped, self.target, self.effective_k(warped, state.k_base), self.min_prob)
+        k = self.effective_k(judged_logits(block, warped, self.target), state.k_base)
+        return _top_k_verdict(block, warped, self.target, k, self.min_prob)
 
     def update(self, state: AdaptiveState, verdict: Verdict, n, gamma_rows, active) -> AdaptiveState:
         g = verdict.accept.shape[1]

@@ -97,10 +97,18 @@ def sample_tokens(warped: torch.Tensor, u: torch.Tensor | None) -> torch.Tensor:
     return sample_from_weights(warped.softmax(-1), u)
 
 
+def float_dtype(device: torch.device | str) -> torch.dtype:
+    """The widest float type of `device`, in which the engine's noise and inverse-CDF draws are computed:
+    float64, or float32 on Apple's mps, which has no float64 (its draws then differ from a CPU's or a GPU's by the
+    rounding of float32; no mps machine has run the tests)."""
+    return torch.float32 if torch.device(device).type == "mps" else torch.float64
+
+
 def sample_from_weights(weights: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """Inverse-CDF draw from unnormalised non-negative weights [..., V] with uniforms u [...] -> [...] long."""
-    cdf = weights.double().cumsum(-1)  # float64: token order is fixed, so rounding must not move boundaries much
-    target = (u.double() * cdf[..., -1]).unsqueeze(-1)
+    dtype = float_dtype(weights.device)  # float64: token order is fixed, so rounding must not move boundaries much
+    cdf = weights.to(dtype).cumsum(-1)
+    target = (u.to(dtype) * cdf[..., -1]).unsqueeze(-1)
     token = torch.searchsorted(cdf, target, right=True).squeeze(-1)
     return token.clamp_max(weights.shape[-1] - 1)
 
@@ -141,12 +149,23 @@ def row_seeds(seed: int | torch.Tensor, batch_size: int, device: torch.device | 
     return torch.tensor(seeds, device=device, dtype=torch.long)
 
 
-def uniforms(seeds: torch.Tensor, positions: torch.Tensor, stream: int) -> torch.Tensor:
+def uniforms(seeds: torch.Tensor, positions: torch.Tensor, stream: int, dtype: torch.dtype | None = None
+             ) -> torch.Tensor:
     """Uniform numbers in (0, 1), a pure function of (seed, position, stream).
 
-    seeds [B] int64, positions [B, n] int64 (response index, >= 0) -> [B, n] float64.
+    seeds [B] int64, positions [B, n] int64 (response index, >= 0) -> [B, n] of dtype (None: `float_dtype` of
+    the seeds' device: float64, float32 on mps).
     """
     folded = (seeds ^ (seeds >> 32)) & _MASK32
     key = _mix32(folded ^ ((stream * _GOLDEN32) & _MASK32))  # [B]
     h = _mix32(_mix32(key[:, None] ^ (positions & _MASK32)) ^ _GOLDEN32)  # [B, n]
-    return (h.double() + 0.5) * 2.0**-32
+    return unit_interval(h, dtype or float_dtype(seeds.device))
+
+
+def unit_interval(h: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """32-bit hashes (int64 tensor of values in [0, 2**32)) -> numbers in the open interval (0, 1): (h + 0.5) / 2**32
+    in float64; in float32, whose 24-bit significand would round the largest of those to 1.0, the top 23 bits:
+    (h // 2**9 + 0.5) / 2**23, exact in float32 (the two agree to within 2**-23)."""
+    if dtype == torch.float64:
+        return (h.double() + 0.5) * 2.0**-32
+    return ((h >> 9).to(dtype) + 0.5) * 2.0**-23

@@ -169,7 +169,7 @@ def response_nll(model, prompts: list[list[int]], responses: list[list[int]], pa
             logits = response_logits(model, ids, mask, r_ids.shape[1], vocab)  # [B, T, V]
             for row, labels, keep in zip(logits, r_ids.to(device), r_mask.to(device)):  # one fp32 [T, V] at a time
                 nll = F.cross_entropy(row.float(), labels, reduction="none")  # [T]
-                sums.append(nll[keep].sum().double().cpu())
+                sums.append(nll[keep].sum().cpu().double())  # mps has no float64
             counts.append(r_mask.sum(1))
     return torch.stack(sums), torch.cat(counts).long()
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..engine.sampling import Sampling, warp_logits
+from ..engine.sampling import Sampling, float_dtype, warp_logits
 from ..scoring import paired_response_logits
 
 MAX_GAMMA = 16  # the prediction table's longest block
@@ -152,6 +152,6 @@ def expected_acceptance(target, draft, target_prompts: list[list[int]], draft_pr
         for p_row, q_row, keep in zip(*logits, r_mask):  # one fp32 [T, V] pair at a time, on the target's device
             p = warp_logits(p_row, sampling).softmax(-1)
             q = warp_logits(q_row, sampling).softmax(-1).to(p.device)
-            total += float(torch.minimum(p, q).sum(-1)[keep.to(p.device)].double().sum())
+            total += float(torch.minimum(p, q).sum(-1)[keep.to(p.device)].to(float_dtype(p.device)).sum())
         count += int(r_mask.sum())
     return total / count if count else math.nan

@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 
 from ..data.records import Record
-from ..data.templates import end_token_ids, turn_end_id
-from ..data.views import check_positions, encode_example, left_pad
+from ..config import ViewConfig
+from ..data.templates import end_token_ids
+from ..data.views import check_positions, encode_example, encode_response, left_pad
 from ..engine import Sampling, sample
 from ..engine.sampling import row_seeds
 from ..models import max_positions
@@ -39,13 +40,10 @@ def generate_texts(model, tokenizer, prompts: list[list[int]], max_new_tokens: i
     return tokenizer.batch_decode(ids, skip_special_tokens=True)
 
 
-def reference_ids(tokenizer, record: Record) -> list[int]:
-    """A reference response as the model should write it: its tokens, untruncated, then the end-of-turn token
-    (a pre-tokenized record's ids, then the EOS unless they end with it)."""
-    if record.response_ids is not None:
-        ids = list(record.response_ids)
-        return ids if ids[-1] == tokenizer.eos_token_id else ids + [tokenizer.eos_token_id]
-    return tokenizer(record.response, add_special_tokens=False).input_ids + [turn_end_id(tokenizer)]
+def reference_ids(tokenizer, record: Record, views: ViewConfig | None = None) -> list[int]:
+    """A reference response as the model should write it, untruncated: training's `encode_response` (the same
+    end id, the same encoding after the prompt) without the cut to max_response_tokens."""
+    return encode_response(record, tokenizer, views or ViewConfig(), cut=False)
 
 
 def agreement_on_records(student, teacher, tokenizer, records: list[Record], views, batch_size: int = 32) -> float:
@@ -73,7 +71,8 @@ def evaluate_records(model, tokenizer, records: list[Record], views, scorer=None
 
     exact_match, chrf, bleu and rouge_l score greedy answers generated from the given view (scorer: the task's
     (prediction, record) -> 0/1 for exact_match; None = GSM8K `####`); perplexity scores the reference
-    responses, untruncated and ending with EOS, after the same view's prompt. A metric the records cannot
+    responses, untruncated and ending as training ends them (`reference_ids`), after the same view's prompt
+    (views: the data.views settings the prompts are rendered with, as in training). A metric the records cannot
     support (see `metrics.missing_requirement`) is a ValueError. Each sample holds its per-record values.
     answers: generate the greedy answers (each sample's `prediction`) even when no metric needs them."""
     rows = [{**r.extra, "response": r.response} for r in records]
@@ -81,7 +80,7 @@ def evaluate_records(model, tokenizer, records: list[Record], views, scorer=None
     examples = [encode_example(r, tokenizer, views) for r in records]
     prompts = [e.teacher_prompt if view == "teacher" else e.student_prompt for e in examples]
     budget = max([max_new_tokens if answers or any(m in GENERATED for m in metrics) else 0]
-                 + [len(reference_ids(tokenizer, r)) for r in records if "perplexity" in metrics])
+                 + [len(reference_ids(tokenizer, r, views)) for r in records if "perplexity" in metrics])
     positions = max_positions(model)  # the model reads the chosen view only
     check_positions(examples, budget, *((None, positions) if view == "teacher" else (positions, None)),
                     budget_name="max_new_tokens, or the longest reference response for perplexity")
@@ -98,7 +97,7 @@ def evaluate_records(model, tokenizer, records: list[Record], views, scorer=None
                 s["score"] = v
         result.update({m: TEXT_SCORES[m](texts, references) for m in metrics if m in TEXT_SCORES})
     if "perplexity" in metrics:
-        responses = [reference_ids(tokenizer, r) for r in records]
+        responses = [reference_ids(tokenizer, r, views) for r in records]
         sums, counts = response_nll(model, prompts, responses, tokenizer.pad_token_id, len(tokenizer), batch_size)
         result["perplexity"] = perplexity(sums, counts)
         for s, ref, nll, n in zip(samples, references, sums.tolist(), counts.tolist()):
