@@ -97,6 +97,15 @@ def _add_debug(p: argparse.ArgumentParser, default=argparse.SUPPRESS) -> None:
                    help=f"show the traceback of an input error too (or set {DEBUG_ENV}=1)")
 
 
+DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")  # models.DTYPE_CHOICES (torch is not imported here)
+
+
+def _add_dtype(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
+                   help="the models' dtype; auto (default): each checkpoint's own (its config's dtype, float32 "
+                   "where it names none; the presets are float32)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="specdistill", description="Distil students that their teachers accept as drafts.")
     _add_debug(parser, default=False)
@@ -132,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=POSITIVE, default=64)
     p.add_argument("--batch-size", type=POSITIVE, default=32)
     p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    _add_dtype(p)
     p.add_argument("--metrics", default=None, metavar="NAMES",
                    help="comma-separated: exact_match,chrf,bleu,rouge_l,perplexity (default: every one the records "
                    "allow). exact_match needs --task or a GSM8K `#### N` answer; the others need reference "
@@ -156,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=POSITIVE, default=64)
     p.add_argument("--seed", type=NON_NEGATIVE, default=0)
     p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    _add_dtype(p)
     p.add_argument("--draft-device", help="the draft's device (default: --device), e.g. cpu beside a cuda target")
     p.add_argument("--json", dest="json_out", help="write texts, token ids and statistics to this JSON file")
 
@@ -187,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run the engine with torch.compile'd model forwards (same tokens; graphs compile during warmup)")
     p.add_argument("--seed", type=NON_NEGATIVE, default=0)
     p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    _add_dtype(p)
     p.add_argument("--draft-device", help="the draft's device (default: --device), e.g. cpu beside a cuda target")
     p.add_argument("--json", dest="json_out", help="write every figure to this JSON file")
     p.add_argument("--plot", help="write the acceptance-per-position and speedup-vs-gamma plot to this PNG (several "

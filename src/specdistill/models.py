@@ -37,6 +37,8 @@ PRESETS = {
 }
 PRESET_TOKENIZERS = {name: build_grid_tokenizer if name.startswith("grid-") else build_tokenizer for name in PRESETS}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# What model.*_dtype and --dtype take: "auto" is the checkpoint's own dtype (checkpoint_dtype).
+DTYPE_CHOICES = ("auto", *DTYPES)
 
 
 # The trained models shipped in assets/: how to make each (its folder is looked up when used).
@@ -171,26 +173,60 @@ def resolve_device(spec: str, role: str = "student", local_rank: int | None = No
     return torch.device(spec)
 
 
+def checkpoint_dtype(spec: str) -> str:
+    """The dtype a checkpoint was saved in, as a DTYPES name: its config's `dtype` (`torch_dtype` as older
+    transformers wrote it; a multimodal config's text_config), float32 where it names none or another one
+    (float8, ...). The presets, random or shipped, are float32; so is a GGUF file (dequantized when loaded)."""
+    if is_preset(spec) or str(spec).lower().endswith(".gguf"):
+        return "float32"
+    from transformers import PretrainedConfig
+
+    config = _from_pretrained(lambda path, **kw: PretrainedConfig.get_config_dict(path, **kw)[0], spec, "config")
+    for part in (config, config.get("text_config") or {}):
+        name = part.get("dtype") or part.get("torch_dtype")
+        if name in DTYPES:
+            return name
+    return "float32"
+
+
+def resolve_dtype(spec: str, dtype: str) -> torch.dtype:
+    """The torch dtype to load `spec` in: `dtype`, or with "auto" the checkpoint's own (checkpoint_dtype)."""
+    if dtype not in DTYPE_CHOICES:
+        raise UserError(f"dtype {dtype!r} is not allowed; allowed: {', '.join(DTYPE_CHOICES)}")
+    return DTYPES[checkpoint_dtype(spec) if dtype == "auto" else dtype]
+
+
+def _device_map(device: str | torch.device) -> torch.device | None:
+    """from_pretrained's device_map for one device: the weights are read straight onto it, never staged whole in
+    host memory first. None where the launcher places them itself (DeepSpeed ZeRO-3, accelerate's FSDP
+    cpu_ram_efficient_loading): the model is then loaded as transformers does there and moved."""
+    from transformers.integrations import is_deepspeed_zero3_enabled, is_fsdp_enabled
+
+    return None if is_deepspeed_zero3_enabled() or is_fsdp_enabled() else torch.device(device)
+
+
 def load_model(
     spec: str,
-    dtype: str = "float32",
+    dtype: str = "auto",
     device: str | torch.device = "cpu",
     tokenizer: PreTrainedTokenizerBase | None = None,
     trust_remote_code: bool = False,
     seed: int = 0,
 ) -> torch.nn.Module:
-    """A causal LM from a preset (seeded random init) or through `AutoModelForCausalLM.from_pretrained`."""
-    if dtype not in DTYPES:
-        raise UserError(f"dtype {dtype!r} is not allowed; allowed: {', '.join(DTYPES)}")
+    """A causal LM from a preset (seeded random init) or through `AutoModelForCausalLM.from_pretrained`.
+
+    dtype: a DTYPES name, or "auto" for the checkpoint's own (checkpoint_dtype). A checkpoint is loaded onto
+    `device` directly (device_map); a preset is built on the CPU, so that a seed gives the same weights on every
+    device, then moved."""
     if spec in PRESETS:
         torch.manual_seed(seed)
         model = LlamaForCausalLM(preset_config(spec, tokenizer or PRESET_TOKENIZERS[spec]()))
-        model = model.to(dtype=DTYPES[dtype])
-    else:
-        check_model_spec(spec)
-        model = _from_pretrained(AutoModelForCausalLM.from_pretrained, spec, "model", dtype=DTYPES[dtype],
-                                 trust_remote_code=trust_remote_code)
-    return model.to(device)
+        return model.to(dtype=resolve_dtype(spec, dtype)).to(device)
+    check_model_spec(spec)
+    torch_dtype, device_map = resolve_dtype(spec, dtype), _device_map(device)
+    model = _from_pretrained(AutoModelForCausalLM.from_pretrained, spec, "model", dtype=torch_dtype,
+                             device_map=device_map, trust_remote_code=trust_remote_code)
+    return model if device_map is not None else model.to(device)
 
 
 def max_positions(model: torch.nn.Module) -> int | None:
