@@ -100,6 +100,30 @@ def test_every_command_takes_dtype_auto_by_default():
     assert (ModelConfig().teacher_dtype, ModelConfig().student_dtype) == ("auto", "float32")
 
 
+def test_intact_sharded_and_pickled_folders_pass_the_weight_checks(tiny_models, tmp_path):
+    """The checks before loading (checkpoint.model_weights_damage) refuse damaged folders only: the same model
+    saved in shards with an index, and as a pytorch_model.bin (zip, and torch's old non-zip format), loads and
+    gives the original's logits."""
+    import shutil
+
+    from specdistill.checkpoint import model_weights_damage
+
+    original = AutoModelForCausalLM.from_pretrained(tiny_models["llama"])
+    ids = torch.tensor([[5, 9, 17, 3]])
+    folders = {}
+    for name in ("sharded", "zip-bin", "legacy-bin"):
+        folder = shutil.copytree(tiny_models["llama"], tmp_path / name)
+        (folder / "model.safetensors").unlink()
+        folders[name] = folder
+    original.save_pretrained(folders["sharded"], max_shard_size="20KB")
+    torch.save(original.state_dict(), folders["zip-bin"] / "pytorch_model.bin")
+    torch.save(original.state_dict(), folders["legacy-bin"] / "pytorch_model.bin", _use_new_zipfile_serialization=False)
+    assert len(list(folders["sharded"].glob("model-*.safetensors"))) >= 3
+    for name, folder in folders.items():
+        assert model_weights_damage(folder) is None, name
+        assert torch.equal(load_model(str(folder))(ids).logits, original(ids).logits), name
+
+
 def test_presets_are_llama_models_with_the_builtin_tokenizer():
     tok = load_tokenizer("tiny-student")
     student, teacher = load_model("tiny-student", tokenizer=tok), load_model("tiny-teacher", tokenizer=tok)

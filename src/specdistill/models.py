@@ -12,6 +12,7 @@ A model spec is a local folder or hub id (anything `from_pretrained` accepts), o
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 
 import torch
@@ -19,7 +20,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 
 from .data.grids import build_grid_tokenizer
 from .data.tokenizer import build_tokenizer
-from .errors import UserError
+from .checkpoint import model_weight_files, model_weights_damage
+from .errors import UserError, one_line
 
 ASSETS = Path(__file__).parent / "assets"
 BUILTIN_TEACHER = ASSETS / "builtin-teacher"
@@ -109,6 +111,8 @@ def check_model_spec(spec, role: str = "model", need_config: bool = True) -> Non
         if need_config and not (path / "config.json").exists():
             raise UserError(f"{role}={spec}: the folder holds no config.json, so it is not a Hugging Face model "
                             f"folder (a run's model is in its final/ folder, a checkpoint's in model/)")
+        if need_config:
+            _check_weights(path, f"{role}={spec}")
         return
     if _looks_local(spec):
         hint = next((h for tail, h in MAKE_HINTS.items() if path.as_posix().rstrip("/").endswith(tail)), None)
@@ -119,13 +123,43 @@ def check_model_spec(spec, role: str = "model", need_config: bool = True) -> Non
         raise UserError(f"{role}={spec}: no such folder; {hint}")
 
 
+REFETCH = "download the folder again, or save the model again with save_pretrained"
+
+
+def _check_weights(folder: Path, name: str) -> None:
+    """Refuse a model folder whose weight files cannot load (checkpoint.model_weights_damage: cheap, before
+    transformers reads them), naming the file."""
+    reason = model_weights_damage(folder)
+    if reason:
+        raise UserError(f"{name}: {reason}; the folder is damaged or incomplete (an interrupted download or save?): "
+                        f"{REFETCH}")
+
+
+def _unreadable_weights(spec: str, exc: Exception) -> UserError:
+    """A weights file that failed inside from_pretrained after the cheap checks: one line naming the files, never
+    torch's advice to unpickle with weights_only=False (that would run whatever code the file holds)."""
+    files = model_weight_files(Path(spec).expanduser())[0] if Path(spec).expanduser().is_dir() else []
+    names = ", ".join(f.name for f in files[:3]) + (", ..." if len(files) > 3 else "") or "its weights"
+    detail = type(exc).__name__ if isinstance(exc, pickle.UnpicklingError) else one_line(str(exc))[:200]
+    return UserError(f"cannot load the model of {spec!r}: {names} cannot be read ({detail}); the folder is damaged "
+                     f"or was not saved by transformers: {REFETCH}")
+
+
 def _from_pretrained(load, spec: str, what: str, **kwargs):
-    """transformers' from_pretrained, whose can't-find/can't-connect errors become one UserError naming the spec."""
+    """transformers' from_pretrained, whose can't-find/can't-connect errors become one UserError naming the spec,
+    and whose errors reading a weights file one naming the file."""
     from huggingface_hub.errors import HFValidationError
+    from safetensors import SafetensorError
 
     path = _builtin_path(spec)  # outside the try: a missing built-in teacher says how to make it
     try:
         return load(path, **kwargs)
+    except (SafetensorError, pickle.UnpicklingError, EOFError) as exc:
+        raise _unreadable_weights(spec, exc) from None
+    except RuntimeError as exc:
+        if "PytorchStreamReader" not in str(exc):  # torch's zip reader: a damaged pytorch_model.bin
+            raise
+        raise _unreadable_weights(spec, exc) from None
     except (OSError, HFValidationError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"cannot load the {what} of {spec!r}: it is not a model folder, a preset "
