@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import struct
 from pathlib import Path
 
 import pandas as pd
@@ -214,6 +215,81 @@ def unsafe_pickle(rel: str):
     def damage(run: Path):
         torch.save({"state": NotATensor()}, run / rel)
     return damage
+
+
+# ---- damaged model folders: the world's tiny model copied to tmp/broken, damaged, given to a command
+def bad_model(damage, command: str):
+    """`command` (generate, bench, eval or distill) reading a copy of the world's tiny model folder that damage(folder)
+    broke: as --model (generate, eval), as bench's --draft, as distill's model.teacher."""
+    def build(w, tmp):
+        folder = tmp / "broken"
+        shutil.copytree(w.model, folder)
+        damage(folder)
+        argv = {"generate": ["generate", "--model", folder, "--prompt", "hi", "--max-new-tokens", "2"],
+                "bench": ["bench", "--target", w.model, "--draft", folder, "--limit", "1", "--max-new-tokens", "2",
+                          "--repeats", "1"],
+                "eval": ["eval", "--model", folder, "--task", "arith", "--limit", "1", "--max-new-tokens", "2"],
+                "distill": ["distill", config(tmp / "c.yaml", tmp / "run", loss={"name": "fkl"},
+                                              model={"student": str(w.model), "teacher": str(folder)})]}[command]
+        return argv, [folder, w.model]
+    return build
+
+
+def as_pickled_weights(obj=None, keep: float = 1.0):
+    """The folder's weights as a pytorch_model.bin (its safetensors removed): its state dict, or `obj`, cut to
+    `keep` of its bytes."""
+    def damage(folder: Path):
+        from transformers import AutoModelForCausalLM
+
+        state = AutoModelForCausalLM.from_pretrained(folder).state_dict() if obj is None else obj
+        (folder / "model.safetensors").unlink()
+        torch.save(state, folder / "pytorch_model.bin")
+        truncate("pytorch_model.bin", keep)(folder)
+    return damage
+
+
+def missing_shard(folder: Path):
+    """Saved in shards with their index (as hub checkpoints are), then the second shard deleted."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    (folder / "model.safetensors").unlink()
+    model.save_pretrained(folder, max_shard_size="20KB")
+    shards = sorted(folder.glob("model-*-of-*.safetensors"))
+    assert len(shards) >= 3 and (folder / "model.safetensors.index.json").is_file()
+    shards[1].unlink()
+
+
+def wrong_shape_in_header(folder: Path):
+    """A header whose first tensor's shape is doubled (same length, same offsets): the file is as long as its
+    header says, so only safetensors' own read finds it (the error transformers raises is turned into one line)."""
+    f = folder / "model.safetensors"
+    data = f.read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + n])
+    first = next(k for k in header if k != "__metadata__")
+    header[first]["shape"][0] *= 2
+    text = json.dumps(header, separators=(",", ":")).encode()
+    assert len(text) <= n
+    f.write_bytes(data[:8] + text.ljust(n) + data[8 + n :])
+
+
+MODEL_DAMAGE = {  # name -> (damage, words of the message besides the file's name and what to do)
+    "truncated": (truncate("model.safetensors"), ["model.safetensors is", "bytes, but its header says", "truncated"]),
+    "empty": (overwrite("model.safetensors", b""), ["model.safetensors is empty"]),
+    "missing-shard": (missing_shard, ["model.safetensors.index.json lists", "1 are missing", "model-00002-of-"]),
+    "unsafe-pickle": (as_pickled_weights({"weight": NotATensor()}),
+                      ["pytorch_model.bin holds objects other than tensors", "weights_only=True"]),
+    "bad-header": (wrong_shape_in_header, ["model.safetensors cannot be read", "invalid shape"]),
+}
+MODEL_DAMAGE_ONCE = {  # each in one command
+    "generate": ("truncated-bin", as_pickled_weights(keep=0.5), ["pytorch_model.bin is not a whole torch file"]),
+    "eval": ("empty-bin", as_pickled_weights(keep=0.0), ["pytorch_model.bin is empty"]),
+}
+MODEL_CASES = [(f"model-{name}-{command}", bad_model(damage, command), [*words, "download the folder again"])
+               for command in ("generate", "bench", "eval", "distill") for name, (damage, words) in MODEL_DAMAGE.items()]
+MODEL_CASES += [(f"model-{name}-{command}", bad_model(damage, command), [*words, "download the folder again"])
+                for command, (name, damage, words) in MODEL_DAMAGE_ONCE.items()]
 
 
 LONG = "x" * 1100  # longer than the presets' 1024 positions
@@ -476,6 +552,7 @@ def past_positions(w, tmp):
     return ["sft", cfg, "--set", "train.batch_size=4", "--set", "train.max_steps=1"], [path, cfg]
 
 
+CASES += MODEL_CASES
 CASES += [("data-past-positions", past_positions, ["record long (d.jsonl:4)", "positions", "refused, not cut",
                                                    "data.views.max_prompt_tokens"])]
 
@@ -515,9 +592,9 @@ def test_the_catalogue_covers_every_area():
     names = [c[0] for c in CASES]
     assert len(names) == len(set(names)) and len(names) >= 80
     areas = {"config": ("lr-", "train-", "set-", "config-", "key-"), "data": ("data-",), "models": ("student-",
-             "teacher-", "warm-start"), "checkpoints": ("ckpt-", "resume-", "run-folder"), "generate": ("generate-",),
-             "bench": ("bench-",), "eval": ("eval-",), "data check": ("check-",), "demo": ("demo-",),
-             "gguf": ("gguf-", "convert-", "export-")}
+             "teacher-", "warm-start"), "model folders": ("model-",), "checkpoints": ("ckpt-", "resume-", "run-folder"),
+             "generate": ("generate-",), "bench": ("bench-",), "eval": ("eval-",), "data check": ("check-",),
+             "demo": ("demo-",), "gguf": ("gguf-", "convert-", "export-")}
     for area, prefixes in areas.items():
         assert any(n.startswith(prefixes) for n in names), area
 

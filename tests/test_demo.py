@@ -6,7 +6,7 @@ import math
 
 import matplotlib.image
 import pytest
-from specdistill.demo import METHODS, WARM, run_demo
+from specdistill.demo import METHODS, PLANS, WARM, plan_jobs, run_demo
 from specdistill.evaluate.claims import CLAIMS, Claim, aggregate, claims_table, judge, preconditions
 from specdistill.evaluate.stats import HOLDS, REVERSED, UNDECIDED
 
@@ -43,6 +43,24 @@ def test_report_structure_and_finite_numbers(tmp_path):
     for name in ("quality_vs_acceptance", "acceptance_per_position", "training_curves"):
         image = matplotlib.image.imread(tmp_path / "docs" / "img" / f"{name}.png")
         assert image.shape[0] > 300 and image.shape[1] > 500
+
+
+def test_the_default_plan_runs_and_judges_lupis_claim(tmp_path):
+    """`make demo` shows a LUPI result: its plan trains both sides of the LUPI claim (a teacher with the knowledge
+    against one without, on facts), and on the tiny budget the claim gets a verdict in the report."""
+    from specdistill.evaluate.prediction import ForwardCosts
+
+    claim = next(c for c in CLAIMS if c.paper == "LUPI-SKD" and c.a == "KD without knowledge")
+    costs = {w: ForwardCosts(c=0.5) for w in ("arith_styles", "facts")}
+    jobs = plan_jobs(PLANS["default"], [0, 1, 2], "builtin-teacher", "warm", costs, tmp_path)
+    trained = {(j["world"], j["label"]) for j in jobs if j.get("config")}
+    assert {(claim.world, claim.a), (claim.world, claim.b)} <= trained
+    assert sum(j.get("world") == "facts" and j["label"] == WARM for j in jobs) == 1  # its warm start, measured
+    report = run_demo(out=str(tmp_path / "run"), plan={**TINY_PLAN, "methods": [claim.a, claim.b]})
+    judged = judge(claim, report["rows"])
+    assert judged is not None and judged["verdict"] in (HOLDS, REVERSED, UNDECIDED)
+    table = (tmp_path / "run" / "report.md").read_text()
+    assert f"| LUPI-SKD | {claim.text} | test exact match | {claim.b} vs {claim.a} |" in table
 
 
 def test_same_seed_same_numbers(tmp_path):

@@ -19,6 +19,7 @@ from specdistill.engine import (
     generate,
     sample,
 )
+from specdistill.evaluate.speculative import hf_generate
 
 V = 8  # stub vocabulary
 SHARP = 30.0  # logit gap that makes temperature-1 sampling deterministic in practice (e^-30 < 2^-32)
@@ -381,8 +382,8 @@ def test_speculative_greedy_equals_the_teachers_generate(pair):
                        max_new_tokens=16, eos_token_id=2)  # fmt: skip
         assert 0 < out.stats.acceptance_rate < 1, "the perturbed draft should agree partly"
         for b, row in enumerate(rows):
-            ref = pair.teacher.generate(torch.tensor([row]), attention_mask=torch.ones(1, len(row), dtype=torch.long),
-                                        max_new_tokens=16, do_sample=False, eos_token_id=2, pad_token_id=0)
+            ref = hf_generate(pair.teacher, torch.tensor([row]), max_new_tokens=16, do_sample=False, eos_token_id=2,
+                              pad_token_id=0)
             assert out.rows()[b] == ref[0, len(row) :].tolist()
 
 

@@ -29,6 +29,101 @@ def test_dtype_is_configurable(tiny_models):
         load_model(str(tiny_models["llama"]), "float8")
 
 
+def save_in(path, dtype: torch.dtype, key: str | None = "dtype"):
+    """A tiny Llama folder whose weights are saved in `dtype`; its config names the dtype under `key` (torch_dtype:
+    as transformers 4.x wrote it; None: not at all)."""
+    import json
+
+    save_tiny_model(path)
+    AutoModelForCausalLM.from_pretrained(path, dtype=dtype).save_pretrained(path)
+    config = json.loads((path / "config.json").read_text())
+    assert config["dtype"] == str(dtype).removeprefix("torch.")  # what save_pretrained records
+    value = config.pop("dtype")
+    if key is not None:
+        config[key] = value
+    (path / "config.json").write_text(json.dumps(config))
+    return str(path)
+
+
+def test_auto_dtype_is_the_checkpoints_own_and_float32_where_it_names_none(tmp_path):
+    bf16 = save_in(tmp_path / "bf16", torch.bfloat16)
+    assert next(load_model(bf16).parameters()).dtype == torch.bfloat16  # the default is auto
+    assert next(load_model(bf16, "auto").parameters()).dtype == torch.bfloat16
+    assert next(load_model(bf16, "float32").parameters()).dtype == torch.float32  # asked for: float32
+    old = save_in(tmp_path / "old", torch.float16, key="torch_dtype")
+    assert next(load_model(old).parameters()).dtype == torch.float16
+    unnamed = save_in(tmp_path / "unnamed", torch.bfloat16, key=None)  # bf16 weights, no dtype in the config
+    assert next(load_model(unnamed).parameters()).dtype == torch.float32
+    for preset in ("tiny-student", "builtin-teacher"):
+        assert next(load_model(preset).parameters()).dtype == torch.float32
+
+
+def test_a_checkpoint_is_read_onto_its_device_not_moved_there(tiny_models, monkeypatch):
+    """from_pretrained gets the target device as device_map, so a CUDA target's weights never sit whole in host
+    memory, and nothing moves the model afterwards (here the recorded call loads on the CPU: a later
+    `.to("cuda:0")` would fail on a machine without CUDA)."""
+    import transformers.integrations
+
+    seen = []
+    real = AutoModelForCausalLM.from_pretrained
+
+    def record(path, **kwargs):
+        seen.append(kwargs.get("device_map"))
+        return real(path, **{**kwargs, "device_map": None})
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", record)
+    model = load_model(str(tiny_models["llama"]), device=torch.device("cuda:0"))
+    assert seen == [torch.device("cuda:0")] and next(model.parameters()).device.type == "cpu"
+    # Under DeepSpeed ZeRO-3 transformers refuses a device_map: the launcher places the weights.
+    monkeypatch.setattr(transformers.integrations, "is_deepspeed_zero3_enabled", lambda: True)
+    load_model(str(tiny_models["llama"]), device="cpu")
+    assert seen[-1] is None
+
+
+def test_every_command_takes_dtype_auto_by_default():
+    import typing
+
+    from specdistill import models
+    from specdistill.cli import build_parser
+    from specdistill.config import ModelConfig
+
+    parser = build_parser()
+    for command in (["eval", "--model", "m", "--task", "arith"], ["generate", "--model", "m", "--prompt", "hi"],
+                    ["bench", "--target", "t", "--draft", "d"]):
+        assert parser.parse_args(command).dtype == "auto"
+        assert parser.parse_args([*command, "--dtype", "auto"]).dtype == "auto"
+        action = next(a for a in parser._subparsers._group_actions[0].choices[command[0]]._actions
+                      if a.dest == "dtype")
+        assert tuple(action.choices) == models.DTYPE_CHOICES
+    hints = typing.get_type_hints(ModelConfig)
+    assert typing.get_args(hints["student_dtype"]) == typing.get_args(hints["teacher_dtype"]) == models.DTYPE_CHOICES
+    assert (ModelConfig().teacher_dtype, ModelConfig().student_dtype) == ("auto", "float32")
+
+
+def test_intact_sharded_and_pickled_folders_pass_the_weight_checks(tiny_models, tmp_path):
+    """The checks before loading (checkpoint.model_weights_damage) refuse damaged folders only: the same model
+    saved in shards with an index, and as a pytorch_model.bin (zip, and torch's old non-zip format), loads and
+    gives the original's logits."""
+    import shutil
+
+    from specdistill.checkpoint import model_weights_damage
+
+    original = AutoModelForCausalLM.from_pretrained(tiny_models["llama"])
+    ids = torch.tensor([[5, 9, 17, 3]])
+    folders = {}
+    for name in ("sharded", "zip-bin", "legacy-bin"):
+        folder = shutil.copytree(tiny_models["llama"], tmp_path / name)
+        (folder / "model.safetensors").unlink()
+        folders[name] = folder
+    original.save_pretrained(folders["sharded"], max_shard_size="20KB")
+    torch.save(original.state_dict(), folders["zip-bin"] / "pytorch_model.bin")
+    torch.save(original.state_dict(), folders["legacy-bin"] / "pytorch_model.bin", _use_new_zipfile_serialization=False)
+    assert len(list(folders["sharded"].glob("model-*.safetensors"))) >= 3
+    for name, folder in folders.items():
+        assert model_weights_damage(folder) is None, name
+        assert torch.equal(load_model(str(folder))(ids).logits, original(ids).logits), name
+
+
 def test_presets_are_llama_models_with_the_builtin_tokenizer():
     tok = load_tokenizer("tiny-student")
     student, teacher = load_model("tiny-student", tokenizer=tok), load_model("tiny-teacher", tokenizer=tok)

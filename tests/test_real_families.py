@@ -10,7 +10,7 @@ import shutil
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from conftest import SHARED_DATA, needs_shared
 from families import FAMILIES, STUDENT_ROWS, TEACHER_ROWS, TOKENIZER_SIZE, get_family
@@ -21,6 +21,7 @@ from specdistill.data.tasks import load_task
 from specdistill.data.templates import end_token_ids, turn_end_id
 from specdistill.data.views import collate, encode_example, fit_view
 from specdistill.engine import GREEDY, Sampling, generate, make_policy, sample
+from specdistill.evaluate.speculative import hf_generate, run_hf_assisted, run_target_alone
 from specdistill.models import load_tokenizer
 from specdistill.rollout import make_rollout
 
@@ -94,8 +95,8 @@ def eager_to_end(fam, tmp_path, tok):
     row becomes (1.05x) the row of the token the teacher writes 4th, so its logit wins there or earlier."""
     model = AutoModelForCausalLM.from_pretrained(fam.teacher)
     ids = prompt_ids(tok, "What is 23+2*7?")
-    first = model.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=6, eos_token_id=None,
-                           suppress_tokens=list(range(V, TEACHER_ROWS)), pad_token_id=tok.pad_token_id)[0, len(ids):]
+    first = hf_generate(model, torch.tensor([ids]), do_sample=False, max_new_tokens=6, eos_token_id=None,
+                        suppress_tokens=list(range(V, TEACHER_ROWS)), pad_token_id=tok.pad_token_id)[0, len(ids):]
     end = boosted_end_id(fam, tok)
     if model.get_output_embeddings().weight is model.get_input_embeddings().weight:  # Gemma ties them: untie,
         model.config.tie_word_embeddings = False  # so that the end id's input embedding (in the prompt) stays
@@ -118,15 +119,18 @@ def prompt_ids(tok, text: str) -> list[int]:
 
 
 def hf_greedy(model_path, tok, ids, max_new_tokens, ends, assistant=None) -> list[int]:
+    """transformers' greedy generate (assisted with `assistant`), none of the checkpoint's generation settings
+    applied (hf_generate)."""
     model = AutoModelForCausalLM.from_pretrained(model_path)
-    kw = {"assistant_model": assistant} if assistant is not None else {}
-    out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                         do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=ends,
-                         pad_token_id=tok.pad_token_id, suppress_tokens=list(range(V, TEACHER_ROWS)), top_p=None,
-                         top_k=None, temperature=None, **kw)
-    new = out[0, len(ids):].tolist()
-    cut = next((j for j, i in enumerate(new) if i in ends), None)
-    return new if cut is None else new[: cut + 1]
+    out = hf_generate(model, torch.tensor([ids]), assistant, do_sample=False, max_new_tokens=max_new_tokens,
+                      eos_token_id=ends, pad_token_id=tok.pad_token_id, suppress_tokens=list(range(V, TEACHER_ROWS)))
+    return cut(out[0, len(ids):].tolist(), ends)
+
+
+def cut(new: list[int], ends) -> list[int]:
+    """A response up to and including its first end id (transformers pads a finished row after it)."""
+    at = next((j for j, i in enumerate(new) if i in ends), None)
+    return new if at is None else new[: at + 1]
 
 
 # ---------------------------------------------------------------- distill: four methods per family
@@ -214,6 +218,40 @@ def test_bench_with_compare_hf(family, tmp_path, capsys):
     [r] = json.loads((tmp_path / "b.json").read_text())["results"]
     assert r["matches_target_greedy"] is True and r["matches_hf_assisted"] is True
     assert 0 <= r["acceptance_rate"] <= 1 and r["speedup_vs_hf_assisted"] > 0
+
+
+@pytest.mark.parametrize("family", ["qwen2.5", "gemma3"])  # families whose greedy output the settings change
+def test_compare_hf_ignores_the_checkpoints_own_generation_settings(family, tmp_path, capsys):
+    """Both checkpoints' generation_config.json with repetition_penalty 1.3 (Qwen2.5-Instruct ships 1.05 and 1.1),
+    no_repeat_ngram_size and min_new_tokens: `bench --compare-hf` still matches (transformers' baseline decodes as
+    the engine does, in its universal mode: the two differ in padding), and its outputs are the engine's greedy
+    ones, while transformers with those settings writes something else."""
+    fam = get_family(family)
+    folders = {}
+    for role in ("teacher", "student"):
+        folders[role] = shutil.copytree(getattr(fam, role), tmp_path / role)
+        gen = GenerationConfig.from_pretrained(folders[role])
+        gen.update(repetition_penalty=1.3, no_repeat_ngram_size=2, min_new_tokens=6)
+        gen.save_pretrained(folders[role])
+    questions = ["What is 4+4*4?", "What is 7+1*3?"]
+    (tmp_path / "p.txt").write_text("\n".join(questions) + "\n")
+    code, _, err = run_cli(["bench", "--target", folders["teacher"], "--draft", folders["student"], "--prompts",
+                            tmp_path / "p.txt", "--gamma", 2, "--max-new-tokens", 12, "--compare-hf", "--repeats", 1,
+                            "--json", tmp_path / "b.json"], capsys)
+    assert code == 0, err
+    [r] = json.loads((tmp_path / "b.json").read_text())["results"]
+    assert r["matches_hf_assisted"] is True and r["hf_assisted_mode"] == "universal"
+    tok = load_tokenizer(str(folders["teacher"]))
+    teacher, student = (AutoModelForCausalLM.from_pretrained(folders[role]).eval() for role in ("teacher", "student"))
+    prompts = [prompt_ids(tok, q) for q in questions]
+    engine = run_target_alone(teacher, prompts, tok, max_new_tokens=12)[0]
+    hf = [cut(o, fam.end_ids) for o in run_hf_assisted(teacher, student, prompts, tok, gamma=2, max_new_tokens=12)[0]]
+    assert hf == engine
+    own = [cut(teacher.generate(torch.tensor([p]), attention_mask=torch.ones(1, len(p), dtype=torch.long),
+                                do_sample=False, max_new_tokens=12, eos_token_id=fam.end_ids,
+                                pad_token_id=tok.pad_token_id, suppress_tokens=list(range(V, TEACHER_ROWS)))
+               [0, len(p):].tolist(), fam.end_ids) for p in prompts]
+    assert own != engine
 
 
 @pytest.mark.parametrize("family", FAMILIES)

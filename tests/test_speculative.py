@@ -14,7 +14,7 @@ from specdistill.engine import SpeculativePolicy, Verdict, generate, Sampling
 from specdistill.engine import GenerationStats
 from specdistill.evaluate import speculative
 from specdistill.evaluate.prediction import ForwardCosts, best_gamma, predicted_speedup
-from specdistill.evaluate.speculative import bench_pair, run_speculative
+from specdistill.evaluate.speculative import bench_pair, hf_generate, run_hf_assisted, run_speculative, run_target_alone
 
 TOK = build_tokenizer()
 ALL_ARCHS = {**ARCHS, "qwen3": (Qwen3Config, Qwen3ForCausalLM)}
@@ -51,11 +51,11 @@ def prompt_ids(n):
                 add_special_tokens=False).input_ids for p in PROMPTS[:n]]
 
 
-def hf_greedy(model, prompt, max_new_tokens):
-    ids = torch.tensor([prompt])
-    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                         max_new_tokens=max_new_tokens, eos_token_id=TOK.eos_token_id, pad_token_id=TOK.pad_token_id,
-                         top_p=None, top_k=None, temperature=None)
+def hf_greedy(model, prompt, max_new_tokens, assistant=None):
+    """transformers' greedy generate (assisted with `assistant`), none of the checkpoint's generation settings
+    applied (hf_generate)."""
+    out = hf_generate(model, torch.tensor([prompt]), assistant, do_sample=False, max_new_tokens=max_new_tokens,
+                      eos_token_id=TOK.eos_token_id, pad_token_id=TOK.pad_token_id)
     return out[0, len(prompt):].tolist()
 
 
@@ -231,6 +231,27 @@ def test_bench_and_generate_commands(tmp_path, capsys):
     gen = json.loads(gen_json.read_text())
     assert gen["outputs"][0]["token_ids"] == hf_greedy(target, prompt_ids(1)[0], 8)
     assert gen["stats"]["rollout/target_calls"] > 0
+
+
+def test_the_hf_baseline_ignores_the_checkpoints_own_generation_settings():
+    """Checkpoints ship generation settings that change greedy output (Qwen2.5-7B-Instruct repetition_penalty 1.05,
+    0.5B-Instruct 1.1; others no_repeat_ngram_size, min_new_tokens). transformers' assisted generation, the
+    baseline of `bench --compare-hf`, must not apply them: it then gives the engine's greedy output (transformers
+    with the settings writes something else, so they bite here), and the models keep their settings after it."""
+    target, draft = tiny("llama", 0), perturbed(tiny("llama", 0), 0.3, 1)
+    for model in (target, draft):
+        model.generation_config.update(repetition_penalty=1.3, no_repeat_ngram_size=2, min_new_tokens=6)
+    prompts = prompt_ids(3)
+    engine, _, _ = run_target_alone(target, prompts, TOK, max_new_tokens=12)
+    hf, _ = run_hf_assisted(target, draft, prompts, TOK, gamma=3, max_new_tokens=12)
+    assert hf == engine
+    assert [hf_greedy(target, p, 12) for p in prompts] == engine
+    own = [target.generate(torch.tensor([p]), attention_mask=torch.ones(1, len(p), dtype=torch.long), do_sample=False,
+                           max_new_tokens=12, eos_token_id=TOK.eos_token_id, pad_token_id=TOK.pad_token_id)[0, len(p):]
+           .tolist() for p in prompts]
+    assert own != engine
+    for model in (target, draft):
+        assert (model.generation_config.repetition_penalty, model.generation_config.no_repeat_ngram_size) == (1.3, 2)
 
 
 def save_pair(tmp_path, **drafts) -> dict:

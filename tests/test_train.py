@@ -505,6 +505,57 @@ def test_bf16_mixed_precision_trains_fp32_weights(tmp_path):
     assert losses["bf16"] == pytest.approx(losses["no"], rel=0.02)
 
 
+def _changed_share(run, before: dict) -> float:
+    """The share of the decoder's projection weights that the last step changed."""
+    student = run.accelerator.unwrap_model(run.student)
+    changed = total = 0
+    for name, value in student.state_dict().items():
+        if ".layers." in name and name.endswith("proj.weight"):
+            changed += int((value != before[name]).sum())
+            total += value.numel()
+    return changed / total
+
+
+def test_a_bf16_checkpoint_trains_in_fp32_while_its_frozen_teacher_keeps_bf16(tmp_path):
+    """The dtype rule: the teacher takes its checkpoint's dtype (auto), the student trains in float32 unless
+    model.student_dtype says otherwise. One AdamW step of lr 1e-5 moves each weight by about 1e-5 (Adam's first
+    step is lr * g / |g|): fp32 keeps it for every weight, while bf16 (student_dtype=auto here), whose spacing is
+    about |w| / 128, keeps it only for weights below about 2.6e-3, some 10% of N(0, 0.02) (the tiny model's init)."""
+    from conftest import save_tiny_model
+
+    folders = {}
+    for role, seed in (("student", 1), ("teacher", 2)):
+        path = save_tiny_model(tmp_path / role, seed=seed)
+        AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16).save_pretrained(path)
+        folders[role] = str(path)
+    shares = {}
+    for student_dtype in ("float32", "auto"):
+        cfg = make_config(tmp_path / student_dtype, teacher=folders["teacher"], loss="jsd", validation=False,
+                          max_steps=1, warmup_steps=0, lr=1e-5, weight_decay=0.0, grad_accum=1)
+        cfg.model.student, cfg.rollout.strategy = folders["student"], "skd"
+        defaults = student_dtype == "float32"
+        if not defaults:
+            cfg.model.student_dtype = student_dtype
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            run = train.setup(cfg)
+        try:
+            said = [str(w.message) for w in caught if "loses steps below its resolution" in str(w.message)]
+            assert bool(said) == (not defaults)  # bf16 weights are said once; fp32 ones need no word
+            student = run.accelerator.unwrap_model(run.student)
+            want = torch.float32 if defaults else torch.bfloat16
+            assert {p.dtype for p in student.parameters()} == {want}
+            assert {p.dtype for p in run.teacher.parameters()} == {torch.bfloat16}  # teacher_dtype: auto
+            before = {k: v.clone() for k, v in student.state_dict().items()}
+            metrics = train.train_step(run)
+            assert math.isfinite(metrics["train/loss"])
+            shares[student_dtype] = _changed_share(run, before)
+        finally:
+            train.cleanup(run)
+    assert shares["float32"] > 0.95, shares
+    assert shares["auto"] < 0.3, shares
+
+
 def test_processes_that_accelerate_left_unconnected_are_refused(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ConfigError, match="ACCELERATE_USE_CPU=1"):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 import shutil
 import struct
@@ -126,6 +127,65 @@ def safetensors_damage(f: Path) -> str | None:
         return "has a broken header (truncated or overwritten)"
     if size != 8 + n + end:
         return f"is {size} bytes, but its header says {8 + n + end} (truncated?)"
+    return None
+
+
+# ---------------------------------------------------------------- a Hugging Face model folder's weights
+# The weights transformers reads from a folder, in its order of preference (a sharded index names its shards).
+MODEL_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def model_weight_files(folder: Path) -> tuple[list[Path], str | None]:
+    """(the weight files transformers would read from model folder `folder`, why they cannot be listed or None):
+    the first of MODEL_WEIGHTS present, or a sharded index's shards. A folder with none of them gives ([], None)."""
+    found = next((folder / name for name in MODEL_WEIGHTS if (folder / name).is_file()), None)
+    if found is None or not found.name.endswith(".index.json"):
+        return ([found] if found else []), None
+    try:
+        shards = sorted(set(json.loads(found.read_text())["weight_map"].values()))
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError):
+        return [found], f"{found.name} cannot be read (truncated or overwritten: no weight_map of shard files)"
+    missing = [name for name in shards if not (folder / name).is_file()]
+    if missing:
+        return [found], (f"{found.name} lists {len(shards)} shard(s), of which {len(missing)} are missing "
+                         f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})")
+    return [folder / name for name in shards], None
+
+
+def model_weights_damage(folder: Path) -> str | None:
+    """Why model folder `folder`'s weights cannot load, found cheaply before transformers reads them, or None: a
+    shard its index lists is missing, or a file is empty, shorter than its safetensors header says, not a whole
+    torch zip archive, or a pickle that torch.load(weights_only=True) refuses (it holds more than tensors; only
+    its small pickle part is read, with the tensors left on the meta device). A folder without weights is left
+    to transformers' own error."""
+    files, reason = model_weight_files(folder)
+    if reason:
+        return reason
+    for f in files:
+        if f.stat().st_size == 0:
+            return f"{f.name} is empty"
+        reason = safetensors_damage(f) if f.suffix == ".safetensors" else _pickled_weights_damage(f)
+        if reason:
+            return f"{f.name} {reason}"
+    return None
+
+
+def _pickled_weights_damage(f: Path) -> str | None:
+    """A pytorch_model.bin: a whole zip archive (torch.save's format; an old non-zip one is read as it is) whose
+    pickle torch.load(weights_only=True) accepts."""
+    with open(f, "rb") as fh:
+        is_zip = fh.read(4) == b"PK\x03\x04"
+    if is_zip:
+        try:
+            zipfile.ZipFile(f).close()  # reads the central directory, at the end: a truncated file has none
+        except (zipfile.BadZipFile, OSError):
+            return "is not a whole torch file (truncated?)"
+    try:
+        torch.load(f, weights_only=True, mmap=is_zip, map_location="meta")
+    except pickle.UnpicklingError:
+        return "holds objects other than tensors, which torch.load(weights_only=True) refuses to unpickle (it could run code)"
+    except (RuntimeError, EOFError, ValueError, OSError):
+        return "cannot be read as torch weights (truncated or overwritten?)"
     return None
 
 

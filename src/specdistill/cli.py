@@ -97,6 +97,15 @@ def _add_debug(p: argparse.ArgumentParser, default=argparse.SUPPRESS) -> None:
                    help=f"show the traceback of an input error too (or set {DEBUG_ENV}=1)")
 
 
+DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")  # models.DTYPE_CHOICES (torch is not imported here)
+
+
+def _add_dtype(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
+                   help="the models' dtype; auto (default): each checkpoint's own (its config's dtype, float32 "
+                   "where it names none; the presets are float32)")
+
+
 def _add_prompt_config(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="a YAML config, or a run's config.yaml: its data.views settings (system prompts, "
                    "template_options such as enable_thinking, the knowledge template, few_shot, the limits, "
@@ -139,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=POSITIVE, default=64)
     p.add_argument("--batch-size", type=POSITIVE, default=32)
     p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    _add_dtype(p)
     p.add_argument("--metrics", default=None, metavar="NAMES",
                    help="comma-separated: exact_match,chrf,bleu,rouge_l,perplexity (default: every one the records "
                    "allow). exact_match needs --task or a GSM8K `#### N` answer; the others need reference "
@@ -168,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=POSITIVE, default=64)
     p.add_argument("--seed", type=NON_NEGATIVE, default=0)
     p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    _add_dtype(p)
     p.add_argument("--draft-device", help="the draft's device (default: --device), e.g. cpu beside a cuda target")
     p.add_argument("--json", dest="json_out", help="write texts, token ids and statistics to this JSON file")
     _add_prompt_config(p)
@@ -201,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run the engine with torch.compile'd model forwards (same tokens; graphs compile during warmup)")
     p.add_argument("--seed", type=NON_NEGATIVE, default=0)
     p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    _add_dtype(p)
     p.add_argument("--draft-device", help="the draft's device (default: --device), e.g. cpu beside a cuda target")
     p.add_argument("--json", dest="json_out", help="write every figure to this JSON file")
     p.add_argument("--plot", help="write the acceptance-per-position and speedup-vs-gamma plot to this PNG (several "

@@ -49,8 +49,11 @@ class ModelConfig:
     tokenizer: Optional[str] = None  # None: the student's own tokenizer
     student_device: str = "auto"  # "auto" = cuda:<local rank> when CUDA is available, else cpu
     teacher_device: str = "auto"  # "auto" = the student's device; "paired" = cuda:2r+1 with the student on cuda:2r
-    student_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    teacher_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    # "auto": the checkpoint's own dtype (its config's dtype; float32 where it names none, and for the presets).
+    # The student trains in float32 unless asked (fp32 weights and AdamW state; train.mixed_precision adds
+    # autocast); the frozen teacher takes its checkpoint's dtype.
+    student_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "float32"
+    teacher_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     trust_remote_code: bool = False
     gradient_checkpointing: bool = False
     lora: LoraConfig = field(default_factory=LoraConfig)

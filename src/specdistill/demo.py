@@ -86,7 +86,8 @@ MAX_NEW = {"arith_styles": 48, "facts": 16}
 PLANS = {
     "default": {"seeds": 3, "student_steps": 300, "steps": 100, "batch_size": 32, "limit": 1000, "eval_limit": 200,
                 "bench_prompts": 24, "headroom_steps": 0, "grids": False,
-                "methods": ["SFT on gold", "supervised KD", "SKD", "DistillSpec (on-policy TVD)"]},
+                "methods": ["SFT on gold", "supervised KD", "SKD", "DistillSpec (on-policy TVD)",
+                            "KD without knowledge", "LUPI-SKD"]},  # the last two: LUPI's claim on facts
     "paper": {"seeds": 5, "student_steps": 300, "steps": 200, "world_steps": {"facts": 120}, "batch_size": 32,
               "limit": 1000, "eval_limit": None,
               "bench_prompts": 40, "headroom_steps": 1500, "grids": True, "grid_steps": 300, "grid_more_steps": 150,

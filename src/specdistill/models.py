@@ -13,6 +13,7 @@ preset name:
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 
 import torch
@@ -20,7 +21,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 
 from .data.grids import build_grid_tokenizer
 from .data.tokenizer import build_tokenizer
-from .errors import UserError
+from .checkpoint import model_weight_files, model_weights_damage
+from .errors import UserError, one_line
 from .gguf_io import check_gguf_file, is_gguf_spec
 
 ASSETS = Path(__file__).parent / "assets"
@@ -39,6 +41,8 @@ PRESETS = {
 }
 PRESET_TOKENIZERS = {name: build_grid_tokenizer if name.startswith("grid-") else build_tokenizer for name in PRESETS}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# What model.*_dtype and --dtype take: "auto" is the checkpoint's own dtype (checkpoint_dtype).
+DTYPE_CHOICES = ("auto", *DTYPES)
 
 
 # The trained models shipped in assets/: how to make each (its folder is looked up when used).
@@ -113,6 +117,8 @@ def check_model_spec(spec, role: str = "model", need_config: bool = True) -> Non
         if need_config and not (path / "config.json").exists():
             raise UserError(f"{role}={spec}: the folder holds no config.json, so it is not a Hugging Face model "
                             f"folder (a run's model is in its final/ folder, a checkpoint's in model/)")
+        if need_config:
+            _check_weights(path, f"{role}={spec}")
         return
     if _looks_local(spec):
         hint = next((h for tail, h in MAKE_HINTS.items() if path.as_posix().rstrip("/").endswith(tail)), None)
@@ -123,13 +129,43 @@ def check_model_spec(spec, role: str = "model", need_config: bool = True) -> Non
         raise UserError(f"{role}={spec}: no such folder; {hint}")
 
 
+REFETCH = "download the folder again, or save the model again with save_pretrained"
+
+
+def _check_weights(folder: Path, name: str) -> None:
+    """Refuse a model folder whose weight files cannot load (checkpoint.model_weights_damage: cheap, before
+    transformers reads them), naming the file."""
+    reason = model_weights_damage(folder)
+    if reason:
+        raise UserError(f"{name}: {reason}; the folder is damaged or incomplete (an interrupted download or save?): "
+                        f"{REFETCH}")
+
+
+def _unreadable_weights(spec: str, exc: Exception) -> UserError:
+    """A weights file that failed inside from_pretrained after the cheap checks: one line naming the files, never
+    torch's advice to unpickle with weights_only=False (that would run whatever code the file holds)."""
+    files = model_weight_files(Path(spec).expanduser())[0] if Path(spec).expanduser().is_dir() else []
+    names = ", ".join(f.name for f in files[:3]) + (", ..." if len(files) > 3 else "") or "its weights"
+    detail = type(exc).__name__ if isinstance(exc, pickle.UnpicklingError) else one_line(str(exc))[:200]
+    return UserError(f"cannot load the model of {spec!r}: {names} cannot be read ({detail}); the folder is damaged "
+                     f"or was not saved by transformers: {REFETCH}")
+
+
 def _from_pretrained(load, spec: str, what: str, **kwargs):
-    """transformers' from_pretrained, whose can't-find/can't-connect errors become one UserError naming the spec."""
+    """transformers' from_pretrained, whose can't-find/can't-connect errors become one UserError naming the spec,
+    and whose errors reading a weights file one naming the file."""
     from huggingface_hub.errors import HFValidationError
+    from safetensors import SafetensorError
 
     path = _builtin_path(spec)  # outside the try: a missing built-in teacher says how to make it
     try:
         return load(path, **kwargs)
+    except (SafetensorError, pickle.UnpicklingError, EOFError) as exc:
+        raise _unreadable_weights(spec, exc) from None
+    except RuntimeError as exc:
+        if "PytorchStreamReader" not in str(exc):  # torch's zip reader: a damaged pytorch_model.bin
+            raise
+        raise _unreadable_weights(spec, exc) from None
     except (OSError, HFValidationError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"cannot load the {what} of {spec!r}: it is not a model folder, a preset "
@@ -182,32 +218,65 @@ def resolve_device(spec: str, role: str = "student", local_rank: int | None = No
     return torch.device(spec)
 
 
+def checkpoint_dtype(spec: str) -> str:
+    """The dtype a checkpoint was saved in, as a DTYPES name: its config's `dtype` (`torch_dtype` as older
+    transformers wrote it; a multimodal config's text_config), float32 where it names none or another one
+    (float8, ...). The presets, random or shipped, are float32; so is a GGUF file (dequantized when loaded)."""
+    if is_preset(spec) or str(spec).lower().endswith(".gguf"):
+        return "float32"
+    from transformers import PretrainedConfig
+
+    config = _from_pretrained(lambda path, **kw: PretrainedConfig.get_config_dict(path, **kw)[0], spec, "config")
+    for part in (config, config.get("text_config") or {}):
+        name = part.get("dtype") or part.get("torch_dtype")
+        if name in DTYPES:
+            return name
+    return "float32"
+
+
+def resolve_dtype(spec: str, dtype: str) -> torch.dtype:
+    """The torch dtype to load `spec` in: `dtype`, or with "auto" the checkpoint's own (checkpoint_dtype)."""
+    if dtype not in DTYPE_CHOICES:
+        raise UserError(f"dtype {dtype!r} is not allowed; allowed: {', '.join(DTYPE_CHOICES)}")
+    return DTYPES[checkpoint_dtype(spec) if dtype == "auto" else dtype]
+
+
+def _device_map(device: str | torch.device) -> torch.device | None:
+    """from_pretrained's device_map for one device: the weights are read straight onto it, never staged whole in
+    host memory first. None where the launcher places them itself (DeepSpeed ZeRO-3, accelerate's FSDP
+    cpu_ram_efficient_loading): the model is then loaded as transformers does there and moved."""
+    from transformers.integrations import is_deepspeed_zero3_enabled, is_fsdp_enabled
+
+    return None if is_deepspeed_zero3_enabled() or is_fsdp_enabled() else torch.device(device)
+
+
 def load_model(
     spec: str,
-    dtype: str = "float32",
+    dtype: str = "auto",
     device: str | torch.device = "cpu",
     tokenizer: PreTrainedTokenizerBase | None = None,
     trust_remote_code: bool = False,
     seed: int = 0,
 ) -> torch.nn.Module:
-    """A causal LM from a preset (seeded random init), a .gguf file (gguf_io.load_gguf_model) or through
-    `AutoModelForCausalLM.from_pretrained`."""
-    if dtype not in DTYPES:
-        raise UserError(f"dtype {dtype!r} is not allowed; allowed: {', '.join(DTYPES)}")
+    """A causal LM from a preset (seeded random init), a .gguf file (gguf_io.load_gguf_model, dequantized) or
+    through `AutoModelForCausalLM.from_pretrained`.
+
+    dtype: a DTYPES name, or "auto" for the checkpoint's own (checkpoint_dtype; float32 for presets and .gguf
+    files). A checkpoint is loaded onto `device` directly (device_map); a preset is built on the CPU, so that a
+    seed gives the same weights on every device, then moved; a .gguf file is dequantized on the CPU, then moved."""
     if spec in PRESETS:
         torch.manual_seed(seed)
         model = LlamaForCausalLM(preset_config(spec, tokenizer or PRESET_TOKENIZERS[spec]()))
-        model = model.to(dtype=DTYPES[dtype])
-    elif is_gguf_spec(spec) and Path(spec).expanduser().is_file():
+        return model.to(dtype=resolve_dtype(spec, dtype)).to(device)
+    check_model_spec(spec)
+    if is_gguf_spec(spec) and Path(spec).expanduser().is_file():
         from .gguf_io import load_gguf_model
 
-        check_model_spec(spec)
-        model = load_gguf_model(spec, DTYPES[dtype])  # dequantized into dtype
-    else:
-        check_model_spec(spec)
-        model = _from_pretrained(AutoModelForCausalLM.from_pretrained, spec, "model", dtype=DTYPES[dtype],
-                                 trust_remote_code=trust_remote_code)
-    return model.to(device)
+        return load_gguf_model(spec, resolve_dtype(spec, dtype)).to(device)
+    torch_dtype, device_map = resolve_dtype(spec, dtype), _device_map(device)
+    model = _from_pretrained(AutoModelForCausalLM.from_pretrained, spec, "model", dtype=torch_dtype,
+                             device_map=device_map, trust_remote_code=trust_remote_code)
+    return model if device_map is not None else model.to(device)
 
 
 def max_positions(model: torch.nn.Module) -> int | None:

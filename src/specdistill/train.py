@@ -108,6 +108,7 @@ def setup(cfg: Config, sft: bool = False) -> Run:
         check_same_tokenizer(load_tokenizer(m.teacher, m.trust_remote_code), tokenizer,
                              names=(f"model.teacher={m.teacher}", f"model.student={m.student}"))
     student = load_model(m.student, m.student_dtype, device, tokenizer, m.trust_remote_code, cfg.train.seed)
+    _warn_half_precision_weights(student, cfg)
     student = _prepare_student(student, cfg)
     if resume is not None:  # into the plain model, before FSDP/DeepSpeed shard it
         _load_student_weights(student, resume, m.lora.enabled)
@@ -298,6 +299,17 @@ def _configure_deepspeed(acc: Accelerator, cfg: Config) -> None:
     if acc.distributed_type == DistributedType.DEEPSPEED and plugin is not None:
         if plugin.is_auto("train_micro_batch_size_per_gpu"):
             plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = cfg.train.batch_size
+
+
+def _warn_half_precision_weights(student, cfg: Config) -> None:
+    """The student trains in the dtype it is loaded in: half-precision weights (model.student_dtype bfloat16,
+    float16, or auto on such a checkpoint) mean AdamW updates them in place, and a step smaller than the dtype's
+    resolution near a weight (bf16: about 1/256 of it) is lost. Allowed (it halves the memory), and said once."""
+    dtype = next(student.parameters()).dtype
+    if dtype in (torch.bfloat16, torch.float16):
+        warnings.warn(f"model.student_dtype={cfg.model.student_dtype} loads the student's weights in {dtype}: the "
+                      f"optimizer updates them in {dtype} and loses steps below its resolution (whatever "
+                      f"train.mixed_precision says); set model.student_dtype=float32 for fp32 weights (the default)")
 
 
 def _prepare_student(student, cfg: Config):

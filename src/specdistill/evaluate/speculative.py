@@ -10,6 +10,7 @@ import statistics
 import time
 
 import torch
+from transformers import GenerationConfig
 
 from ..data.templates import end_token_ids
 from ..data.views import left_pad
@@ -91,35 +92,58 @@ def run_target_alone(target, prompts, tokenizer, *, temperature=0.0, top_p=1.0, 
 
 
 @torch.no_grad()
+def hf_generate(model, ids: torch.Tensor, assistant=None, gamma: int = 4, universal_tokenizer=None,
+                **fields) -> torch.Tensor:
+    """`model.generate` on ids [1, L] with only `fields` set (do_sample, max_new_tokens, eos/pad ids, ...), whatever
+    the checkpoints' generation_config.json say; returns [1, L + new]. With an assistant: transformers' assisted
+    generation with `gamma` drafted tokens a block, the constant schedule and its confidence threshold off;
+    universal_tokenizer: the tokenizer both share, given as both of transformers' universal-mode tokenizers (what
+    it requires of a draft whose config vocab_size differs).
+
+    A fresh GenerationConfig passed as generation_config= is not enough: transformers fills each field it leaves
+    None from model.generation_config (Qwen2.5-Instruct ships repetition_penalty 1.05 to 1.1, and some checkpoints
+    no_repeat_ngram_size or min_new_tokens), and its assistant, drafting with that config, fills its own from the
+    draft's. So each model's generation_config is replaced by a fresh one for the call, then restored."""
+    config = GenerationConfig(**fields)
+    drafting = GenerationConfig(num_assistant_tokens=gamma, num_assistant_tokens_schedule="constant",
+                                assistant_confidence_threshold=0.0)
+    models = [(model, config)] + ([(assistant, drafting)] if assistant is not None else [])
+    saved = [m.generation_config for m, _ in models]
+    try:
+        for m, fresh in models:
+            m.generation_config = fresh
+        kw = {} if assistant is None else {"assistant_model": assistant}
+        if universal_tokenizer is not None:
+            kw.update(tokenizer=universal_tokenizer, assistant_tokenizer=universal_tokenizer)
+        return model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=config, **kw)
+    finally:
+        for (m, _), old in zip(models, saved):
+            m.generation_config = old
+
+
+@torch.no_grad()
 def run_hf_assisted(target, draft, prompts, tokenizer, *, gamma=4, max_new_tokens=64):
     """transformers' assisted generation, greedy, batch size 1 (all it supports): constant schedule with
     `gamma` assistant tokens and the confidence threshold off, the same end ids as the engine, and, where the
     target's embedding is padded past the tokenizer, those ids suppressed (the engine never emits them either).
-    Returns (token-id lists, seconds)."""
+    No other generation setting of either checkpoint applies (hf_generate). Returns (token-id lists, seconds)."""
     dev = _device(target)
     rows = target.get_output_embeddings().weight.shape[0]
     suppress = list(range(len(tokenizer), rows)) or None
     # transformers refuses a draft whose vocab_size differs (different padding) unless given both tokenizers,
     # which switches it to its universal (text-level) assisted decoding: what a transformers user must do.
-    universal = {} if hf_same_vocab(target, draft) else {"tokenizer": tokenizer, "assistant_tokenizer": tokenizer}
-    cfg = draft.generation_config
-    saved = (cfg.num_assistant_tokens, cfg.num_assistant_tokens_schedule, cfg.assistant_confidence_threshold)
-    cfg.num_assistant_tokens, cfg.num_assistant_tokens_schedule, cfg.assistant_confidence_threshold = gamma, "constant", 0.0
+    universal = None if hf_same_vocab(target, draft) else tokenizer
     outputs, seconds = [], 0.0
-    try:
-        for p in prompts:
-            ids = torch.tensor([p], device=dev)
-            _sync(dev)
-            start = time.perf_counter()
-            out = target.generate(input_ids=ids, attention_mask=torch.ones_like(ids), assistant_model=draft,
-                                  do_sample=False, max_new_tokens=max_new_tokens,
-                                  eos_token_id=end_token_ids(tokenizer, target), pad_token_id=tokenizer.pad_token_id,
-                                  suppress_tokens=suppress, top_p=None, top_k=None, temperature=None, **universal)
-            _sync(dev)
-            seconds += time.perf_counter() - start
-            outputs.append(out[0, len(p):].tolist())
-    finally:
-        cfg.num_assistant_tokens, cfg.num_assistant_tokens_schedule, cfg.assistant_confidence_threshold = saved
+    for p in prompts:
+        ids = torch.tensor([p], device=dev)
+        _sync(dev)
+        start = time.perf_counter()
+        out = hf_generate(target, ids, draft, gamma, universal, do_sample=False, max_new_tokens=max_new_tokens,
+                          eos_token_id=end_token_ids(tokenizer, target), pad_token_id=tokenizer.pad_token_id,
+                          suppress_tokens=suppress)
+        _sync(dev)
+        seconds += time.perf_counter() - start
+        outputs.append(out[0, len(p):].tolist())
     return outputs, seconds
 
 
