@@ -9,6 +9,7 @@ those of encoding each left-padded row whole, and training steps must not change
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -56,13 +57,30 @@ def forward_logits(teacher, rb):
         return response_logits(teacher, rb.teacher_ids, rb.teacher_mask, rb.response.shape[1], V)
 
 
+@pytest.fixture(scope="module")
+def eager_pair(pair):
+    """The pair with a teacher eager to end: +3 on its EOS logit at every position (p(EOS) ~0.15 where the plain
+    teacher gives ~0.01), so that an SKD rollout's rows end at different lengths, some before the budget (the
+    plain pair runs every row to it)."""
+    teacher = copy.deepcopy(pair[1])
+    bonus = torch.zeros(teacher.lm_head.weight.shape[0])
+    bonus[TOK.eos_token_id] = 3.0
+    teacher.lm_head.register_forward_hook(lambda module, inputs, out: out + bonus)
+    return pair[0], teacher
+
+
 @pytest.mark.parametrize("verification", ["parallel", "sequential"])
-def test_skd_rollout_keeps_the_teacher_forced_logits_at_every_response_position(pair, verification):
-    rb = skd(pair, True, verification)
-    assert rb.teacher_logits.shape == (4, rb.response.shape[1], V) and rb.teacher_logits_rows.all()
+def test_skd_rollout_keeps_the_teacher_forced_logits_at_every_response_position(eager_pair, verification):
+    rb = skd(eager_pair, True, verification)
+    B, T = rb.response.shape
+    assert rb.teacher_logits.shape == (B, T, V) and rb.teacher_logits_rows.all()
     assert rb.teacher_written.any() and (rb.response_mask.sum(1) > 1).all()  # the teacher replaced some drafts
-    assert len(set(rb.response_mask.sum(1).tolist())) > 1 or rb.response_mask.all()
-    want = forward_logits(pair[1], rb)
+    lengths = rb.response_mask.sum(1)
+    assert len(set(lengths.tolist())) > 1 and (lengths < T).any()  # ragged rows, ended by the teacher's EOS
+    assert torch.equal(rb.response_mask, torch.arange(T)[None] < lengths[:, None])  # each row's first tokens
+    short = lengths < T
+    assert (rb.response[short, lengths[short] - 1] == TOK.eos_token_id).all()
+    want = forward_logits(eager_pair[1], rb)
     m = rb.response_mask
     torch.testing.assert_close(rb.teacher_logits[m], want[m], rtol=0, atol=1e-5)
 
