@@ -91,6 +91,51 @@ def test_resume_continues_exactly_as_the_uninterrupted_run(tmp_path, method):
     assert_same_weights(tmp_path / "full" / "final", tmp_path / "resumed" / "final")
 
 
+def test_resume_of_a_pair_whose_embeddings_are_padded_differently(tmp_path):
+    """The qwen2.5 fixture pair: the teacher has 2,048 embedding rows, the student 2,016 (2,000 ids). Checkpoints
+    keep the student's own 2,016 rows, so a resume loads them; only final/ is padded to the teacher's 2,048 (the
+    draft folder). Resumed from step 1, step 2 equals the uninterrupted run's step 2: its row and the weights."""
+    from families import STUDENT_ROWS, TEACHER_ROWS, get_family
+
+    fam = get_family("qwen2.5")
+
+    def config(out, **overrides):
+        cfg = make_config(out, teacher=str(fam.teacher), loss="fkl", validation=False, max_steps=2, save_every=1,
+                          batch_size=2, grad_accum=1, warmup_steps=0, **overrides)
+        cfg.model.student = str(fam.student)
+        return cfg
+
+    train.run_training(config(tmp_path / "full"))
+    first, second = checkpoint.list_checkpoints(tmp_path / "full")
+    for ckpt in (first, second):
+        assert load_file(ckpt / "model" / "model.safetensors")["model.embed_tokens.weight"].shape[0] == STUDENT_ROWS
+    train.run_training(config(tmp_path / "resumed", resume=str(first)))
+    assert sorted(read_rows(tmp_path / "resumed")) == [2]
+    assert_rows_match(read_rows(tmp_path / "full")[2], read_rows(tmp_path / "resumed")[2])
+    assert_same_weights(second / "model", checkpoint.list_checkpoints(tmp_path / "resumed")[-1] / "model")
+    assert_same_weights(tmp_path / "full" / "final", tmp_path / "resumed" / "final")
+    final = AutoModelForCausalLM.from_pretrained(tmp_path / "resumed" / "final")
+    assert final.config.vocab_size == TEACHER_ROWS == final.get_input_embeddings().weight.shape[0]
+    head = final.get_output_embeddings().weight
+    assert head.shape[0] == TEACHER_ROWS and torch.count_nonzero(head[STUDENT_ROWS:]) == 0
+    trained = checkpoint.read_safetensors(second / "model")["lm_head.weight"]
+    torch.testing.assert_close(head[:STUDENT_ROWS], trained, rtol=0, atol=0)  # the padding adds zero rows only
+    # A checkpoint that an earlier version padded to the teacher's rows loads back: its zero rows are cut.
+    student = AutoModelForCausalLM.from_pretrained(fam.student)
+    checkpoint.load_model_weights(student, tmp_path / "resumed" / "final")
+    assert_state_equals(student, checkpoint.read_safetensors(second / "model"))
+    head.data[STUDENT_ROWS] = 1.0  # a padded row that holds something is not padding: refused
+    final.save_pretrained(tmp_path / "not-padding")
+    with pytest.raises(ValueError, match="other shapes"):
+        checkpoint.load_model_weights(student, tmp_path / "not-padding")
+
+
+def assert_state_equals(model, weights: dict) -> None:
+    state = model.state_dict()
+    for k, v in weights.items():
+        torch.testing.assert_close(state[k], v, rtol=0, atol=0)
+
+
 def test_checkpoint_holds_every_state_and_loads_without_pickle(tmp_path):
     train.run_training(make_config(tmp_path, validation=False, max_steps=2, save_every=1, keep_last=1), sft=True)
     found = checkpoint.list_checkpoints(tmp_path)

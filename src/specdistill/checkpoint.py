@@ -404,8 +404,14 @@ def load_model_weights(model: torch.nn.Module, folder: Path) -> None:
     """Load a Hugging Face folder's safetensors weights into `model` in place.
 
     A key may be missing only when it is tied to a loaded one (save_pretrained drops tied copies such as lm_head
-    when the embeddings are tied); anything else missing or unexpected is an error that names the keys."""
+    when the embeddings are tied); anything else missing or unexpected is an error that names the keys. A matrix
+    with more rows than the model's whose extra rows are all zero (a checkpoint that an earlier version padded to
+    the teacher's embedding row count) is cut back to the model's rows: that padding held nothing."""
     weights, current = read_safetensors(folder), model.state_dict()
+    for k, v in weights.items():
+        if k in current and v.ndim == 2 and v.shape[1:] == current[k].shape[1:] and v.shape[0] > current[k].shape[0] \
+                and not v[current[k].shape[0]:].any():
+            weights[k] = v[: current[k].shape[0]]
     loaded = {current[k].data_ptr() for k in weights if k in current}
     missing = [k for k in current if k not in weights and current[k].data_ptr() not in loaded]
     unexpected = [k for k in weights if k not in current]

@@ -641,11 +641,12 @@ def _log_samples(run: Run, samples: list[dict]) -> None:
 
 
 # ---------------------------------------------------------------- saving and resuming
-def save_model(run: Run, path: Path) -> None:
-    """The student (merged LoRA when used) and the tokenizer as a Hugging Face folder that serves as the
-    teacher's draft unchanged: its generation_config ends rows at every end id (EOS, end of turn, the models'
-    own), and its embedding matrices have the teacher's row count (zero rows past the tokenizer), which
-    transformers' assisted generation requires. Every rank calls this (gathering sharded weights is a
+def save_model(run: Run, path: Path, draft: bool = True) -> None:
+    """The student (merged LoRA when used) and the tokenizer as a Hugging Face folder; its generation_config ends
+    rows at every end id (EOS, end of turn, the models' own). draft=True (final/): the folder serves as the
+    teacher's draft unchanged, its embedding matrices at the teacher's row count (zero rows past the tokenizer),
+    which transformers' assisted generation requires. draft=False (a checkpoint's model/): the student's own row
+    count, which a resume loads back into the student. Every rank calls this (gathering sharded weights is a
     collective); the main process writes."""
     acc = run.accelerator
     model = acc.unwrap_model(run.student)
@@ -655,7 +656,7 @@ def save_model(run: Run, path: Path) -> None:
     else:
         state = acc.get_state_dict(run.student)
     if acc.is_main_process:
-        rows = embedding_rows(run.teacher) if run.teacher is not None else None
+        rows = embedding_rows(run.teacher) if draft and run.teacher is not None else None
         with _saved_with_rows(model, state, rows) as (to_save, state):
             to_save.save_pretrained(path, state_dict=state, safe_serialization=True)
         run.tokenizer.save_pretrained(path)
@@ -698,8 +699,9 @@ def _merged_copy(peft_model):
 
 
 def write_student(run: Run, folder: Path) -> None:
-    """A checkpoint's student: `model/` (Hugging Face folder) and, with LoRA, `adapter/` (what resuming loads)."""
-    save_model(run, folder / "model")
+    """A checkpoint's student: `model/` (Hugging Face folder at the student's own embedding row count, what a
+    resume loads) and, with LoRA, `adapter/` (what a LoRA resume loads)."""
+    save_model(run, folder / "model", draft=False)
     if run.cfg.model.lora.enabled and run.accelerator.is_main_process:
         run.accelerator.unwrap_model(run.student).save_pretrained(folder / "adapter", safe_serialization=True)
 
