@@ -36,7 +36,7 @@ from accelerate.utils import DistributedType, set_seed
 from tqdm.auto import tqdm
 
 from . import checkpoint, losses
-from .config import Config, ConfigError, rollout_at, rollout_stages, save_config
+from .config import Config, ConfigError, rollout_at, rollout_stages, save_config, stage_step
 from .data.mixture import MixtureStream
 from .data.records import load_records
 from .data.tasks import get_task
@@ -83,6 +83,7 @@ class Run:
     score_student: object = None  # what micro_loss calls: the student, or with train.compile its compiled caller
     score_teacher: object = None  # likewise for the teacher
     loss_teacher_forwards: int = 0  # teacher forwards run by the loss phase (0 when rollouts kept the logits)
+    max_steps_history: list = field(default_factory=list)  # [[step, train.max_steps in force from it on], ...]
 
 
 # ---------------------------------------------------------------- setup
@@ -127,6 +128,7 @@ def setup(cfg: Config, sft: bool = False) -> Run:
                            cfg.train.seed)
     run = Run(cfg, acc, tokenizer, student, teacher, optimizer, scheduler, stream, vocab, sft, out, device, t_device)
     run.validation = validation[: cfg.train.eval_samples]
+    run.max_steps_history = [[0, cfg.train.max_steps]]
     encode(run, [r for d in datasets for r in d] + run.validation)  # every record fits, or the run stops here
     run.score_student, run.score_teacher = _scorers(run)
     if resume is not None:
@@ -710,7 +712,8 @@ def save(run: Run) -> Path:
     """A checkpoint of the current step in <output_dir>/checkpoints (atomic; the last train.keep_last are kept)."""
     acc = run.accelerator
     state = {"cursor": run.stream.state_dict()["cursor"], "bad_steps": run.bad_steps,
-             "skipped_steps": run.skipped_steps, "config": run_config(run.cfg)}  # resume checks the config
+             "skipped_steps": run.skipped_steps, "config": run_config(run.cfg),  # resume checks the config
+             "max_steps_history": run.max_steps_history}
     return checkpoint.save_checkpoint(
         run.out, run.step, lambda folder: write_student(run, folder), run.optimizer, run.scheduler, state,
         acc.process_index, acc.is_main_process, acc.wait_for_everyone, run.cfg.train.keep_last,
@@ -754,24 +757,59 @@ def _restore_state(run: Run, path: Path) -> None:
     run.step, run.bad_steps, run.skipped_steps = state["step"], state["bad_steps"], state["skipped_steps"]
     run.stream.load_state_dict(state)
     run.accelerator.print(f"resumed from {path} at step {run.step}")
-    _apply_resumed_lr(run, (state.get("config") or {}).get("train", {}).get("lr"))
+    saved = (state.get("config") or {}).get("train", {})
+    _apply_resumed_schedule(run, saved.get("lr"), saved.get("max_steps"))
+    history = state.get("max_steps_history") or ([[0, saved["max_steps"]]] if "max_steps" in saved else [])
+    if not history or history[-1][1] != run.cfg.train.max_steps:
+        history.append([run.step, run.cfg.train.max_steps])
+    run.max_steps_history = history
 
 
-def _apply_resumed_lr(run: Run, saved: float | None) -> None:
-    """A train.lr other than the checkpoint run's (to go on after a divergence, say) applies from the resumed step
-    on: the schedule keeps its shape and scales to the new peak rate. Said, and recorded in config.yaml and in the
-    next checkpoints, never silently overridden by the restored schedule."""
-    new = run.cfg.train.lr
-    if saved is None or saved == new:
+def _apply_resumed_schedule(run: Run, saved_lr: float | None, saved_max_steps: int | None) -> None:
+    """A train.lr or train.max_steps other than the checkpoint run's applies from the resumed step on, never
+    silently overridden by the restored schedule. train.lr (to go on after a divergence, say): the schedule keeps
+    its shape and scales to the new peak rate. train.max_steps (to train longer): the schedule is a function of
+    the step and max_steps, so it goes on as laid out over the new max_steps (the warmup, a step count, as it was;
+    the cosine stretched to end at the new last step), as in a run started with that max_steps. Said, and
+    recorded in config.yaml and in the next checkpoints (state.json's max_steps_history)."""
+    t, scheduler, acc = run.cfg.train, run.scheduler, run.accelerator
+    lr_changed = saved_lr is not None and saved_lr != t.lr
+    steps_changed = saved_max_steps is not None and saved_max_steps != t.max_steps
+    if not (lr_changed or steps_changed):
         return
-    scheduler = run.scheduler
-    scheduler.base_lrs = [new] * len(scheduler.base_lrs)
-    for group, factor in zip(run.optimizer.param_groups, scheduler.lr_lambdas):
-        group["initial_lr"] = new
-        group["lr"] = new * factor(scheduler.last_epoch)
+    before = run.optimizer.param_groups[0]["lr"]
+    scheduler.base_lrs = [t.lr] * len(scheduler.base_lrs)
+    for group, factor in zip(run.optimizer.param_groups, scheduler.lr_lambdas):  # the lambdas use the new max_steps
+        group["initial_lr"] = t.lr
+        group["lr"] = t.lr * factor(scheduler.last_epoch)
     scheduler._last_lr = [group["lr"] for group in run.optimizer.param_groups]
-    run.accelerator.print(f"train.lr: {saved} in the checkpoint's run, {new} from step {run.step + 1} on (the rest of "
-                          f"the schedule scales to it)")
+    nxt = run.step + 1
+    if lr_changed:
+        acc.print(f"train.lr: {saved_lr} in the checkpoint's run, {t.lr} from step {nxt} on (the rest of the "
+                  f"schedule scales to it)")
+    if steps_changed:
+        acc.print(f"train.max_steps: {saved_max_steps} in the checkpoint's run, {t.max_steps} from step {nxt} on: "
+                  f"the schedule is laid out over {t.max_steps} steps (step {nxt}'s lr {before:.4g} -> "
+                  f"{run.optimizer.param_groups[0]['lr']:.4g})")
+        for moved in _moved_stages(run.cfg, run.step, saved_max_steps):
+            warnings.warn(f"train.max_steps {saved_max_steps} -> {t.max_steps}: {moved}")
+
+
+def _moved_stages(cfg: Config, step: int, old_max_steps: int) -> list[str]:
+    """The schedules (rollout.schedule, data.schedule) whose stage in force at `step` changes when their `start`
+    fractions are laid out over the new train.max_steps instead of `old_max_steps`."""
+    new, moved = cfg.train.max_steps, []
+    if cfg.rollout.schedule:
+        was, now = rollout_at(cfg.rollout, step, old_max_steps)[0], rollout_at(cfg.rollout, step, new)[0]
+        if was != now:
+            moved.append(f"rollout.schedule's stage {now} is in force from step {step + 1} on, where the checkpoint's "
+                         f"run was in stage {was} (a `start` fraction moves with max_steps; `step: N` does not)")
+    if cfg.data.schedule:
+        was, now = (sum(step >= stage_step(s.start, m) for s in cfg.data.schedule) for m in (old_max_steps, new))
+        if was != now:
+            moved.append(f"data.schedule: {now} of its stages have started at step {step + 1}, {was} in the "
+                         f"checkpoint's run (their `start` fractions move with max_steps)")
+    return moved
 
 
 def _truncate_logs(out: Path, step: int) -> None:
