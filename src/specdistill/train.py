@@ -425,18 +425,30 @@ def micro_loss(run: Run, rb: RolloutBatch, student=None) -> tuple[torch.Tensor, 
     return loss_sum, None if t_logits is None else top1_agreements(s_logits, t_logits, mask)
 
 
+def teacher_in_own_dtype(run: Run) -> bool:
+    """Whether the loss phase's teacher forward computes in the teacher's own dtype, as its rollout forwards do
+    (which run outside autocast): without mixed precision, and for a teacher whose weights are in half precision
+    (bf16, fp16), whose loss-phase forward then runs outside train.mixed_precision's autocast, which would only
+    re-cast them (on a CPU a bf16 teacher's logits are bit-identical with and without it). An fp32 teacher under
+    bf16/fp16 keeps autocast there: its loss-phase forward then runs in half precision, its rollout in fp32."""
+    if run.cfg.train.mixed_precision == "no" or run.teacher is None:
+        return True
+    return next(run.teacher.parameters()).dtype in (torch.bfloat16, torch.float16)
+
+
 def kept_logits_form(run: Run, settings):
     """What SKD rollouts keep of the teacher's logits for the loss (engine.generate's keep_target_logits): False
-    when the loss reads no teacher, rollout.reuse_teacher_logits is off, or reuse would not be exact; True (the
-    full logits) for a dense loss; the loss's TopKLogits form for a sparse one.
+    when the loss reads no teacher, rollout.reuse_teacher_logits is off, or reuse would not be exact enough; True
+    (the full logits) for a dense loss; the loss's TopKLogits form for a sparse one.
 
-    Not exact, hence off: train.mixed_precision bf16/fp16, whose autocast runs the loss phase's teacher forward in
-    half precision, where the rollout's forwards run in the teacher's own dtype; the rank loss reads the full
-    logits whatever sparse_top_k says, so it keeps them whole."""
+    Not exact enough, hence off: an fp32 teacher under train.mixed_precision bf16/fp16 (teacher_in_own_dtype),
+    whose loss-phase forward runs in half precision where its rollout ran in fp32. A half-precision teacher's kept
+    logits differ from its loss-phase forward only by the rounding of its own dtype (docs/training.md). The rank
+    loss reads the full logits whatever sparse_top_k says, so it keeps them whole."""
     lc = run.cfg.loss
     if run.sft or lc.name not in TEACHER_LOSSES or not settings.reuse_teacher_logits:
         return False
-    if run.cfg.train.mixed_precision != "no":
+    if not teacher_in_own_dtype(run):
         return False
     if lc.sparse_top_k is None or lc.name == "rank":
         return True
@@ -466,18 +478,21 @@ def teacher_logits(run: Run, rb: RolloutBatch):
 
 def teacher_forward(run: Run, rb: RolloutBatch, rows) -> torch.Tensor:
     """The teacher's logits predicting the response tokens of rb's `rows` (a list, or slice(None) for all):
-    [m, T, V] on the teacher's device. With rollout.share_teacher_prefix in the stage in force (and no autocast,
-    which would run the rows in another dtype than the stored prefix), the prefix every row's view shares is
-    encoded once and reused."""
+    [m, T, V] on the teacher's device. A half-precision teacher runs outside autocast, in its own dtype, as in its
+    rollouts (teacher_in_own_dtype). With rollout.share_teacher_prefix in the stage in force (and the teacher in
+    its own dtype: under autocast the rows would run in another dtype than the stored prefix), the prefix every
+    row's view shares is encoded once and reused."""
     T, tdev = rb.response.shape[1], run.teacher_device
     ids, mask = rb.teacher_ids[rows].to(tdev), rb.teacher_mask[rows].to(tdev)
     run.loss_teacher_forwards += 1
     prefix = None
+    own = teacher_in_own_dtype(run)
     _, settings = rollout_at(run.cfg.rollout, run.step, run.cfg.train.max_steps)
-    if settings.share_teacher_prefix and run.cfg.train.mixed_precision == "no":
-        P = rb.teacher_prompt_len
-        prefix = shared_prefix(run.teacher, ids[:, :P], mask[:, :P])
-    return response_logits(run.score_teacher, ids, mask, T, run.vocab, prefix=prefix)
+    with torch.autocast(tdev.type, enabled=False) if own else nullcontext():
+        if settings.share_teacher_prefix and own:
+            P = rb.teacher_prompt_len
+            prefix = shared_prefix(run.teacher, ids[:, :P], mask[:, :P])
+        return response_logits(run.score_teacher, ids, mask, T, run.vocab, prefix=prefix)
 
 
 def rollout_step(run: Run) -> list[RolloutBatch]:
@@ -509,6 +524,7 @@ def train_step(run: Run) -> dict:
     """One optimizer step (or a skipped one, when the loss or gradient is NaN/inf); returns global metrics."""
     acc, cfg = run.accelerator, run.cfg.train
     t0 = time.perf_counter()
+    forwards_before = run.loss_teacher_forwards
     batches = rollout_step(run)
     t_rollout = time.perf_counter() - t0
     # Collectives run on the student's device (NCCL takes no CPU tensors); rollouts return CPU tensors.
@@ -526,7 +542,9 @@ def train_step(run: Run) -> dict:
         total += loss_sum.detach().float()
         if agreements is not None:
             agree = agreements if agree is None else agree + agreements
-    total = acc.reduce(total, reduction="sum") if acc.num_processes > 1 else total
+    # [summed loss, the loss phase's teacher forwards], over this rank's micro-batches, then over the ranks
+    sums = torch.stack([total, total.new_tensor(float(run.loss_teacher_forwards - forwards_before))])
+    total, forwards = acc.reduce(sums, reduction="sum") if acc.num_processes > 1 else sums
     if agree is not None and acc.num_processes > 1:
         agree = acc.reduce(agree, reduction="sum")
     max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf
@@ -546,6 +564,8 @@ def train_step(run: Run) -> dict:
     }
     if agree is not None:
         metrics["train/top1_agreement"] = float(agree) / max(n, 1.0)
+    if run.cfg.loss.name in TEACHER_LOSSES and not run.sft:
+        metrics["teacher/loss_forwards"] = int(forwards)
     if run.cfg.rollout.schedule:
         metrics["rollout/stage"] = rollout_at(run.cfg.rollout, run.step, cfg.max_steps)[0]
     metrics.update(_global_rollout_stats(run, batches))
