@@ -427,8 +427,17 @@ def test_gathered_for_generation_picks_the_backend(monkeypatch):
     with train.gathered_for_generation(_fake_accelerator(DistributedType.FSDP), model):
         assert calls == [("fsdp", model, {"recurse": False, "writeback": False})]
     calls.clear()
-    for acc in (_fake_accelerator(DistributedType.FSDP, fsdp2=True), _fake_accelerator(DistributedType.MULTI_GPU),
-                _fake_accelerator(DistributedType.NO)):
+
+    @contextmanager
+    def unsharded(module):
+        calls.append(("fsdp2", module))
+        yield
+
+    monkeypatch.setattr(train, "fsdp2_unsharded", unsharded)  # FSDP2: gathered once (the launched test runs it)
+    with train.gathered_for_generation(_fake_accelerator(DistributedType.FSDP, fsdp2=True), model):
+        assert calls == [("fsdp2", model)]
+    calls.clear()
+    for acc in (_fake_accelerator(DistributedType.MULTI_GPU), _fake_accelerator(DistributedType.NO)):
         with train.gathered_for_generation(acc, model):
             pass
     assert calls == []
@@ -613,6 +622,17 @@ def test_processes_that_accelerate_left_unconnected_are_refused(monkeypatch):
     train._check_launch(SimpleNamespace(num_processes=2))
     monkeypatch.delenv("WORLD_SIZE")
     train._check_launch(SimpleNamespace(num_processes=1))
+
+
+def test_an_fsdp_launch_that_accelerate_runs_as_ddp_on_the_cpu_is_warned_of(monkeypatch):
+    """accelerate launch --config_file fsdp.yaml sets ACCELERATE_USE_FSDP; with ACCELERATE_USE_CPU accelerate
+    runs MULTI_CPU (DDP) instead, which the run says rather than passing for FSDP."""
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    with pytest.warns(UserWarning, match="asks for FSDP, but accelerate runs it as MULTI_CPU"):
+        train._check_launch(SimpleNamespace(num_processes=2, distributed_type=DistributedType.MULTI_CPU))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        train._check_launch(SimpleNamespace(num_processes=2, distributed_type=DistributedType.FSDP))
 
 
 def test_resume_of_a_student_with_tied_embeddings(tmp_path):

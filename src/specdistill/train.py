@@ -242,7 +242,12 @@ def _check_trackers(trackers: list[str]) -> None:
 
 
 def _check_launch(acc: Accelerator) -> None:
-    """Refuse N launched processes that accelerate left unconnected: each would train alone into output_dir."""
+    """Refuse N launched processes that accelerate left unconnected: each would train alone into output_dir. Warn
+    of an FSDP launch that accelerate runs as DDP (it enables FSDP on accelerators only, not with
+    ACCELERATE_USE_CPU)."""
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and acc.distributed_type != DistributedType.FSDP:
+        warnings.warn(f"the launch asks for FSDP, but accelerate runs it as {acc.distributed_type.value} (it enables "
+                      f"FSDP on GPUs and other accelerators, not on the CPU): every process holds the whole student")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and acc.num_processes == 1:
         raise ConfigError(
@@ -359,8 +364,10 @@ def gathered_for_generation(accelerator, model, enabled: bool = True):
 
     DeepSpeed ZeRO-3: deepspeed.zero.GatheredParameters over all parameters (deepspeed is imported here only).
     FSDP (v1): FSDP.summon_full_params on the wrapped root (recurse=False, as TRL does; nested FSDP units still
-    gather during their forward, so every rank must run the same number of forwards). FSDP2 gathers in each
-    forward by itself; DDP and one process hold full parameters: nothing to do.
+    gather during their forward, so every rank must run the same number of forwards). FSDP2: every unit gathered
+    once and kept whole through the forwards (fsdp2_unsharded), so that ranks whose rows finish at different
+    times run different numbers of forwards without a collective among them. DDP and one process hold full
+    parameters: nothing to do.
     model: the prepared student (the wrapper, not the unwrapped module)."""
     if not enabled:
         yield
@@ -374,8 +381,38 @@ def gathered_for_generation(accelerator, model, enabled: bool = True):
 
         with FSDP.summon_full_params(model, recurse=False, writeback=False):
             yield
+    elif accelerator.distributed_type == DistributedType.FSDP:
+        with fsdp2_unsharded(model):
+            yield
     else:
         yield
+
+
+@contextmanager
+def fsdp2_unsharded(model):
+    """Every FSDP2 unit of `model` unsharded (one all-gather each, in module order, alike on every rank) and kept
+    so after each forward, then resharded on exit. FSDP2 otherwise all-gathers a unit in each of its forwards: a
+    rank whose rows finished would leave the other's all-gathers unpaired (a hang, or the wrong collectives
+    paired). The setting torch's set_reshard_after_forward changes cannot be read back from its public API, so
+    each parameter group's own (post_forward_mesh_info; None = keep whole) is saved and restored."""
+    from torch.distributed.fsdp import FSDPModule
+
+    units = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    if isinstance(model, FSDPModule):
+        model._get_fsdp_state()._lazy_init()  # the root's settings, which torch fixes at its first forward
+    groups = [g for m in units for g in m._get_fsdp_state()._fsdp_param_groups]
+    saved = [g.post_forward_mesh_info for g in groups]
+    for m in units:
+        m.unshard()
+    for g in groups:
+        g.post_forward_mesh_info = None
+    try:
+        yield
+    finally:
+        for g, info in zip(groups, saved):
+            g.post_forward_mesh_info = info
+        for m in units:
+            m.reshard()
 
 
 # ---------------------------------------------------------------- one step
