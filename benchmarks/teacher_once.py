@@ -13,9 +13,16 @@ Each training step is a full `train.train_step` (SKD rollout with top_k, forward
 The modes: `off` (rollout.share_teacher_prefix and rollout.reuse_teacher_logits both false), `on` (both true,
 the defaults), and with --all-modes each option alone. Modes run in turn within each round, from fresh runs, and
 the figures are medians over rounds of each run's median step time, so that the machine's load hits all alike.
-`loss_teacher_forwards_per_step` counts the loss phase's teacher forwards (0 when the rollout's logits are used).
+`loss_teacher_forwards_per_step` counts the loss phase's teacher forwards (0 when the rollout's logits are used;
+the `teacher/loss_forwards` metric of each step).
+
+--precisions bf16 runs the shipped recipes' precision instead: the teacher's weights in bf16 (model.teacher_dtype
+bfloat16) and train.mixed_precision bf16 (autocast; the student's weights stay fp32). Its settings are reported
+as `lupi_bf16` and `skd_bf16`; there `off` is what every bf16 run did before the loss phase's teacher forward ran
+in the teacher's own dtype (reuse and prefix sharing were then switched off under mixed precision).
 
     OMP_NUM_THREADS=1 python benchmarks/teacher_once.py
+    OMP_NUM_THREADS=1 python benchmarks/teacher_once.py --precisions bf16
     OMP_NUM_THREADS=1 python benchmarks/teacher_once.py --steps 2 --warmup 1 --rounds 1      # a quick look
 """
 
@@ -44,6 +51,7 @@ def parse_args():
     p.add_argument("--min-prefix", type=int, default=1000, help="tokens of shared teacher prefix to reach (lupi)")
     p.add_argument("--all-modes", action="store_true", help="also time each option alone")
     p.add_argument("--settings", default="lupi,skd")
+    p.add_argument("--precisions", default="fp32", help="fp32 and/or bf16 (bf16 teacher, bf16 autocast), comma-separated")
     return p.parse_args()
 
 
@@ -83,12 +91,13 @@ def lupi_views(min_prefix: int) -> dict:
     return {"system_prompt": persona, "few_shot": shots, "max_response_tokens": 64}
 
 
-def config(setting: str, mode: str, args, teacher: str, student: str, out: str, views: dict):
+def config(setting: str, mode: str, args, teacher: str, student: str, out: str, views: dict, precision: str):
     from specdistill.config import Config, build, validate
 
     share, reuse = MODES[mode]
+    bf16 = precision == "bf16"
     cfg = build(Config, {
-        "model": {"teacher": teacher, "student": student},
+        "model": {"teacher": teacher, "student": student, "teacher_dtype": "bfloat16" if bf16 else "float32"},
         "data": {"train": [{"task": "facts"}],
                  "views": views if setting == "lupi" else {"teacher_knowledge": False, "max_response_tokens": 64}},
         "rollout": {"strategy": "skd", "policy": "top_k", "skd_top_k": 5, "gamma": 4, "temperature": 1.0,
@@ -97,7 +106,7 @@ def config(setting: str, mode: str, args, teacher: str, student: str, out: str, 
         "loss": {"name": "fkl"},
         "train": {"output_dir": out, "max_steps": args.warmup + args.steps, "batch_size": args.batch_size,
                   "lr": 1e-3, "warmup_steps": 1, "eval_every": 0, "save_every": 0, "progress": False,
-                  "threads": args.threads},
+                  "threads": args.threads, "mixed_precision": "bf16" if bf16 else "no"},
     })  # fmt: skip
     validate(cfg)
     return cfg
@@ -139,21 +148,22 @@ def main():
     args = parse_args()
     torch.set_num_threads(args.threads)
     modes = list(MODES) if args.all_modes else ["off", "on"]
-    settings = args.settings.split(",")
     views = lupi_views(args.min_prefix)
-    results = {s: {m: [] for m in modes} for s in settings}
+    # (name in the report, setting, precision): "lupi", "skd" in fp32; "lupi_bf16", "skd_bf16" in bf16
+    cases = [(s if p == "fp32" else f"{s}_{p}", s, p) for p in args.precisions.split(",") for s in args.settings.split(",")]
+    results = {name: {m: [] for m in modes} for name, _, _ in cases}
     with tempfile.TemporaryDirectory() as tmp:
         teacher, student = build_pair(tmp)
         for r in range(args.rounds):
-            for setting in settings:
+            for name, setting, precision in cases:
                 for mode in modes:
-                    out = os.path.join(tmp, f"{setting}-{mode}-{r}")
-                    res = run_mode(config(setting, mode, args, teacher, student, out, views), args)
-                    results[setting][mode].append(res)
-                    print(setting, mode, json.dumps(res), flush=True)
+                    out = os.path.join(tmp, f"{name}-{mode}-{r}")
+                    res = run_mode(config(setting, mode, args, teacher, student, out, views, precision), args)
+                    results[name][mode].append(res)
+                    print(name, mode, json.dumps(res), flush=True)
     summary = {"batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens, "steps": args.steps,
                "rounds": args.rounds, "threads": args.threads}
-    for setting in settings:
+    for setting, _, _ in cases:
         runs = results[setting]
         med = {m: statistics.median(x["step_s"] for x in runs[m]) for m in modes}
         last = {m: runs[m][-1] for m in modes}

@@ -109,13 +109,20 @@ def dry_run_config(name: str, tmp_path: Path) -> Path:
 
 @pytest.mark.parametrize("name", sorted(FIXTURE))
 def test_recipe_runs_two_steps_on_tiny_fixtures_of_its_architecture(name, tmp_path):
+    """Each recipe for 2 steps, with its precision (bf16 autocast, a bf16 teacher): the SKD and LUPI-SKD recipes
+    do the teacher's work once, their loss phase running no teacher forward (teacher/loss_forwards 0: the rollout's
+    logits are used); GKD, whose rollouts do not run the teacher, runs one per micro-batch."""
     cfg = load_config(dry_run_config(name, tmp_path))
+    assert cfg.train.mixed_precision == "bf16" and cfg.model.teacher_dtype == "bfloat16"
     run_training(cfg)
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in rows if "train/loss" in r]
     assert [r["step"] for r in steps] == [1, 2] and all(math.isfinite(r["train/loss"]) for r in steps)
     if cfg.rollout.strategy == "skd":
         assert all(0 <= r["rollout/token_acceptance"] <= 1 for r in steps)
+        assert [r["teacher/loss_forwards"] for r in steps] == [0, 0]
+    else:
+        assert [r["teacher/loss_forwards"] for r in steps] == [cfg.train.grad_accum] * 2
     assert (tmp_path / "run" / "final" / "config.json").exists()
 
 

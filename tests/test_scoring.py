@@ -38,6 +38,41 @@ def test_response_logits_are_the_predictions_from_each_prefix(model):
             torch.testing.assert_close(got[b, j], alone, rtol=1e-4, atol=1e-4)
 
 
+class AllPositions(torch.nn.Module):
+    """A causal LM whose forward takes `logits_to_keep` and ignores it, returning the logits of every position (as
+    remote code may): scoring must still pick the positions that predict the response."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, logits_to_keep=0, **kwargs):
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs)
+
+
+@torch.no_grad()
+def test_a_forward_that_ignores_logits_to_keep_gives_the_same_response_logits(model):
+    from specdistill.engine.prefix import shared_prefix
+
+    g = torch.Generator().manual_seed(3)
+    head = torch.randint(5, len(TOK), (20,), generator=g).tolist()  # a prefix every row shares (>= 16 ids)
+    prompts = [head + [7, 8, 9], head + [4], head + [6, 5]]
+    responses = [[20, 21, 22, 23], [30, 31], [40]]
+    p_ids, p_mask = left_pad(prompts, TOK.pad_token_id)
+    r_ids, r_mask = right_pad(responses, TOK.pad_token_id)
+    ids, mask = torch.cat([p_ids, r_ids], 1), torch.cat([p_mask, r_mask], 1)
+    vocab, T = len(TOK), r_ids.shape[1]
+    whole = AllPositions(model)
+    assert model(input_ids=ids, logits_to_keep=T + 1).logits.shape[1] == T + 1  # the real model trims...
+    assert whole(input_ids=ids, logits_to_keep=T + 1).logits.shape[1] == ids.shape[1]  # ...the wrapper does not
+    want = response_logits(model, ids, mask, T, vocab)
+    torch.testing.assert_close(response_logits(whole, ids, mask, T, vocab), want, rtol=0, atol=1e-5)
+    prefix = shared_prefix(model, p_ids, p_mask)
+    assert prefix is not None and prefix.length == 20
+    got = response_logits(whole, ids, mask, T, vocab, prefix=prefix)
+    torch.testing.assert_close(got[r_mask], want[r_mask], rtol=0, atol=1e-5)
+
+
 class Failing(torch.nn.Module):
     """A model whose forward raises, to check that callers restore its training mode."""
 

@@ -91,6 +91,107 @@ def test_resume_continues_exactly_as_the_uninterrupted_run(tmp_path, method):
     assert_same_weights(tmp_path / "full" / "final", tmp_path / "resumed" / "final")
 
 
+def test_resume_of_a_pair_whose_embeddings_are_padded_differently(tmp_path):
+    """The qwen2.5 fixture pair: the teacher has 2,048 embedding rows, the student 2,016 (2,000 ids). Checkpoints
+    keep the student's own 2,016 rows, so a resume loads them; only final/ is padded to the teacher's 2,048 (the
+    draft folder). Resumed from step 1, step 2 equals the uninterrupted run's step 2: its row and the weights."""
+    from families import STUDENT_ROWS, TEACHER_ROWS, get_family
+
+    fam = get_family("qwen2.5")
+
+    def config(out, **overrides):
+        cfg = make_config(out, teacher=str(fam.teacher), loss="fkl", validation=False, max_steps=2, save_every=1,
+                          batch_size=2, grad_accum=1, warmup_steps=0, **overrides)
+        cfg.model.student = str(fam.student)
+        return cfg
+
+    train.run_training(config(tmp_path / "full"))
+    first, second = checkpoint.list_checkpoints(tmp_path / "full")
+    for ckpt in (first, second):
+        assert load_file(ckpt / "model" / "model.safetensors")["model.embed_tokens.weight"].shape[0] == STUDENT_ROWS
+    train.run_training(config(tmp_path / "resumed", resume=str(first)))
+    assert sorted(read_rows(tmp_path / "resumed")) == [2]
+    assert_rows_match(read_rows(tmp_path / "full")[2], read_rows(tmp_path / "resumed")[2])
+    assert_same_weights(second / "model", checkpoint.list_checkpoints(tmp_path / "resumed")[-1] / "model")
+    assert_same_weights(tmp_path / "full" / "final", tmp_path / "resumed" / "final")
+    final = AutoModelForCausalLM.from_pretrained(tmp_path / "resumed" / "final")
+    assert final.config.vocab_size == TEACHER_ROWS == final.get_input_embeddings().weight.shape[0]
+    head = final.get_output_embeddings().weight
+    assert head.shape[0] == TEACHER_ROWS and torch.count_nonzero(head[STUDENT_ROWS:]) == 0
+    trained = checkpoint.read_safetensors(second / "model")["lm_head.weight"]
+    torch.testing.assert_close(head[:STUDENT_ROWS], trained, rtol=0, atol=0)  # the padding adds zero rows only
+    # A checkpoint that an earlier version padded to the teacher's rows loads back: its zero rows are cut.
+    student = AutoModelForCausalLM.from_pretrained(fam.student)
+    checkpoint.load_model_weights(student, tmp_path / "resumed" / "final")
+    assert_state_equals(student, checkpoint.read_safetensors(second / "model"))
+    head.data[STUDENT_ROWS] = 1.0  # a padded row that holds something is not padding: refused
+    final.save_pretrained(tmp_path / "not-padding")
+    with pytest.raises(ValueError, match="other shapes"):
+        checkpoint.load_model_weights(student, tmp_path / "not-padding")
+
+
+def test_a_resume_may_raise_max_steps_and_the_schedule_goes_on_over_the_new_count(tmp_path, capsys):
+    """2 steps with max_steps=2, then the same run resumed with max_steps=4: steps 3 and 4 run at the rate that a
+    warmup of 1 step and a cosine to 0.1 x lr over 4 steps give, by hand: lr (0.1 + 0.9 (1 + cos(pi (s - 1) / 3)) / 2)
+    at the 0-based step s = 2, 3. With warmup_steps=1 the 2-step and the 4-step schedules agree on steps 1 and 2
+    (0, then lr), so the extended run equals an uninterrupted 4-step run, row for row and weight for weight. The
+    change is recorded (state.json's max_steps_history, config.yaml); going below the checkpoint's step is not."""
+    lr = 3e-3
+
+    def config(out, max_steps, **overrides):
+        return make_config(out, teacher="tiny-teacher", loss="jsd", validation=False, max_steps=max_steps,
+                           save_every=2, grad_accum=1, lr=lr, warmup_steps=1, **overrides)
+
+    train.run_training(config(tmp_path / "four", 4))
+    train.run_training(config(tmp_path / "run", 2))
+    capsys.readouterr()
+    train.run_training(config(tmp_path / "run", 4, resume="auto"))
+    said = capsys.readouterr().out
+    assert "train.max_steps: 2 in the checkpoint's run, 4 from step 3 on" in said
+    rows, ref = read_rows(tmp_path / "run"), read_rows(tmp_path / "four")
+    assert sorted(rows) == [1, 2, 3, 4]
+    for step, s in ((3, 2), (4, 3)):
+        assert rows[step]["train/lr"] == pytest.approx(lr * (0.1 + 0.9 * (1 + math.cos(math.pi * (s - 1) / 3)) / 2),
+                                                       rel=1e-12)
+    assert rows[3]["train/lr"] == pytest.approx(0.775 * lr) and rows[4]["train/lr"] == pytest.approx(0.325 * lr)
+    for step in (1, 2, 3, 4):
+        assert_rows_match(ref[step], rows[step])
+    assert_same_weights(tmp_path / "four" / "final", tmp_path / "run" / "final")
+    last = checkpoint.list_checkpoints(tmp_path / "run")[-1]
+    state = json.loads((last / "state.json").read_text())
+    assert last.name == "step-00000004" and state["max_steps_history"] == [[0, 2], [2, 4]]
+    assert state["config"]["train"]["max_steps"] == 4
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["train"]["max_steps"] == 4
+
+    # Below the checkpoint's step: refused, saying why; another change is still refused beside it.
+    with pytest.raises(checkpoint.CheckpointError, match=r"train.max_steps: 4 -> 3 \(below the checkpoint's step 4"):
+        train.run_training(config(tmp_path / "run", 3, resume="auto"))
+    with pytest.raises(checkpoint.CheckpointError, match=r"train.batch_size: 4 -> 2"):
+        train.run_training(config(tmp_path / "run", 6, resume="auto", batch_size=2))
+
+
+def test_an_extension_names_the_schedule_stages_whose_start_fractions_move():
+    """rollout.schedule's `start: 0.5` is step 2 of 4 but step 4 of 8; `step: 2` stays at step 2; data.schedule's
+    `start: 0.3` is step 2 of 4, step 3 of 8. Resumed after 2 steps with max_steps 4 -> 8, the rollout stage in
+    force at step 3 goes back from 1 to 0, and the data stage started in the 4-step layout has not yet started."""
+    cfg = build(Config, {"rollout": {"schedule": [{"start": 0.5, "strategy": "student"}]}, "train": {"max_steps": 8},
+                         "data": {"train": [{"task": "arith"}, {"task": "facts"}],
+                                  "schedule": [{"start": 0.3, "weights": [0.0, 1.0]}]}})
+    moved = train._moved_stages(cfg, 2, 4)
+    assert len(moved) == 2
+    assert "rollout.schedule's stage 0 is in force from step 3 on" in moved[0] and "was in stage 1" in moved[0]
+    assert "data.schedule: 0 of its stages have started at step 3, 1 in the checkpoint's run" in moved[1]
+    cfg.rollout.schedule = [{"step": 2, "strategy": "student"}]
+    cfg.data.schedule[0].start = 0.1  # step 1 of 4 and of 8
+    assert train._moved_stages(cfg, 2, 4) == []
+
+
+def assert_state_equals(model, weights: dict) -> None:
+    state = model.state_dict()
+    for k, v in weights.items():
+        torch.testing.assert_close(state[k], v, rtol=0, atol=0)
+
+
 def test_checkpoint_holds_every_state_and_loads_without_pickle(tmp_path):
     train.run_training(make_config(tmp_path, validation=False, max_steps=2, save_every=1, keep_last=1), sft=True)
     found = checkpoint.list_checkpoints(tmp_path)
@@ -326,8 +427,17 @@ def test_gathered_for_generation_picks_the_backend(monkeypatch):
     with train.gathered_for_generation(_fake_accelerator(DistributedType.FSDP), model):
         assert calls == [("fsdp", model, {"recurse": False, "writeback": False})]
     calls.clear()
-    for acc in (_fake_accelerator(DistributedType.FSDP, fsdp2=True), _fake_accelerator(DistributedType.MULTI_GPU),
-                _fake_accelerator(DistributedType.NO)):
+
+    @contextmanager
+    def unsharded(module):
+        calls.append(("fsdp2", module))
+        yield
+
+    monkeypatch.setattr(train, "fsdp2_unsharded", unsharded)  # FSDP2: gathered once (the launched test runs it)
+    with train.gathered_for_generation(_fake_accelerator(DistributedType.FSDP, fsdp2=True), model):
+        assert calls == [("fsdp2", model)]
+    calls.clear()
+    for acc in (_fake_accelerator(DistributedType.MULTI_GPU), _fake_accelerator(DistributedType.NO)):
         with train.gathered_for_generation(acc, model):
             pass
     assert calls == []
@@ -392,8 +502,8 @@ from specdistill.cli import main
 real_save_model = train.save_model
 
 
-def save_model_then_hang(run, path):  # the save of PAUSE_IN stops after model/, as if killed mid-save
-    real_save_model(run, path)
+def save_model_then_hang(run, path, **options):  # the save of PAUSE_IN stops after model/, as if killed mid-save
+    real_save_model(run, path, **options)
     if Path(path).parent.name == os.environ["PAUSE_IN"]:
         Path(os.environ["MARKER"]).write_text(str(path))
         time.sleep(600)
@@ -563,6 +673,17 @@ def test_processes_that_accelerate_left_unconnected_are_refused(monkeypatch):
     train._check_launch(SimpleNamespace(num_processes=2))
     monkeypatch.delenv("WORLD_SIZE")
     train._check_launch(SimpleNamespace(num_processes=1))
+
+
+def test_an_fsdp_launch_that_accelerate_runs_as_ddp_on_the_cpu_is_warned_of(monkeypatch):
+    """accelerate launch --config_file fsdp.yaml sets ACCELERATE_USE_FSDP; with ACCELERATE_USE_CPU accelerate
+    runs MULTI_CPU (DDP) instead, which the run says rather than passing for FSDP."""
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    with pytest.warns(UserWarning, match="asks for FSDP, but accelerate runs it as MULTI_CPU"):
+        train._check_launch(SimpleNamespace(num_processes=2, distributed_type=DistributedType.MULTI_CPU))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        train._check_launch(SimpleNamespace(num_processes=2, distributed_type=DistributedType.FSDP))
 
 
 def test_resume_of_a_student_with_tied_embeddings(tmp_path):

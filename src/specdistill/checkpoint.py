@@ -215,10 +215,11 @@ def check_intact(path: Path) -> None:
 
 
 # ---------------------------------------------------------------- the run a checkpoint belongs to
-# Keys a resume may change. The first ones do not change what a run computes; train.lr and train.max_grad_norm
-# do, and a resume applies them from its first step on (train.py: the rest of the schedule follows the new lr), so
-# that a diverged run can go on at a lower rate. Every other key must match.
-RESUME_APPLIED = ("train.lr", "train.max_grad_norm")
+# Keys a resume may change. The first ones do not change what a run computes; train.lr, train.max_grad_norm and
+# train.max_steps do, and a resume applies them from its first step on (train.py: the rest of the schedule follows
+# the new lr and is laid out over the new max_steps), so that a diverged run can go on at a lower rate and a run
+# can be extended. train.max_steps may not go below the checkpoint's step. Every other key must match.
+RESUME_APPLIED = ("train.lr", "train.max_grad_norm", "train.max_steps")
 RESUME_FREE = RESUME_APPLIED + (
     "train.output_dir", "train.resume", "train.overwrite", "train.progress", "train.trackers", "train.threads",
     "train.log_every", "train.eval_every", "train.eval_samples", "train.save_every", "train.keep_last",
@@ -252,12 +253,17 @@ def config_differences(saved: dict, current: dict, free: tuple[str, ...] = RESUM
 def check_same_run(path: Path, current: dict) -> None:
     """Refuse to resume from checkpoint `path` when its run's saved config differs from `current` on a key that
     changes the run (the learning rate, the batch size, the data, ...), naming each difference."""
-    saved = json.loads((path / "state.json").read_text()).get("config")
+    state = json.loads((path / "state.json").read_text())
+    saved = state.get("config")
     if saved is None:
         warnings.warn(f"{path} holds no saved config (written by an older version): resuming without checking that "
                       f"its run's config matches this one")
         return
     diffs = config_differences(saved, current)
+    old, new = saved.get("train", {}).get("max_steps"), current.get("train", {}).get("max_steps")
+    if isinstance(new, int) and new < state["step"]:  # raising (or lowering to no less than the step) is applied
+        diffs.insert(0, f"train.max_steps: {old!r} -> {new!r} (below the checkpoint's step {state['step']}: "
+                        f"give at least {state['step']}; a larger value extends the run)")
     if diffs:
         raise CheckpointError(
             f"cannot resume from {path}: its run's config differs on {len(diffs)} key(s) that change the run: "
@@ -464,8 +470,14 @@ def load_model_weights(model: torch.nn.Module, folder: Path) -> None:
     """Load a Hugging Face folder's safetensors weights into `model` in place.
 
     A key may be missing only when it is tied to a loaded one (save_pretrained drops tied copies such as lm_head
-    when the embeddings are tied); anything else missing or unexpected is an error that names the keys."""
+    when the embeddings are tied); anything else missing or unexpected is an error that names the keys. A matrix
+    with more rows than the model's whose extra rows are all zero (a checkpoint that an earlier version padded to
+    the teacher's embedding row count) is cut back to the model's rows: that padding held nothing."""
     weights, current = read_safetensors(folder), model.state_dict()
+    for k, v in weights.items():
+        if k in current and v.ndim == 2 and v.shape[1:] == current[k].shape[1:] and v.shape[0] > current[k].shape[0] \
+                and not v[current[k].shape[0]:].any():
+            weights[k] = v[: current[k].shape[0]]
     loaded = {current[k].data_ptr() for k in weights if k in current}
     missing = [k for k in current if k not in weights and current[k].data_ptr() not in loaded]
     unexpected = [k for k in weights if k not in current]

@@ -21,8 +21,9 @@ def response_logits(model, ids: torch.Tensor, mask: torch.Tensor, length: int, v
 
     ids is a left-padded prompt of width P followed by a right-padded response of width T = length. The logits
     that predict response token j sit at column P + j - 1, so the first response token (predicted from the last
-    prompt position) is included. Only the last T + 1 positions are projected to the vocabulary; columns at or
-    beyond `vocab` (padded embedding rows) are dropped.
+    prompt position) is included. Only the last T + 1 positions are projected to the vocabulary (`logits_to_keep`);
+    the logits are cut from the end, so a forward that ignores the argument and returns every position (remote
+    code may) gives the same result. Columns at or beyond `vocab` (padded embedding rows) are dropped.
 
     prefix: an engine.prefix.SharedPrefix of this model that every row's real tokens start with (its keys and
     values, encoded once): the model then runs on each row's rest only, after a copy of the prefix's cache. model
@@ -32,7 +33,7 @@ def response_logits(model, ids: torch.Tensor, mask: torch.Tensor, length: int, v
         return _after_prefix(model, ids, mask, length, vocab, prefix)
     out = model(input_ids=ids, attention_mask=mask.long(), position_ids=position_ids_from_mask(mask),
                 logits_to_keep=length + 1, use_cache=False)
-    return out.logits[:, :length, :vocab]
+    return _predicting_response(out.logits, length, vocab)
 
 
 def _after_prefix(model, ids, mask, length, vocab, prefix):
@@ -46,7 +47,14 @@ def _after_prefix(model, ids, mask, length, vocab, prefix):
     kwargs = {prefix.cache_arg: prefix.cache(B)}
     out = model(input_ids=rest_ids, attention_mask=full_mask, position_ids=positions, logits_to_keep=length + 1,
                 use_cache=True, **kwargs)
-    return out.logits[:, :length, :vocab]
+    return _predicting_response(out.logits, length, vocab)
+
+
+def _predicting_response(logits: torch.Tensor, length: int, vocab: int) -> torch.Tensor:
+    """[B, >= T + 1, V'] logits of a forward's last positions -> [B, T, vocab]: the T that predict the response
+    (the last position, which predicts past the response, is dropped). Counted from the end: whether the forward
+    kept T + 1 positions or all of them."""
+    return logits[:, -length - 1 : -1, :vocab]
 
 
 @torch.no_grad()

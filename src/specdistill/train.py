@@ -36,7 +36,7 @@ from accelerate.utils import DistributedType, set_seed
 from tqdm.auto import tqdm
 
 from . import checkpoint, losses
-from .config import Config, ConfigError, rollout_at, rollout_stages, save_config
+from .config import Config, ConfigError, rollout_at, rollout_stages, save_config, stage_step
 from .data.mixture import MixtureStream
 from .data.records import load_records
 from .data.tasks import get_task
@@ -84,6 +84,7 @@ class Run:
     score_student: object = None  # what micro_loss calls: the student, or with train.compile its compiled caller
     score_teacher: object = None  # likewise for the teacher
     loss_teacher_forwards: int = 0  # teacher forwards run by the loss phase (0 when rollouts kept the logits)
+    max_steps_history: list = field(default_factory=list)  # [[step, train.max_steps in force from it on], ...]
 
 
 # ---------------------------------------------------------------- setup
@@ -129,6 +130,7 @@ def setup(cfg: Config, sft: bool = False) -> Run:
                            cfg.train.seed)
     run = Run(cfg, acc, tokenizer, student, teacher, optimizer, scheduler, stream, vocab, sft, out, device, t_device)
     run.validation = validation[: cfg.train.eval_samples]
+    run.max_steps_history = [[0, cfg.train.max_steps]]
     encode(run, [r for d in datasets for r in d] + run.validation)  # every record fits, or the run stops here
     run.score_student, run.score_teacher = _scorers(run)
     if resume is not None:
@@ -242,7 +244,12 @@ def _check_trackers(trackers: list[str]) -> None:
 
 
 def _check_launch(acc: Accelerator) -> None:
-    """Refuse N launched processes that accelerate left unconnected: each would train alone into output_dir."""
+    """Refuse N launched processes that accelerate left unconnected: each would train alone into output_dir. Warn
+    of an FSDP launch that accelerate runs as DDP (it enables FSDP on accelerators only, not with
+    ACCELERATE_USE_CPU)."""
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" and acc.distributed_type != DistributedType.FSDP:
+        warnings.warn(f"the launch asks for FSDP, but accelerate runs it as {acc.distributed_type.value} (it enables "
+                      f"FSDP on GPUs and other accelerators, not on the CPU): every process holds the whole student")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and acc.num_processes == 1:
         raise ConfigError(
@@ -370,8 +377,10 @@ def gathered_for_generation(accelerator, model, enabled: bool = True):
 
     DeepSpeed ZeRO-3: deepspeed.zero.GatheredParameters over all parameters (deepspeed is imported here only).
     FSDP (v1): FSDP.summon_full_params on the wrapped root (recurse=False, as TRL does; nested FSDP units still
-    gather during their forward, so every rank must run the same number of forwards). FSDP2 gathers in each
-    forward by itself; DDP and one process hold full parameters: nothing to do.
+    gather during their forward, so every rank must run the same number of forwards). FSDP2: every unit gathered
+    once and kept whole through the forwards (fsdp2_unsharded), so that ranks whose rows finish at different
+    times run different numbers of forwards without a collective among them. DDP and one process hold full
+    parameters: nothing to do.
     model: the prepared student (the wrapper, not the unwrapped module)."""
     if not enabled:
         yield
@@ -385,8 +394,38 @@ def gathered_for_generation(accelerator, model, enabled: bool = True):
 
         with FSDP.summon_full_params(model, recurse=False, writeback=False):
             yield
+    elif accelerator.distributed_type == DistributedType.FSDP:
+        with fsdp2_unsharded(model):
+            yield
     else:
         yield
+
+
+@contextmanager
+def fsdp2_unsharded(model):
+    """Every FSDP2 unit of `model` unsharded (one all-gather each, in module order, alike on every rank) and kept
+    so after each forward, then resharded on exit. FSDP2 otherwise all-gathers a unit in each of its forwards: a
+    rank whose rows finished would leave the other's all-gathers unpaired (a hang, or the wrong collectives
+    paired). The setting torch's set_reshard_after_forward changes cannot be read back from its public API, so
+    each parameter group's own (post_forward_mesh_info; None = keep whole) is saved and restored."""
+    from torch.distributed.fsdp import FSDPModule
+
+    units = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    if isinstance(model, FSDPModule):
+        model._get_fsdp_state()._lazy_init()  # the root's settings, which torch fixes at its first forward
+    groups = [g for m in units for g in m._get_fsdp_state()._fsdp_param_groups]
+    saved = [g.post_forward_mesh_info for g in groups]
+    for m in units:
+        m.unshard()
+    for g in groups:
+        g.post_forward_mesh_info = None
+    try:
+        yield
+    finally:
+        for g, info in zip(groups, saved):
+            g.post_forward_mesh_info = info
+        for m in units:
+            m.reshard()
 
 
 # ---------------------------------------------------------------- one step
@@ -436,18 +475,30 @@ def micro_loss(run: Run, rb: RolloutBatch, student=None) -> tuple[torch.Tensor, 
     return loss_sum, None if t_logits is None else top1_agreements(s_logits, t_logits, mask)
 
 
+def teacher_in_own_dtype(run: Run) -> bool:
+    """Whether the loss phase's teacher forward computes in the teacher's own dtype, as its rollout forwards do
+    (which run outside autocast): without mixed precision, and for a teacher whose weights are in half precision
+    (bf16, fp16), whose loss-phase forward then runs outside train.mixed_precision's autocast, which would only
+    re-cast them (on a CPU a bf16 teacher's logits are bit-identical with and without it). An fp32 teacher under
+    bf16/fp16 keeps autocast there: its loss-phase forward then runs in half precision, its rollout in fp32."""
+    if run.cfg.train.mixed_precision == "no" or run.teacher is None:
+        return True
+    return next(run.teacher.parameters()).dtype in (torch.bfloat16, torch.float16)
+
+
 def kept_logits_form(run: Run, settings):
     """What SKD rollouts keep of the teacher's logits for the loss (engine.generate's keep_target_logits): False
-    when the loss reads no teacher, rollout.reuse_teacher_logits is off, or reuse would not be exact; True (the
-    full logits) for a dense loss; the loss's TopKLogits form for a sparse one.
+    when the loss reads no teacher, rollout.reuse_teacher_logits is off, or reuse would not be exact enough; True
+    (the full logits) for a dense loss; the loss's TopKLogits form for a sparse one.
 
-    Not exact, hence off: train.mixed_precision bf16/fp16, whose autocast runs the loss phase's teacher forward in
-    half precision, where the rollout's forwards run in the teacher's own dtype; the rank loss reads the full
-    logits whatever sparse_top_k says, so it keeps them whole."""
+    Not exact enough, hence off: an fp32 teacher under train.mixed_precision bf16/fp16 (teacher_in_own_dtype),
+    whose loss-phase forward runs in half precision where its rollout ran in fp32. A half-precision teacher's kept
+    logits differ from its loss-phase forward only by the rounding of its own dtype (docs/training.md). The rank
+    loss reads the full logits whatever sparse_top_k says, so it keeps them whole."""
     lc = run.cfg.loss
     if run.sft or lc.name not in TEACHER_LOSSES or not settings.reuse_teacher_logits:
         return False
-    if run.cfg.train.mixed_precision != "no":
+    if not teacher_in_own_dtype(run):
         return False
     if lc.sparse_top_k is None or lc.name == "rank":
         return True
@@ -477,18 +528,21 @@ def teacher_logits(run: Run, rb: RolloutBatch):
 
 def teacher_forward(run: Run, rb: RolloutBatch, rows) -> torch.Tensor:
     """The teacher's logits predicting the response tokens of rb's `rows` (a list, or slice(None) for all):
-    [m, T, V] on the teacher's device. With rollout.share_teacher_prefix in the stage in force (and no autocast,
-    which would run the rows in another dtype than the stored prefix), the prefix every row's view shares is
-    encoded once and reused."""
+    [m, T, V] on the teacher's device. A half-precision teacher runs outside autocast, in its own dtype, as in its
+    rollouts (teacher_in_own_dtype). With rollout.share_teacher_prefix in the stage in force (and the teacher in
+    its own dtype: under autocast the rows would run in another dtype than the stored prefix), the prefix every
+    row's view shares is encoded once and reused."""
     T, tdev = rb.response.shape[1], run.teacher_device
     ids, mask = rb.teacher_ids[rows].to(tdev), rb.teacher_mask[rows].to(tdev)
     run.loss_teacher_forwards += 1
     prefix = None
+    own = teacher_in_own_dtype(run)
     _, settings = rollout_at(run.cfg.rollout, run.step, run.cfg.train.max_steps)
-    if settings.share_teacher_prefix and run.cfg.train.mixed_precision == "no":
-        P = rb.teacher_prompt_len
-        prefix = shared_prefix(run.teacher, ids[:, :P], mask[:, :P])
-    return response_logits(run.score_teacher, ids, mask, T, run.vocab, prefix=prefix)
+    with torch.autocast(tdev.type, enabled=False) if own else nullcontext():
+        if settings.share_teacher_prefix and own:
+            P = rb.teacher_prompt_len
+            prefix = shared_prefix(run.teacher, ids[:, :P], mask[:, :P])
+        return response_logits(run.score_teacher, ids, mask, T, run.vocab, prefix=prefix)
 
 
 def rollout_step(run: Run) -> list[RolloutBatch]:
@@ -520,6 +574,7 @@ def train_step(run: Run) -> dict:
     """One optimizer step (or a skipped one, when the loss or gradient is NaN/inf); returns global metrics."""
     acc, cfg = run.accelerator, run.cfg.train
     t0 = time.perf_counter()
+    forwards_before = run.loss_teacher_forwards
     batches = rollout_step(run)
     t_rollout = time.perf_counter() - t0
     # Collectives run on the student's device (NCCL takes no CPU tensors); rollouts return CPU tensors.
@@ -537,7 +592,9 @@ def train_step(run: Run) -> dict:
         total += loss_sum.detach().float()
         if agreements is not None:
             agree = agreements if agree is None else agree + agreements
-    total = acc.reduce(total, reduction="sum") if acc.num_processes > 1 else total
+    # [summed loss, the loss phase's teacher forwards], over this rank's micro-batches, then over the ranks
+    sums = torch.stack([total, total.new_tensor(float(run.loss_teacher_forwards - forwards_before))])
+    total, forwards = acc.reduce(sums, reduction="sum") if acc.num_processes > 1 else sums
     if agree is not None and acc.num_processes > 1:
         agree = acc.reduce(agree, reduction="sum")
     max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf
@@ -557,6 +614,8 @@ def train_step(run: Run) -> dict:
     }
     if agree is not None:
         metrics["train/top1_agreement"] = float(agree) / max(n, 1.0)
+    if run.cfg.loss.name in TEACHER_LOSSES and not run.sft:
+        metrics["teacher/loss_forwards"] = int(forwards)
     if run.cfg.rollout.schedule:
         metrics["rollout/stage"] = rollout_at(run.cfg.rollout, run.step, cfg.max_steps)[0]
     metrics.update(_global_rollout_stats(run, batches))
@@ -654,11 +713,12 @@ def _log_samples(run: Run, samples: list[dict]) -> None:
 
 
 # ---------------------------------------------------------------- saving and resuming
-def save_model(run: Run, path: Path) -> None:
-    """The student (merged LoRA when used) and the tokenizer as a Hugging Face folder that serves as the
-    teacher's draft unchanged: its generation_config ends rows at every end id (EOS, end of turn, the models'
-    own), and its embedding matrices have the teacher's row count (zero rows past the tokenizer), which
-    transformers' assisted generation requires. Every rank calls this (gathering sharded weights is a
+def save_model(run: Run, path: Path, draft: bool = True) -> None:
+    """The student (merged LoRA when used) and the tokenizer as a Hugging Face folder; its generation_config ends
+    rows at every end id (EOS, end of turn, the models' own). draft=True (final/): the folder serves as the
+    teacher's draft unchanged, its embedding matrices at the teacher's row count (zero rows past the tokenizer),
+    which transformers' assisted generation requires. draft=False (a checkpoint's model/): the student's own row
+    count, which a resume loads back into the student. Every rank calls this (gathering sharded weights is a
     collective); the main process writes."""
     acc = run.accelerator
     model = acc.unwrap_model(run.student)
@@ -668,7 +728,7 @@ def save_model(run: Run, path: Path) -> None:
     else:
         state = acc.get_state_dict(run.student)
     if acc.is_main_process:
-        rows = embedding_rows(run.teacher) if run.teacher is not None else None
+        rows = embedding_rows(run.teacher) if draft and run.teacher is not None else None
         with _saved_with_rows(model, state, rows) as (to_save, state):
             to_save.save_pretrained(path, state_dict=state, safe_serialization=True)
         run.tokenizer.save_pretrained(path)
@@ -711,8 +771,9 @@ def _merged_copy(peft_model):
 
 
 def write_student(run: Run, folder: Path) -> None:
-    """A checkpoint's student: `model/` (Hugging Face folder) and, with LoRA, `adapter/` (what resuming loads)."""
-    save_model(run, folder / "model")
+    """A checkpoint's student: `model/` (Hugging Face folder at the student's own embedding row count, what a
+    resume loads) and, with LoRA, `adapter/` (what a LoRA resume loads)."""
+    save_model(run, folder / "model", draft=False)
     if run.cfg.model.lora.enabled and run.accelerator.is_main_process:
         run.accelerator.unwrap_model(run.student).save_pretrained(folder / "adapter", safe_serialization=True)
 
@@ -721,7 +782,8 @@ def save(run: Run) -> Path:
     """A checkpoint of the current step in <output_dir>/checkpoints (atomic; the last train.keep_last are kept)."""
     acc = run.accelerator
     state = {"cursor": run.stream.state_dict()["cursor"], "bad_steps": run.bad_steps,
-             "skipped_steps": run.skipped_steps, "config": run_config(run.cfg)}  # resume checks the config
+             "skipped_steps": run.skipped_steps, "config": run_config(run.cfg),  # resume checks the config
+             "max_steps_history": run.max_steps_history}
     return checkpoint.save_checkpoint(
         run.out, run.step, lambda folder: write_student(run, folder), run.optimizer, run.scheduler, state,
         acc.process_index, acc.is_main_process, acc.wait_for_everyone, run.cfg.train.keep_last,
@@ -765,24 +827,59 @@ def _restore_state(run: Run, path: Path) -> None:
     run.step, run.bad_steps, run.skipped_steps = state["step"], state["bad_steps"], state["skipped_steps"]
     run.stream.load_state_dict(state)
     run.accelerator.print(f"resumed from {path} at step {run.step}")
-    _apply_resumed_lr(run, (state.get("config") or {}).get("train", {}).get("lr"))
+    saved = (state.get("config") or {}).get("train", {})
+    _apply_resumed_schedule(run, saved.get("lr"), saved.get("max_steps"))
+    history = state.get("max_steps_history") or ([[0, saved["max_steps"]]] if "max_steps" in saved else [])
+    if not history or history[-1][1] != run.cfg.train.max_steps:
+        history.append([run.step, run.cfg.train.max_steps])
+    run.max_steps_history = history
 
 
-def _apply_resumed_lr(run: Run, saved: float | None) -> None:
-    """A train.lr other than the checkpoint run's (to go on after a divergence, say) applies from the resumed step
-    on: the schedule keeps its shape and scales to the new peak rate. Said, and recorded in config.yaml and in the
-    next checkpoints, never silently overridden by the restored schedule."""
-    new = run.cfg.train.lr
-    if saved is None or saved == new:
+def _apply_resumed_schedule(run: Run, saved_lr: float | None, saved_max_steps: int | None) -> None:
+    """A train.lr or train.max_steps other than the checkpoint run's applies from the resumed step on, never
+    silently overridden by the restored schedule. train.lr (to go on after a divergence, say): the schedule keeps
+    its shape and scales to the new peak rate. train.max_steps (to train longer): the schedule is a function of
+    the step and max_steps, so it goes on as laid out over the new max_steps (the warmup, a step count, as it was;
+    the cosine stretched to end at the new last step), as in a run started with that max_steps. Said, and
+    recorded in config.yaml and in the next checkpoints (state.json's max_steps_history)."""
+    t, scheduler, acc = run.cfg.train, run.scheduler, run.accelerator
+    lr_changed = saved_lr is not None and saved_lr != t.lr
+    steps_changed = saved_max_steps is not None and saved_max_steps != t.max_steps
+    if not (lr_changed or steps_changed):
         return
-    scheduler = run.scheduler
-    scheduler.base_lrs = [new] * len(scheduler.base_lrs)
-    for group, factor in zip(run.optimizer.param_groups, scheduler.lr_lambdas):
-        group["initial_lr"] = new
-        group["lr"] = new * factor(scheduler.last_epoch)
+    before = run.optimizer.param_groups[0]["lr"]
+    scheduler.base_lrs = [t.lr] * len(scheduler.base_lrs)
+    for group, factor in zip(run.optimizer.param_groups, scheduler.lr_lambdas):  # the lambdas use the new max_steps
+        group["initial_lr"] = t.lr
+        group["lr"] = t.lr * factor(scheduler.last_epoch)
     scheduler._last_lr = [group["lr"] for group in run.optimizer.param_groups]
-    run.accelerator.print(f"train.lr: {saved} in the checkpoint's run, {new} from step {run.step + 1} on (the rest of "
-                          f"the schedule scales to it)")
+    nxt = run.step + 1
+    if lr_changed:
+        acc.print(f"train.lr: {saved_lr} in the checkpoint's run, {t.lr} from step {nxt} on (the rest of the "
+                  f"schedule scales to it)")
+    if steps_changed:
+        acc.print(f"train.max_steps: {saved_max_steps} in the checkpoint's run, {t.max_steps} from step {nxt} on: "
+                  f"the schedule is laid out over {t.max_steps} steps (step {nxt}'s lr {before:.4g} -> "
+                  f"{run.optimizer.param_groups[0]['lr']:.4g})")
+        for moved in _moved_stages(run.cfg, run.step, saved_max_steps):
+            warnings.warn(f"train.max_steps {saved_max_steps} -> {t.max_steps}: {moved}")
+
+
+def _moved_stages(cfg: Config, step: int, old_max_steps: int) -> list[str]:
+    """The schedules (rollout.schedule, data.schedule) whose stage in force at `step` changes when their `start`
+    fractions are laid out over the new train.max_steps instead of `old_max_steps`."""
+    new, moved = cfg.train.max_steps, []
+    if cfg.rollout.schedule:
+        was, now = rollout_at(cfg.rollout, step, old_max_steps)[0], rollout_at(cfg.rollout, step, new)[0]
+        if was != now:
+            moved.append(f"rollout.schedule's stage {now} is in force from step {step + 1} on, where the checkpoint's "
+                         f"run was in stage {was} (a `start` fraction moves with max_steps; `step: N` does not)")
+    if cfg.data.schedule:
+        was, now = (sum(step >= stage_step(s.start, m) for s in cfg.data.schedule) for m in (old_max_steps, new))
+        if was != now:
+            moved.append(f"data.schedule: {now} of its stages have started at step {step + 1}, {was} in the "
+                         f"checkpoint's run (their `start` fractions move with max_steps)")
+    return moved
 
 
 def _truncate_logs(out: Path, step: int) -> None:
