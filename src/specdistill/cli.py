@@ -193,6 +193,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", help="write the acceptance-per-position and speedup-vs-gamma plot to this PNG (several "
                    "drafts: predicted and measured speedup of each)")
 
+    p = sub.add_parser("init-draft", help="a draft cut from a model's own layers (embeddings, chosen decoder layers, "
+                       "final norm, LM head, tokenizer)")
+    p.add_argument("--from", dest="source", required=True, help="the source model: folder, hub id or preset")
+    p.add_argument("--layers", required=True, help="a count N (keeps the first N-1 layers and the last) or 0-based "
+                   "layer indices in increasing order, comma-separated (0,1,2,29)")
+    p.add_argument("--out", required=True, help="a new folder for the draft (written atomically)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="the dtype the source loads in and the draft is saved in")
+
     p = sub.add_parser("data", help="dataset tools")
     dsub = p.add_subparsers(dest="data_command", required=True)
     c = dsub.add_parser("check", help="report every bad record with its line or index")
@@ -574,6 +583,15 @@ def cmd_data(args) -> int:
     return 1 if problems else 0
 
 
+def cmd_init_draft(args) -> int:
+    from .drafts import init_draft
+
+    summary = init_draft(args.source, args.layers, args.out, args.dtype)
+    print(json.dumps(summary))
+    print(f"draft saved to {summary['out']}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -585,7 +603,7 @@ def cmd_demo(args) -> int:
 
 
 COMMANDS = {"sft": cmd_train, "distill": cmd_train, "eval": cmd_eval, "generate": cmd_generate, "bench": cmd_bench,
-            "data": cmd_data, "demo": cmd_demo}
+            "data": cmd_data, "demo": cmd_demo, "init-draft": cmd_init_draft}
 
 if __name__ == "__main__":
     sys.exit(main())
