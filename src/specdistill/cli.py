@@ -202,6 +202,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="the dtype the source loads in and the draft is saved in")
 
+    p = sub.add_parser("convert", help="a GGUF checkpoint as a plain Hugging Face folder (dequantized once, so later "
+                       "runs load it in seconds)")
+    p.add_argument("gguf", metavar="IN.gguf", help="the GGUF file (llama.cpp's format)")
+    p.add_argument("out_dir", metavar="OUT_DIR", help="a new (or empty) folder; a folder with a model is refused")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="the weights' dtype in the folder (default float32)")
+
+    p = sub.add_parser("export", help="a model folder as one GGUF file for llama.cpp and Ollama (llama, mistral, "
+                       "gemma3_text)")
+    p.add_argument("model_dir", metavar="MODEL_DIR", help="a Hugging Face model folder (a run's final/)")
+    p.add_argument("out", metavar="OUT.gguf", help="the file to write (an existing file is refused)")
+    p.add_argument("--outtype", default="f16", choices=["f32", "f16", "q8_0"],
+                   help="the 2-D weights' type (norms stay f32): f32 exact, f16 (default) within 2^-11 relative, "
+                   "q8_0 within 1/254 of each 32-weight block's largest (docs/models.md)")
+
     p = sub.add_parser("data", help="dataset tools")
     dsub = p.add_subparsers(dest="data_command", required=True)
     c = dsub.add_parser("check", help="report every bad record with its line or index")
@@ -602,8 +617,25 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_convert(args) -> int:
+    from .gguf_io import convert_gguf, is_gguf_spec
+
+    if not is_gguf_spec(args.gguf):
+        raise UsageError(f"IN.gguf {args.gguf!r}: give a .gguf file (a Hugging Face folder needs no conversion)")
+    print(json.dumps(convert_gguf(args.gguf, args.out_dir, args.dtype)))
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .gguf_export import export_gguf
+
+    print(json.dumps(export_gguf(args.model_dir, args.out, args.outtype)))
+    return 0
+
+
 COMMANDS = {"sft": cmd_train, "distill": cmd_train, "eval": cmd_eval, "generate": cmd_generate, "bench": cmd_bench,
-            "data": cmd_data, "demo": cmd_demo, "init-draft": cmd_init_draft}
+            "data": cmd_data, "demo": cmd_demo, "init-draft": cmd_init_draft, "convert": cmd_convert,
+            "export": cmd_export}
 
 if __name__ == "__main__":
     sys.exit(main())

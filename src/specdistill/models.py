@@ -1,6 +1,7 @@
 """Load teacher, student and tokenizer; tiny presets; device and dtype placement; vocabulary checks.
 
-A model spec is a local folder or hub id (anything `from_pretrained` accepts), or a preset name:
+A model spec is a local folder or hub id (anything `from_pretrained` accepts), a `.gguf` file (gguf_io.py), or a
+preset name:
 - `tiny-teacher`, `tiny-student`: randomly initialised Llama models with the built-in tokenizer;
 - `builtin-teacher`: the trained built-in teacher shipped with the package (`specdistill sft configs/builtin/teacher.yaml`
   makes it; see docs/benchmarks.md);
@@ -20,6 +21,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 from .data.grids import build_grid_tokenizer
 from .data.tokenizer import build_tokenizer
 from .errors import UserError
+from .gguf_io import check_gguf_file, is_gguf_spec
 
 ASSETS = Path(__file__).parent / "assets"
 BUILTIN_TEACHER = ASSETS / "builtin-teacher"
@@ -91,7 +93,8 @@ def _looks_local(spec: str) -> bool:
 
 def check_model_spec(spec, role: str = "model", need_config: bool = True) -> None:
     """Refuse, before transformers sees it, a model spec that cannot load: not a string, a local-looking path
-    that does not exist (with how to make the shipped configs' folders), a file, or a folder without config.json.
+    that does not exist (with how to make the shipped configs' folders), a file that is not a loadable .gguf, or a
+    folder without config.json.
     role: how to name the spec in the error (`model.student`, `--draft`, ...); need_config: False for a
     tokenizer-only folder. Hub ids pass unchecked."""
     if not isinstance(spec, str) or not spec.strip():
@@ -100,9 +103,12 @@ def check_model_spec(spec, role: str = "model", need_config: bool = True) -> Non
     if is_preset(spec):
         return
     path = Path(spec).expanduser()
+    if is_gguf_spec(spec) and not path.is_dir():
+        check_gguf_file(path, role)  # a GGUF file: missing, damaged or of an architecture transformers cannot load
+        return
     if path.is_file():
-        raise UserError(f"{role}={spec}: is a file; give a Hugging Face model folder (with config.json), a hub id "
-                        f"or a preset ({', '.join(PRESET_NAMES)})")
+        raise UserError(f"{role}={spec}: is a file; give a Hugging Face model folder (with config.json), a .gguf "
+                        f"file, a hub id or a preset ({', '.join(PRESET_NAMES)})")
     if path.is_dir():
         if need_config and not (path / "config.json").exists():
             raise UserError(f"{role}={spec}: the folder holds no config.json, so it is not a Hugging Face model "
@@ -135,7 +141,12 @@ def load_tokenizer(spec: str, trust_remote_code: bool = False) -> PreTrainedToke
     if spec in PRESETS:
         return PRESET_TOKENIZERS[spec]()
     check_model_spec(spec, need_config=False)
-    tok = _from_pretrained(AutoTokenizer.from_pretrained, spec, "tokenizer", trust_remote_code=trust_remote_code)
+    if is_gguf_spec(spec) and Path(spec).expanduser().is_file():
+        from .gguf_io import load_gguf_tokenizer
+
+        tok = load_gguf_tokenizer(spec)
+    else:
+        tok = _from_pretrained(AutoTokenizer.from_pretrained, spec, "tokenizer", trust_remote_code=trust_remote_code)
     tok.padding_side = "left"
     if tok.pad_token is None:  # many base models ship without one; the pad id is masked out everywhere
         tok.pad_token = tok.eos_token
@@ -179,13 +190,19 @@ def load_model(
     trust_remote_code: bool = False,
     seed: int = 0,
 ) -> torch.nn.Module:
-    """A causal LM from a preset (seeded random init) or through `AutoModelForCausalLM.from_pretrained`."""
+    """A causal LM from a preset (seeded random init), a .gguf file (gguf_io.load_gguf_model) or through
+    `AutoModelForCausalLM.from_pretrained`."""
     if dtype not in DTYPES:
         raise UserError(f"dtype {dtype!r} is not allowed; allowed: {', '.join(DTYPES)}")
     if spec in PRESETS:
         torch.manual_seed(seed)
         model = LlamaForCausalLM(preset_config(spec, tokenizer or PRESET_TOKENIZERS[spec]()))
         model = model.to(dtype=DTYPES[dtype])
+    elif is_gguf_spec(spec) and Path(spec).expanduser().is_file():
+        from .gguf_io import load_gguf_model
+
+        check_model_spec(spec)
+        model = load_gguf_model(spec, DTYPES[dtype])  # dequantized into dtype
     else:
         check_model_spec(spec)
         model = _from_pretrained(AutoModelForCausalLM.from_pretrained, spec, "model", dtype=DTYPES[dtype],

@@ -1,0 +1,296 @@
+"""GGUF in: a `.gguf` file as a model spec, and `specdistill convert` to a plain Hugging Face folder (DESIGN 10).
+
+A model spec ending in `.gguf` (any role: model.teacher, model.student, --model, --target, --draft, --teacher)
+loads through transformers' GGUF support: the weights are dequantized into the configured dtype, the tokenizer
+and its chat template are rebuilt from the file's metadata. What transformers leaves out is filled from the same
+metadata, as llama.cpp reads it: every end id (eos, eot, eom) goes into the generation_config, and a Gemma-3
+file's sliding-window pattern, sliding rope base and final logit softcapping into the config.
+
+Loading dequantizes every tensor (slow for big files); `convert` does it once and writes a folder that loads in
+seconds: safetensors, no quantization config, the tokenizer with its chat template, a generation_config with
+every end id, and `gguf_source.json` (the file it came from and a hash of its token list) so that `export` can
+copy the file's own tokenizer metadata back.
+
+The `gguf` package is an optional extra (`pip install 'specdistill[gguf]'`).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import shutil
+import struct
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from .errors import UserError
+
+GGUF_EXTRA = "pip install 'specdistill[gguf]'"
+SOURCE_RECORD = "gguf_source.json"
+_MAGIC = b"GGUF"
+# GGUF metadata value types: fixed-width ones as struct formats; 8 = string, 9 = array
+_FORMATS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+
+
+def is_gguf_spec(spec) -> bool:
+    return isinstance(spec, str) and spec.strip().lower().endswith(".gguf")
+
+
+def require_gguf(what: str):
+    """The `gguf` package, or a UserError naming the extra that installs it."""
+    try:
+        import gguf
+    except ImportError:
+        raise UserError(f"{what}: GGUF files need the gguf package, an optional extra: {GGUF_EXTRA}") from None
+    return gguf
+
+
+# ---------------------------------------------------------------- reading the header (fast, no tensor data)
+def _read_string(blob, pos: int) -> tuple[str, int]:
+    (length,) = struct.unpack_from("<Q", blob, pos)
+    return bytes(blob[pos + 8: pos + 8 + length]).decode("utf-8"), pos + 8 + length
+
+
+def _read_value(blob, pos: int, kind: int, keep: bool):
+    """(value, next offset); an array of strings is kept only when `keep` (else its length is returned)."""
+    if kind in _FORMATS:
+        return struct.unpack_from(_FORMATS[kind], blob, pos)[0], pos + struct.calcsize(_FORMATS[kind])
+    if kind == 8:
+        return _read_string(blob, pos)
+    if kind != 9:
+        raise ValueError(f"unknown metadata value type {kind}")
+    item, count = struct.unpack_from("<IQ", blob, pos)
+    pos += 12
+    if item in _FORMATS:
+        width = struct.calcsize(_FORMATS[item])
+        return list(np.frombuffer(blob, _FORMATS[item], count, pos)) if keep else count, pos + count * width
+    values = []
+    for _ in range(count):
+        if item == 8 and not keep:  # skip the text of strings nobody asked for (a 262,144-token vocabulary)
+            pos += 8 + struct.unpack_from("<Q", blob, pos)[0]
+            continue
+        value, pos = _read_value(blob, pos, item, keep)
+        values.append(value)
+    return (values if keep else count), pos
+
+
+@functools.lru_cache(maxsize=8)
+def _header(path: str, mtime_ns: int, size: int, keep: tuple[str, ...]) -> tuple[dict, list, int]:
+    """(metadata, [(name, ggml type, element count, offset)], data start) of a GGUF file; raises on damage."""
+    import gguf
+
+    blob = np.memmap(path, mode="r", dtype=np.uint8)
+    version, n_tensors, n_kv = struct.unpack_from("<IQQ", blob, 4)
+    if version not in (2, 3):
+        raise ValueError(f"GGUF version {version} (llama.cpp writes 3)")
+    metadata, pos = {}, 24
+    for _ in range(n_kv):
+        key, pos = _read_string(blob, pos)
+        (kind,) = struct.unpack_from("<I", blob, pos)
+        metadata[key], pos = _read_value(blob, pos + 4, kind, key in keep)
+    tensors = []
+    for _ in range(n_tensors):
+        name, pos = _read_string(blob, pos)
+        (dims,) = struct.unpack_from("<I", blob, pos)
+        shape = struct.unpack_from(f"<{dims}Q", blob, pos + 4)
+        kind, offset = struct.unpack_from("<IQ", blob, pos + 4 + 8 * dims)
+        pos += 16 + 8 * dims
+        tensors.append((name, kind, int(np.prod(shape)), offset))
+    align = metadata.get("general.alignment", 32)
+    start = (pos + align - 1) // align * align
+    end = max((start + off + n // gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(k)][0]
+               * gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(k)][1] for _, k, n, off in tensors), default=start)
+    if end > size:
+        raise ValueError(f"truncated: its tensors need {end:,} bytes, the file has {size:,}")
+    return metadata, tensors, start
+
+
+def read_header(path, role: str = "model", keep: tuple[str, ...] = ()) -> tuple[dict, list]:
+    """(metadata, tensors) of a GGUF file; a file that is missing, not GGUF, or damaged is a UserError naming it."""
+    require_gguf(f"{role}={path}")
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise UserError(f"{role}={path}: no such file; give a .gguf file, a Hugging Face model folder, a hub id "
+                        f"or a preset")
+    with open(file, "rb") as handle:
+        magic = handle.read(4)
+    if magic != _MAGIC:
+        raise UserError(f"{role}={path}: not a GGUF file (it starts with {magic!r}, a GGUF file with b'GGUF'); "
+                        f"give a .gguf model file or a Hugging Face model folder")
+    stat = file.stat()
+    try:
+        metadata, tensors, _ = _header(str(file.resolve()), stat.st_mtime_ns, stat.st_size, tuple(keep))
+    except (ValueError, KeyError, struct.error, UnicodeDecodeError) as exc:
+        raise UserError(f"{role}={path}: a damaged GGUF file ({exc}); download or convert it again") from None
+    return metadata, tensors
+
+
+def loadable_architectures() -> list[str]:
+    """The GGUF architectures this transformers can load."""
+    from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
+
+    try:
+        from transformers.integrations.gguf.utils import GGUF_ARCHS
+    except ImportError:
+        GGUF_ARCHS = {}
+    return sorted({*GGUF_SUPPORTED_ARCHITECTURES, *GGUF_ARCHS} - {"general", "tokenizer"})
+
+
+def check_gguf_file(path, role: str = "model") -> dict:
+    """Refuse a .gguf spec that cannot load (missing, not GGUF, truncated, or an architecture transformers does
+    not load from GGUF); returns its metadata."""
+    import transformers
+
+    metadata, _ = read_header(path, role)
+    arch = metadata.get("general.architecture")
+    if arch not in loadable_architectures():
+        raise UserError(f"{role}={path}: architecture {arch!r} cannot be loaded from GGUF by transformers "
+                        f"{transformers.__version__}; it loads: {', '.join(loadable_architectures())}")
+    return metadata
+
+
+def gguf_end_ids(metadata: dict) -> list[int]:
+    """Every end id the file names, as llama.cpp reads them: eos, then eot (end of turn), then eom."""
+    found = [metadata.get(f"tokenizer.ggml.{role}_token_id") for role in ("eos", "eot", "eom")]
+    return list(dict.fromkeys(int(i) for i in found if i is not None))
+
+
+# ---------------------------------------------------------------- loading through transformers
+def _split(path) -> tuple[str, str]:
+    file = Path(path).expanduser().resolve()
+    return str(file.parent), file.name
+
+
+def gguf_config(path):
+    """transformers' config of the file, with what its GGUF reader leaves out taken from the metadata."""
+    from transformers import AutoConfig
+
+    metadata = check_gguf_file(path)
+    folder, name = _split(path)
+    config = AutoConfig.from_pretrained(folder, gguf_file=name)
+    arch = metadata["general.architecture"]
+    if config.model_type == "gemma3_text":
+        pattern = metadata.get(f"{arch}.attention.sliding_window_pattern")
+        if isinstance(pattern, list):  # one flag per layer: True = sliding
+            config.layer_types = ["sliding_attention" if p else "full_attention" for p in pattern]
+        elif isinstance(pattern, int) and pattern > 0:  # every pattern-th layer is full
+            config.layer_types = ["full_attention" if (i + 1) % pattern == 0 else "sliding_attention"
+                                  for i in range(config.num_hidden_layers)]
+        swa_base = metadata.get(f"{arch}.rope.freq_base_swa")
+        if swa_base is not None:
+            config.rope_parameters["sliding_attention"]["rope_theta"] = float(swa_base)
+    softcap = metadata.get(f"{arch}.final_logit_softcapping")
+    if softcap and hasattr(config, "final_logit_softcapping"):
+        config.final_logit_softcapping = float(softcap)
+    ends = gguf_end_ids(metadata)
+    if ends:
+        config.eos_token_id = ends if len(ends) > 1 else ends[0]
+    return config
+
+
+def load_gguf_model(path, dtype):
+    """The model of a GGUF file, dequantized into `dtype` (a torch dtype), its generation_config listing every
+    end id of the file."""
+    from transformers import AutoModelForCausalLM, GgufConfig
+
+    config = gguf_config(path)
+    folder, name = _split(path)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, config=config, dtype=dtype,
+                                                 quantization_config=GgufConfig(dequantize=True))
+    model.generation_config.eos_token_id = config.eos_token_id
+    return model
+
+
+_WARNED: set[str] = set()
+
+
+def load_gguf_tokenizer(path):
+    """The tokenizer transformers rebuilds from the file, its chat template included; a file without one uses
+    the plain template, said once per file."""
+    from transformers import AutoTokenizer
+
+    check_gguf_file(path, "tokenizer")
+    folder, name = _split(path)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    tokenizer.name_or_path = str(path)
+    if not getattr(tokenizer, "chat_template", None) and str(path) not in _WARNED:
+        _WARNED.add(str(path))
+        warnings.warn(f"{path} has no chat template (tokenizer.chat_template): prompts use the plain template "
+                      f"(Question: ...\\nAnswer: )", stacklevel=3)
+    return tokenizer
+
+
+# ---------------------------------------------------------------- convert
+def token_list_sha256(tokens) -> str:
+    """A hash of a vocabulary's token texts in id order (identifies the vocabulary a folder was converted from)."""
+    return hashlib.sha256("\x00".join(tokens).encode("utf-8")).hexdigest()
+
+
+def read_source_record(folder) -> dict | None:
+    """The GGUF file a folder was converted from ({gguf, tokens_sha256, architecture}), or None."""
+    record = Path(folder) / SOURCE_RECORD
+    if not record.is_file():
+        return None
+    try:
+        data = json.loads(record.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and {"gguf", "tokens_sha256"} <= set(data) else None
+
+
+def _check_out_dir(out_dir: str) -> Path:
+    out = Path(out_dir).expanduser()
+    if out.is_file():
+        raise UserError(f"{out_dir}: is a file; give a new folder for the converted model")
+    if out.is_dir() and any(out.iterdir()):
+        what = "holds a model (config.json)" if (out / "config.json").exists() else "is not empty"
+        raise UserError(f"{out_dir}: {what}; convert writes a new folder and never overwrites one: give a new "
+                        f"or empty folder")
+    if not out.parent.is_dir():
+        raise UserError(f"{out_dir}: the folder {out.parent} does not exist; create it first")
+    return out
+
+
+def convert_gguf(src: str, out_dir: str, dtype: str = "float32") -> dict:
+    """Write the GGUF file `src` as a plain Hugging Face folder `out_dir` (new or empty; written to a temporary
+    folder and renamed into place). Returns {path, architecture, parameters, end_ids}."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from .models import DTYPES
+
+    if dtype not in DTYPES:
+        raise UserError(f"--dtype {dtype!r} is not allowed; allowed: {', '.join(DTYPES)}")
+    out = _check_out_dir(out_dir)
+    metadata, _ = read_header(src, "IN.gguf", keep=("tokenizer.ggml.tokens",))
+    check_gguf_file(src, "IN.gguf")
+    loaded = load_gguf_model(src, DTYPES[dtype])
+    tokenizer = load_gguf_tokenizer(src)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config  # the folder holds plain weights
+    with torch.device("meta"):
+        fresh = AutoModelForCausalLM.from_config(config, dtype=DTYPES[dtype])
+    fresh.load_state_dict(loaded.state_dict(), assign=True)
+    fresh.tie_weights()
+    fresh.generation_config = loaded.generation_config
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        fresh.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        record = {"gguf": str(Path(src).expanduser().resolve()), "architecture": metadata["general.architecture"],
+                  "tokens_sha256": token_list_sha256(metadata["tokenizer.ggml.tokens"])}
+        (tmp / SOURCE_RECORD).write_text(json.dumps(record, indent=1))
+        if out.is_dir():
+            out.rmdir()  # empty, checked above
+        os.rename(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {"path": str(out), "architecture": config.model_type,
+            "parameters": sum(p.numel() for p in fresh.parameters()),
+            "end_ids": gguf_end_ids(metadata)}
