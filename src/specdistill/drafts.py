@@ -147,8 +147,11 @@ def check_draft_folder(out: str) -> Path:
 
 
 def copy_tokenizer_files(spec: str, dest: Path) -> None:
-    """The source's tokenizer, chat template and other non-weight files (a licence, a README) into dest: copied
-    byte for byte from a folder; saved from the loaded tokenizer for a preset or a hub id."""
+    """The source's tokenizer, chat template and other non-weight files (a licence, a README, the record of the
+    GGUF file a converted folder came from) into dest: copied byte for byte from a folder; saved from the loaded
+    tokenizer for a preset or a hub id; for a .gguf file, its tokenizer as transformers rebuilds it and the record
+    `specdistill convert` writes (so that `export` copies the file's own vocabulary into the draft's GGUF)."""
+    from .gguf_io import is_gguf_spec, load_gguf_tokenizer
     from .models import _builtin_path, load_tokenizer
 
     folder = Path(_builtin_path(spec)).expanduser()
@@ -156,18 +159,36 @@ def copy_tokenizer_files(spec: str, dest: Path) -> None:
         for f in sorted(folder.iterdir()):
             if f.is_file() and not f.name.endswith(WEIGHT_SUFFIXES) and f.name not in WRITTEN:
                 shutil.copy2(f, dest / f.name)
+    elif is_gguf_spec(spec):
+        load_gguf_tokenizer(spec).save_pretrained(dest)
+        write_source_record(spec, dest)
     else:
         load_tokenizer(spec).save_pretrained(dest)
+
+
+def write_source_record(gguf_file: str, dest: Path) -> None:
+    """The record of the GGUF file a folder's vocabulary came from (gguf_io.SOURCE_RECORD, as convert writes it)."""
+    import json
+
+    from .gguf_io import SOURCE_RECORD, read_header, token_list_sha256
+
+    metadata, _ = read_header(gguf_file, "--from", keep=("tokenizer.ggml.tokens",))
+    record = {"gguf": str(Path(gguf_file).expanduser().resolve()), "architecture": metadata["general.architecture"],
+              "tokens_sha256": token_list_sha256(metadata["tokenizer.ggml.tokens"])}
+    (dest / SOURCE_RECORD).write_text(json.dumps(record, indent=1))
 
 
 def source_layer_count(spec: str) -> int:
     """The decoder layer count of a model spec, from its config alone (no weights are read)."""
     from transformers import AutoConfig
 
+    from .gguf_io import gguf_config, is_gguf_spec
     from .models import PRESETS, _from_pretrained
 
     if spec in PRESETS:
         return PRESETS[spec]["num_hidden_layers"]
+    if is_gguf_spec(spec) and Path(spec).expanduser().is_file():
+        return gguf_config(spec).num_hidden_layers
     return _from_pretrained(AutoConfig.from_pretrained, spec, "config").get_text_config().num_hidden_layers
 
 
