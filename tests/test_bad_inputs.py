@@ -392,6 +392,9 @@ CASES = [
     ("bench-draft-missing", cli("bench", "--target", "tiny-teacher", "--draft", "./none/final"),
      ["--draft=./none/final", "no such folder"]),
     ("bench-target-required", cli("bench", "--draft", "tiny-student"), ["--target", "required"]),
+    ("bench-llamacpp-folder", with_file("p.txt", "hi\n", "bench", "--engine", "llamacpp", "--target", "{model}",
+                                        "--draft", "{model}", "--prompts", "{file}"),
+     ["--target=", "tiny-llama", "serves GGUF files", "specdistill export"]),
     # ---- init-draft (the world's tiny model has 2 layers)
     ("init-draft-layers-repeated", init_draft("0,0"), ["--layers 0,0", "layer 0 is repeated", "increasing order"]),
     ("init-draft-layers-unordered", init_draft("1,0"), ["--layers 1,0", "0 comes after 1", "increasing order"]),
