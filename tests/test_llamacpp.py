@@ -129,3 +129,16 @@ def test_bench_engine_llamacpp_reports_both_engines_side_by_side(ggufs, tmp_path
              "specdistill engine: loading draft 1/1", "specdistill engine, gamma 2"]
     at = [next(i for i, line in enumerate(err.splitlines()) if text in line) for text in order]
     assert at == sorted(at)
+
+
+def test_a_pair_llamacpp_itself_refuses_is_an_error_not_a_silent_run_without_the_draft(ggufs, tmp_path, capsys,
+                                                                                      monkeypatch):
+    """llama.cpp decodes without the draft, silently, when it finds a pair incompatible; with our check bypassed,
+    that run (no drafted tokens) is one line, exit 2, rather than a table of a target 'with' a draft."""
+    monkeypatch.setattr(llamacpp, "check_same_vocab", lambda target, draft: None)
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("hi\n")
+    code = main(["bench", "--engine", "llamacpp", "--target", str(ggufs["target"]), "--draft", str(ggufs["other"]),
+                 "--prompts", str(prompts), "--max-new-tokens", "4", "--repeats", "1", "--threads", str(THREADS)])
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2 and "without the draft" in line and "other.gguf" in line, line

@@ -37,6 +37,9 @@ VOCAB_FIELDS = ("tokenizer.ggml.model", "tokenizer.ggml.bos_token_id", "tokenize
                 "tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id", "tokenizer.ggml.unknown_token_id",
                 "tokenizer.ggml.padding_token_id", "tokenizer.ggml.add_bos_token", "tokenizer.ggml.add_eos_token")
 
+# Flags a file may leave out (llama.cpp then uses its default for the tokenizer type): compared when both state them.
+OPTIONAL_FLAGS = ("tokenizer.ggml.add_bos_token", "tokenizer.ggml.add_eos_token")
+
 
 def require_xllamacpp(what: str = "--engine llamacpp"):
     """The xllamacpp package, or a UserError naming the extra that installs it."""
@@ -81,6 +84,8 @@ def check_same_vocab(target: str, draft: str) -> None:
             raise UserError(f"the vocabularies of {target} and {draft} differ: id {i} ({tokens_t[i]!r}) has token "
                             f"type {int(a)} in {target} and {int(b)} in {draft}; {fix}")
     for key in VOCAB_FIELDS:
+        if key in OPTIONAL_FLAGS and (t.get(key) is None or d.get(key) is None):
+            continue  # a flag one file leaves out takes llama.cpp's default for its tokenizer
         if t.get(key) != d.get(key):
             raise UserError(f"the vocabularies of {target} and {draft} differ: {key} is {t.get(key)!r} in {target} "
                             f"and {d.get(key)!r} in {draft}; {fix}")
@@ -272,6 +277,9 @@ def bench_llamacpp(target: str, drafts: list[str], prompts: list[list[int]], tok
         for gamma in gammas:
             run = _served(target, prompts, max_new_tokens, f"draft {i}/{len(drafts)} {draft}, gamma {gamma}",
                           draft=draft, gamma=gamma, threads=threads, repeats=repeats)
+            if "drafted" not in run:  # llama.cpp found the pair incompatible and decoded without the draft
+                raise UserError(f"llama.cpp served {target} without the draft {draft} (no drafted tokens): it "
+                                f"found the two incompatible; check that both come from the same tokenizer")
             same = [a == b for a, b in zip(run.pop("outputs"), alone["outputs"])]
             rows.append({"draft": draft, "gamma": gamma, "llamacpp": {
                 **run, "target_tokens_per_s": alone["tokens_per_s"],
