@@ -142,7 +142,7 @@ def skd_config(path: Path, teacher: str, student: str, out: Path, steps: int, ba
            "rollout": {"strategy": "skd", "policy": "top_k", "skd_top_k": 5, "gamma": 4, "temperature": 1.0,
                        "max_new_tokens": max_new_tokens},
            "loss": {"name": "fkl"},
-           "train": {"output_dir": str(out), "max_steps": steps, "batch_size": batch_size, "lr": 1.0e-4,
+           "train": {"output_dir": str(out), "max_steps": steps, "batch_size": batch_size, "lr": 3.0e-4,
                      "warmup_steps": 2, "eval_every": 0, "save_every": 0, "progress": False}}
     path.write_text(yaml.safe_dump(cfg))
     return path

@@ -125,6 +125,38 @@ def with_file(name: str, content: bytes | str, *argv):
     return build
 
 
+def tiny_gguf(path: Path, arch: str = "llama", cut: int = 0) -> Path:
+    """A small GGUF file written with the gguf package's writer (one 64 x 64 tensor), its last `cut` bytes cut."""
+    import gguf
+    import numpy as np
+
+    writer = gguf.GGUFWriter(path, arch)
+    writer.add_block_count(1)
+    writer.add_tensor("token_embd.weight", np.zeros((64, 64), np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    if cut:
+        path.write_bytes(path.read_bytes()[:-cut])
+    return path
+
+
+def with_gguf(*argv, **make):
+    """A command given tmp/m.gguf (tiny_gguf(**make)) as {file}."""
+    def build(w, tmp):
+        path = tiny_gguf(tmp / "m.gguf", **make)
+        fill = {"model": str(w.model), "good": str(w.good), "tmp": str(tmp), "file": str(path)}
+        return [a.format(**fill) for a in argv], [path, w.model]
+    return build
+
+
+def export_qwen2(w, tmp):
+    """`export` of a tiny Qwen2 folder: an architecture export does not write."""
+    folder = save_tiny_model(tmp / "qwen2", "qwen2")
+    return ["export", folder, tmp / "o.gguf"], [folder]
+
+
 def run_copy(damage=None, *overrides, resume="auto", **sections):
     """The template run copied to tmp/run (optionally damaged), then `sft` with the same config plus overrides."""
     def build(w, tmp):
@@ -423,6 +455,31 @@ CASES = [
      ["--json", "not a folder"]),
     ("eval-model-missing", cli("eval", "--model", "./none", "--task", "arith"), ["--model=./none", "no such folder"]),
     ("eval-no-source", cli("eval", "--model", "tiny-student"), ["--task --data", "required"]),
+    # ---- GGUF files: as model specs, convert and export
+    ("gguf-not-gguf", with_file("m.gguf", "not a model\n", "generate", "--model", "{file}", "--prompt", "hi"),
+     ["--model=", "m.gguf", "not a GGUF file", "b'GGUF'"]),
+    ("gguf-truncated", with_gguf("generate", "--model", "{file}", "--prompt", "hi", cut=4000),
+     ["--model=", "m.gguf", "damaged GGUF file", "truncated"]),
+    ("gguf-header-cut", with_gguf("generate", "--model", "{file}", "--prompt", "hi", cut=16500),
+     ["--model=", "m.gguf", "damaged GGUF file", "header ends early"]),
+    ("gguf-architecture", with_gguf("generate", "--model", "{file}", "--prompt", "hi", arch="rwkv6"),
+     ["--model=", "m.gguf", "architecture 'rwkv6'", "it loads:", "llama"]),
+    ("gguf-missing", cli("generate", "--model", "{tmp}/none.gguf", "--prompt", "hi"),
+     ["--model=", "none.gguf", "no such file"]),
+    ("gguf-draft-not-gguf", with_file("d.gguf", "x", "generate", "--model", "{model}", "--draft", "{file}",
+                                      "--prompt", "hi"), ["--draft=", "d.gguf", "not a GGUF file"]),
+    ("student-gguf-truncated", lambda w, tmp: sft(f"model.student={tiny_gguf(tmp / 's.gguf', cut=4000)}")(w, tmp),
+     ["model.student=", "s.gguf", "truncated"]),
+    ("convert-into-model", with_gguf("convert", "{file}", "{model}"), ["holds a model", "never overwrites"]),
+    ("convert-not-gguf", with_file("m.gguf", "x", "convert", "{file}", "{tmp}/out"), ["m.gguf", "not a GGUF file"]),
+    ("convert-not-gguf-name", cli("convert", "{good}", "{tmp}/out"), ["IN.gguf", "good.jsonl", ".gguf file"]),
+    ("convert-architecture", with_gguf("convert", "{file}", "{tmp}/out", arch="rwkv6"),
+     ["m.gguf", "architecture 'rwkv6'", "it loads:"]),
+    ("export-architecture", export_qwen2, ["qwen2", "model type 'qwen2'", "llama, mistral, gemma3_text"]),
+    ("export-out-exists", with_file("o.gguf", "x", "export", "{model}", "{file}"), ["o.gguf", "already exists"]),
+    ("export-not-a-folder", cli("export", "{tmp}/none", "{tmp}/o.gguf"), ["none", "no config.json"]),
+    ("export-not-gguf-name", cli("export", "{model}", "{tmp}/o.bin"), ["o.bin", "must end in .gguf"]),
+    ("export-outtype", cli("export", "{model}", "{tmp}/o.gguf", "--outtype", "q4_0"), ["--outtype", "'q4_0'"]),
     # ---- data check, demo and the command itself
     ("check-missing", cli("data", "check", "{tmp}/none.jsonl"), ["data file not found"]),
     ("check-format-unknown", data_check(raw("d.txt", "x")), ["cannot tell the format", "'.txt'"]),
@@ -482,7 +539,8 @@ def test_the_catalogue_covers_every_area():
     assert len(names) == len(set(names)) and len(names) >= 80
     areas = {"config": ("lr-", "train-", "set-", "config-", "key-"), "data": ("data-",), "models": ("student-",
              "teacher-", "warm-start"), "checkpoints": ("ckpt-", "resume-", "run-folder"), "generate": ("generate-",),
-             "bench": ("bench-",), "init-draft": ("init-draft-",), "eval": ("eval-",), "data check": ("check-",), "demo": ("demo-",)}
+             "bench": ("bench-",), "init-draft": ("init-draft-",), "eval": ("eval-",), "data check": ("check-",),
+             "demo": ("demo-",), "gguf": ("gguf-", "convert-", "export-")}
     for area, prefixes in areas.items():
         assert any(n.startswith(prefixes) for n in names), area
 

@@ -224,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", metavar="OUT.gguf", help="the file to write (an existing file is refused)")
     p.add_argument("--outtype", default="f16", choices=["f32", "f16", "q8_0"],
                    help="the 2-D weights' type (norms stay f32): f32 exact, f16 (default) within 2^-11 relative, "
-                   "q8_0 within 1/254 of each 32-weight block's largest (docs/models.md)")
+                   "q8_0 within 1/226 of each 32-weight block's largest (docs/models.md)")
 
     p = sub.add_parser("data", help="dataset tools")
     dsub = p.add_subparsers(dest="data_command", required=True)

@@ -25,6 +25,9 @@ CHECK_TEXTS = {
     "code": "def f(x):\n    return x ** 2  # square\n",
     "non_ascii": "café naïve Zürich — 東京 서울 Привет 😀",
     "punctuation": "Hello!!! What's this? (yes) [no] {maybe} \"quoted\" 'single'",
+    "contractions": "I'VE been told he's there, don't you know? We'Ve a'lL",
+    "question": "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
+                "How many clips did Natalia sell altogether in April and May?",
 }
 
 
@@ -72,14 +75,20 @@ def llamacpp_greedy(server, prompt_ids: list[int], max_new_tokens: int) -> list[
 
 def tokenizer_check(gguf_path, texts: dict[str, str] | None = None, tokenizer=None) -> dict:
     """Compare transformers' tokenizer of `gguf_path` (or `tokenizer`, e.g. a converted folder's) with
-    llama.cpp's on `texts` (default CHECK_TEXTS plus each special token written in a sentence). Returns
+    llama.cpp's on `texts` (default CHECK_TEXTS, each special token written in a sentence, and a prompt rendered
+    with the chat template). Returns
     {texts, equal, mismatches: [{name, text, transformers, llamacpp}]}."""
     from .models import load_tokenizer
 
+    from .data.templates import render_prompt
+
     tokenizer = tokenizer or load_tokenizer(str(gguf_path))
     texts = dict(texts or CHECK_TEXTS)
-    for token in list(tokenizer.all_special_tokens)[:8]:
+    specials = [t.content for t in tokenizer.added_tokens_decoder.values() if t.special]
+    for token in dict.fromkeys([*tokenizer.all_special_tokens, *specials[:12]]):
         texts.setdefault(f"special {token}", f"before {token} after{token}")
+    if tokenizer.chat_template:  # a prompt as specdistill writes it: the template's markup, then the question
+        texts["chat prompt"] = render_prompt(tokenizer, [{"role": "user", "content": CHECK_TEXTS["question"]}])
     mismatches = []
     with llamacpp_server(gguf_path) as server:
         for name, text in texts.items():

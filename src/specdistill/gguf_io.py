@@ -4,7 +4,7 @@ A model spec ending in `.gguf` (any role: model.teacher, model.student, --model,
 loads through transformers' GGUF support: the weights are dequantized into the configured dtype, the tokenizer
 and its chat template are rebuilt from the file's metadata. What transformers leaves out is filled from the same
 metadata, as llama.cpp reads it: every end id (eos, eot, eom) goes into the generation_config, and a Gemma-3
-file's sliding-window pattern, sliding rope base and final logit softcapping into the config.
+file's sliding-window pattern, sliding rope base, query scale and final logit softcapping into the config.
 
 Loading dequantizes every tensor (slow for big files); `convert` does it once and writes a folder that loads in
 seconds: safetensors, no quantization config, the tokenizer with its chat template, a generation_config with
@@ -124,7 +124,10 @@ def read_header(path, role: str = "model", keep: tuple[str, ...] = ()) -> tuple[
     stat = file.stat()
     try:
         metadata, tensors, _ = _header(str(file.resolve()), stat.st_mtime_ns, stat.st_size, tuple(keep))
-    except (ValueError, KeyError, struct.error, UnicodeDecodeError) as exc:
+    except struct.error:
+        raise UserError(f"{role}={path}: a damaged GGUF file (truncated: its header ends early); download or "
+                        f"convert it again") from None
+    except (ValueError, KeyError, UnicodeDecodeError) as exc:
         raise UserError(f"{role}={path}: a damaged GGUF file ({exc}); download or convert it again") from None
     return metadata, tensors
 
@@ -180,6 +183,10 @@ def gguf_config(path):
         elif isinstance(pattern, int) and pattern > 0:  # every pattern-th layer is full
             config.layer_types = ["full_attention" if (i + 1) % pattern == 0 else "sliding_attention"
                                   for i in range(config.num_hidden_layers)]
+        # llama.cpp scales queries by 1/sqrt(head_dim) (by 1/sqrt(hidden / heads) in the 62-layer 27B); transformers
+        # keeps its default of 256, right only where head_dim is 256
+        config.query_pre_attn_scalar = (config.hidden_size // config.num_attention_heads
+                                        if config.num_hidden_layers == 62 else config.head_dim)
         swa_base = metadata.get(f"{arch}.rope.freq_base_swa")
         if swa_base is not None:
             config.rope_parameters["sliding_attention"]["rope_theta"] = float(swa_base)
@@ -213,15 +220,35 @@ def load_gguf_tokenizer(path):
     the plain template, said once per file."""
     from transformers import AutoTokenizer
 
-    check_gguf_file(path, "tokenizer")
+    metadata = check_gguf_file(path, "tokenizer")
     folder, name = _split(path)
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    size = metadata.get("tokenizer.ggml.tokens")
+    if isinstance(size, int) and len(tokenizer) > size:
+        tokenizer = _only_ids_below(tokenizer, size)
     tokenizer.name_or_path = str(path)
     if not getattr(tokenizer, "chat_template", None) and str(path) not in _WARNED:
         _WARNED.add(str(path))
         warnings.warn(f"{path} has no chat template (tokenizer.chat_template): prompts use the plain template "
                       f"(Question: ...\\nAnswer: )", stacklevel=3)
     return tokenizer
+
+
+def _only_ids_below(tokenizer, size: int):
+    """The tokenizer without the added tokens transformers appends past the file's `size` ids (a default
+    `<|endoftext|>` unk, Gemma's `<mask>`): they have no embedding row, and llama.cpp does not know them."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    spec = json.loads(tokenizer.backend_tokenizer.to_str())
+    dropped = {t["content"] for t in spec["added_tokens"] if t["id"] >= size}
+    spec["added_tokens"] = [t for t in spec["added_tokens"] if t["id"] < size]
+    roles = {f"{role}_token": getattr(tokenizer, f"{role}_token") for role in ("bos", "eos", "unk", "pad")}
+    roles = {key: value for key, value in roles.items() if value is not None and value not in dropped}
+    flags = {key: tokenizer.init_kwargs[key] for key in ("add_bos_token", "add_eos_token") if key in tokenizer.init_kwargs}
+    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(spec)),
+                                   chat_template=tokenizer.chat_template, clean_up_tokenization_spaces=False,
+                                   **roles, **flags)
 
 
 # ---------------------------------------------------------------- convert
