@@ -672,10 +672,11 @@ def cmd_demo(args) -> int:
 
 def cmd_convert(args) -> int:
     from .gguf_io import convert_gguf, is_gguf_spec
+    from .models import DTYPES
 
     if not is_gguf_spec(args.gguf):
         raise UsageError(f"IN.gguf {args.gguf!r}: give a .gguf file (a Hugging Face folder needs no conversion)")
-    print(json.dumps(convert_gguf(args.gguf, args.out_dir, args.dtype)))
+    print(json.dumps(convert_gguf(args.gguf, args.out_dir, DTYPES[args.dtype])))
     return 0
 
 

@@ -282,26 +282,24 @@ def _check_out_dir(out_dir: str) -> Path:
     return out
 
 
-def convert_gguf(src: str, out_dir: str, dtype: str = "float32") -> dict:
+def convert_gguf(src: str, out_dir: str, dtype=None) -> dict:
     """Write the GGUF file `src` as a plain Hugging Face folder `out_dir` (new or empty; written to a temporary
-    folder and renamed into place). Returns {path, architecture, parameters, end_ids}."""
+    folder and renamed into place) with weights in `dtype` (a torch dtype; default float32). Returns {path,
+    architecture, parameters, end_ids}."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    from .models import DTYPES
-
-    if dtype not in DTYPES:
-        raise UserError(f"--dtype {dtype!r} is not allowed; allowed: {', '.join(DTYPES)}")
+    dtype = dtype or torch.float32
     out = _check_out_dir(out_dir)
     metadata, _ = read_header(src, "IN.gguf", keep=("tokenizer.ggml.tokens",))
     check_gguf_file(src, "IN.gguf")
-    loaded = load_gguf_model(src, DTYPES[dtype])
+    loaded = load_gguf_model(src, dtype)
     tokenizer = load_gguf_tokenizer(src)
     config = loaded.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config  # the folder holds plain weights
     with torch.device("meta"):
-        fresh = AutoModelForCausalLM.from_config(config, dtype=DTYPES[dtype])
+        fresh = AutoModelForCausalLM.from_config(config, dtype=dtype)
     fresh.load_state_dict(loaded.state_dict(), assign=True)
     fresh.tie_weights()
     fresh.generation_config = loaded.generation_config
