@@ -39,8 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 GSM8K = ROOT.parent / "shared" / "data" / "gsm8k" / "train.jsonl"
 CHAT_PROMPTS = ["What is the capital of France?", "Natalia sold 48 clips in April and half as many in May. How "
                 "many clips did she sell in all?", "Write one sentence about the sea.", "List three colours."]
-BASE_PROMPTS = ["The capital of France is", "Once upon a time, there was a", "The three primary colours are",
-                "Water boils at a temperature of"]
+BASE_PROMPTS = ["The capital of France is", "Once upon a time, there was a", "Water boils at a temperature of"]
 
 
 def parse_args():
@@ -221,7 +220,7 @@ def smollm2(args, paths: dict, work: Path) -> Stages:
 
 
 def gemma3(args, paths: dict, work: Path) -> Stages:
-    s, n = Stages("gemma3"), min(args.max_new_tokens, 24)
+    s, n = Stages("gemma3"), min(args.max_new_tokens, 16)  # its 262,144-id head makes each token dear
     folder, gguf = paths["folder"], paths["gguf"]
     prompts = work / "base_prompts.txt"
     prompts.write_text("\n".join(BASE_PROMPTS) + "\n")

@@ -202,7 +202,7 @@ def llamacpp_figures(answers: list[dict], before: dict, after: dict, wall_s: flo
 def engine_figures(target, draft, prompts: list[list[int]], tokenizer, gamma: int, max_new_tokens: int) -> dict:
     """specdistill's engine on the same pair and prompts, greedy, batch size 1, constant gamma: its acceptance
     (acceptance_rate = accepted / drafted, as llama.cpp's; token_acceptance = alpha), mean acceptance length and
-    the speedup it predicts from its measured forward costs (prediction.prediction_figures)."""
+    the speedup it predicts from its forward costs, measured for gamma 1..`gamma` (prediction.prediction_figures)."""
     from ..progress import phase
     from .prediction import prediction_figures
     from .speculative import count_tokens, measure_forward_costs, run_speculative
@@ -211,8 +211,10 @@ def engine_figures(target, draft, prompts: list[list[int]], tokenizer, gamma: in
     outputs, stats, seconds = run_speculative(target, draft, prompts, tokenizer, gamma=gamma,
                                               max_new_tokens=max_new_tokens)
     phase(f"specdistill engine, gamma {gamma}: forward costs (c, c_v)")
-    costs = measure_forward_costs(target, draft, prompts[0], 1, repeats=10)
-    figures = prediction_figures(stats, costs)
+    # c_v for gamma 1..gamma only, 5 rounds: what this row's prediction needs (a 262,144-id head makes each
+    # target forward dear; bench's own table measures 1..16 in 10 rounds)
+    costs = measure_forward_costs(target, draft, prompts[0], 1, max_gamma=gamma, repeats=5)
+    figures = prediction_figures(stats, costs, max_gamma=gamma)
     return {"acceptance_rate": stats.acceptance_rate, "token_acceptance": figures["token_acceptance"],
             "mean_acceptance_length": figures["mean_acceptance_length"], "cost_ratio_c": costs.c,
             "verify_cost": figures["verify_cost"], "predicted_speedup": figures["predicted_speedup"],
