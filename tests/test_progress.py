@@ -63,7 +63,7 @@ def test_bars_are_forced_on_by_the_environment_and_go_to_stderr(capsys, monkeypa
     assert main(["generate", "--model", "tiny-teacher", "--draft", "tiny-student", "--prompt", "1+2=",
                  "--max-new-tokens", "4"]) == 0
     out, err = capsys.readouterr()
-    assert "speculative" in err and "1/1" in err  # tqdm's bar: its description and count
+    assert "speculative:" in err and "/1 [" in err and "it/s" in err  # tqdm's bar: its description and count
     assert in_order(phases(err, "generate"), ["loading tiny-teacher and the draft tiny-student",
                                               "generating 1 prompt(s), speculative at gamma 4"])
     assert "speculative" not in out and len(out.splitlines()) == 1  # the generated text only
