@@ -171,11 +171,11 @@ def exported(folder: str, source: str, out: Path) -> dict:
             "copied_source_record": copied}
 
 
-def served(target_gguf: str, hf_target: str, drafts: dict[str, tuple[str, str]], prompts_file: Path, work: Path,
-           max_new_tokens: int, threads: int) -> dict:
-    """bench --engine llamacpp of each draft (name: (gguf, folder)) at gamma 4; both engines' figures."""
+def served(target_gguf: str, hf_target: str, drafts: dict[str, tuple[str, str]], prompts_file: Path,
+           report_file: Path, max_new_tokens: int, threads: int) -> dict:
+    """bench --engine llamacpp of each draft (name: (gguf, folder)) at gamma 4, its report in `report_file`; both
+    engines' figures."""
     names = list(drafts)
-    report_file = work / "llamacpp.json"
     cli("bench", "--engine", "llamacpp", "--target", target_gguf, "--draft", ",".join(drafts[n][0] for n in names),
         "--hf-target", hf_target, "--hf-draft", ",".join(drafts[n][1] for n in names), "--prompts", prompts_file,
         "--gamma", 4, "--max-new-tokens", max_new_tokens, "--repeats", 1, "--threads", threads,
@@ -215,7 +215,7 @@ def smollm2(args, paths: dict, work: Path) -> Stages:
     s.run("served", lambda: served(gguf, folder, {"cut": (str(work / "smollm2-draft6.gguf"), str(cut)),
                                                   "trained": (str(work / "smollm2-skd.gguf"),
                                                               str(work / "skd_smollm2" / "final"))},
-                                   prompts, work, n, args.threads), needs=("exported",))
+                                   prompts, work / "llamacpp_smollm2.json", n, args.threads), needs=("exported",))
     return s
 
 
@@ -247,7 +247,7 @@ def gemma3(args, paths: dict, work: Path) -> Stages:
           needs=("skd",))
     s.run("served", lambda: served(gguf, folder, {"trained": (str(work / "gemma3-skd.gguf"),
                                                               str(work / "skd_gemma3" / "final"))},
-                                   prompts, work, n, args.threads), needs=("exported",))
+                                   prompts, work / "llamacpp_gemma3.json", n, args.threads), needs=("exported",))
     return s
 
 
@@ -267,6 +267,7 @@ def main():
     for name in names:
         stages = {"smollm2": smollm2, "gemma3": gemma3}[name](args, paths[name], work)
         line[name] = {**stages.result, **({"failed": stages.failed} if stages.failed else {})}
+        (work / f"{name}.json").write_text(json.dumps(line[name], indent=1))  # kept if a later model's run is cut
     line["seconds"] = round(time.perf_counter() - start, 1)
     line["ran"] = [f"{m}.{k}" for m in names for k in line[m] if k != "failed"]
     line["not_ran"] = [f"{m}.{k}: {v}" for m in names for k, v in line[m].get("failed", {}).items()]
