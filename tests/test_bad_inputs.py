@@ -170,6 +170,15 @@ def run_copy(damage=None, *overrides, resume="auto", **sections):
     return build
 
 
+def init_draft(layers: str, out: str = "{tmp}/draft", source: str = "{model}"):
+    """`specdistill init-draft` of the world's tiny model; the draft folder must not appear."""
+    def build(w, tmp):
+        fill = {"model": str(w.model), "good": str(w.good), "tmp": str(tmp)}
+        return (["init-draft", "--from", source.format(**fill), "--layers", layers, "--out", out.format(**fill)],
+                [w.good, w.model, tmp / "draft"])
+    return build
+
+
 def rows(*extra) -> list[dict]:
     return [{"id": r["id"], "query": r["query"], "response": r["response"]} for r in ARITH[:3]] + list(extra)
 
@@ -491,6 +500,20 @@ CASES = [
     ("bench-draft-missing", cli("bench", "--target", "tiny-teacher", "--draft", "./none/final"),
      ["--draft=./none/final", "no such folder"]),
     ("bench-target-required", cli("bench", "--draft", "tiny-student"), ["--target", "required"]),
+    ("bench-llamacpp-folder", with_file("p.txt", "hi\n", "bench", "--engine", "llamacpp", "--target", "{model}",
+                                        "--draft", "{model}", "--prompts", "{file}"),
+     ["--target=", "tiny-llama", "serves GGUF files", "specdistill export"]),
+    # ---- init-draft (the world's tiny model has 2 layers)
+    ("init-draft-layers-repeated", init_draft("0,0"), ["--layers 0,0", "layer 0 is repeated", "increasing order"]),
+    ("init-draft-layers-unordered", init_draft("1,0"), ["--layers 1,0", "0 comes after 1", "increasing order"]),
+    ("init-draft-layers-out-of-range", init_draft("0,2"), ["--layers 0,2", "layer 2 is out of range", "0..1"]),
+    ("init-draft-count-zero", init_draft("0"), ["--layers 0", "has 2 layers", "count must be in 1..1"]),
+    ("init-draft-count-all", init_draft("2"), ["--layers 2", "has 2 layers", "count must be in 1..1"]),
+    ("init-draft-layers-text", init_draft("first"), ["--layers 'first'", "not a whole number"]),
+    ("init-draft-out-holds-a-model", init_draft("1", out="{model}"), ["--out", "already holds a model",
+                                                                       "new (or empty) folder"]),
+    ("init-draft-out-is-a-file", init_draft("1", out="{good}"), ["--out", "good.jsonl", "is a file"]),
+    ("init-draft-from-missing", init_draft("1", source="./none/final"), ["--from=./none/final", "no such folder"]),
     # ---- eval
     ("eval-limit-zero", cli("eval", "--model", "tiny-student", "--task", "arith", "--limit", "0"), ["--limit", ">= 1"]),
     ("eval-batch-zero", cli("eval", "--model", "tiny-student", "--task", "arith", "--batch-size", "0"),
@@ -578,7 +601,7 @@ def test_bad_input_gets_one_line_and_exit_2(world, tmp_path, capsys, monkeypatch
     code = main([str(a) for a in argv])
     err = capsys.readouterr().err
     command = str(argv[0]) if argv and str(argv[0]) in ("sft", "distill", "eval", "generate", "bench", "data",
-                                                       "demo") else ""
+                                                       "demo", "init-draft") else ""
     line = assert_one_line_error(code, err, command, words)
     assert "weights_only=False" not in line  # torch's advice to unpickle anything is never passed on
     assert snapshot([Path(p) for p in watched]) == before, "a file that was there changed"
@@ -593,7 +616,8 @@ def test_the_catalogue_covers_every_area():
     assert len(names) == len(set(names)) and len(names) >= 80
     areas = {"config": ("lr-", "train-", "set-", "config-", "key-"), "data": ("data-",), "models": ("student-",
              "teacher-", "warm-start"), "model folders": ("model-",), "checkpoints": ("ckpt-", "resume-", "run-folder"),
-             "generate": ("generate-",), "bench": ("bench-",), "eval": ("eval-",), "data check": ("check-",),
+             "generate": ("generate-",), "bench": ("bench-",), "init-draft": ("init-draft-",), "eval": ("eval-",),
+             "data check": ("check-",),
              "demo": ("demo-",), "gguf": ("gguf-", "convert-", "export-")}
     for area, prefixes in areas.items():
         assert any(n.startswith(prefixes) for n in names), area

@@ -183,6 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_prompt_config(p)
 
     p = sub.add_parser("bench", help="measure drafts as the target's speculative drafter")
+    p.add_argument("--engine", default="specdistill", choices=["specdistill", "llamacpp"],
+                   help="specdistill (default): this engine on transformers models; llamacpp: llama.cpp's server "
+                   "(xllamacpp) on GGUF files, target alone and with each draft, greedy, with its own counters beside "
+                   "specdistill's acceptance and predicted speedup for the same pair (docs/deploy.md)")
     p.add_argument("--target", required=True)
     p.add_argument("--draft", required=True, help="a draft model; several, comma-separated (A,B,C), are compared in "
                    "one table (and one plot with --plot), each at its best gamma")
@@ -216,6 +220,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", help="write the acceptance-per-position and speedup-vs-gamma plot to this PNG (several "
                    "drafts: predicted and measured speedup of each)")
     _add_prompt_config(p)
+    p.add_argument("--threads", type=POSITIVE, default=2, help="--engine llamacpp: llama.cpp's threads (default 2)")
+    p.add_argument("--hf-target", help="--engine llamacpp: a Hugging Face folder of the target for specdistill's side "
+                   "of the table (default: the target GGUF, loaded through transformers)")
+    p.add_argument("--hf-draft", help="--engine llamacpp: Hugging Face folders of the drafts, comma-separated in the "
+                   "order of --draft (default: the draft GGUFs, loaded through transformers)")
+
+    p = sub.add_parser("init-draft", help="a draft cut from a model's own layers (embeddings, chosen decoder layers, "
+                       "final norm, LM head, tokenizer)")
+    p.add_argument("--from", dest="source", required=True, help="the source model: folder, hub id or preset")
+    p.add_argument("--layers", required=True, help="a count N (keeps the first N-1 layers and the last) or 0-based "
+                   "layer indices in increasing order, comma-separated (0,1,2,29)")
+    p.add_argument("--out", required=True, help="a new folder for the draft (written atomically)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="the dtype the source loads in and the draft is saved in")
 
     p = sub.add_parser("convert", help="a GGUF checkpoint as a plain Hugging Face folder (dequantized once, so later "
                        "runs load it in seconds)")
@@ -253,12 +271,22 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         debug, prog = debug or args.debug, f"specdistill {args.command}"
-        return COMMANDS[args.command](args) or 0
+        with _reporting(args.command):
+            return COMMANDS[args.command](args) or 0
     except (UserError, FileNotFoundError) as exc:
         if debug:
             traceback.print_exc()
         print(f"{getattr(exc, 'prog', None) or prog}: error: {one_line(str(exc))}", file=sys.stderr)
         return 2
+
+
+def _reporting(command: str):
+    """Phase lines and progress bars on stderr for the commands that run over many prompts (progress.py)."""
+    import contextlib
+
+    from .progress import reporting
+
+    return reporting(command) if command in ("bench", "eval", "generate") else contextlib.nullcontext()
 
 
 def cmd_train(args) -> int:
@@ -350,6 +378,7 @@ def cmd_eval(args) -> int:
     from .data.tasks import get_task
     from .evaluate.metrics import parse_metrics, sacrebleu_signatures, select_metrics
     from .evaluate.quality import agreement_on_records, evaluate_records
+    from .progress import phase
 
     check_output_file(args.json_out, "--json")
     _check_devices(args)
@@ -371,10 +400,12 @@ def cmd_eval(args) -> int:
               "need a response field (or use --task)", file=sys.stderr)
         return 2
     _check_models(("--model", args.model), ("--teacher", args.teacher))
+    phase(f"loading {args.model}" + (f" and the teacher {args.teacher}" if args.teacher else ""))
     model, teacher, tokenizer = _load_pair(args.model, args.teacher, args)
     from .data.views import check_encodable, record_texts
 
     check_encodable(record_texts(records, views), tokenizer, args.model)
+    phase(f"scoring {len(records)} record(s): {', '.join(metrics)}")
     result = evaluate_records(model, tokenizer, records, views, scorer, args.view, args.max_new_tokens,
                               args.batch_size, metrics)
     summary = {"model": args.model, "task": args.task or args.data, "split": args.split, "view": args.view,
@@ -382,6 +413,7 @@ def cmd_eval(args) -> int:
                "n": result["n"]}
     if teacher is not None:
         summary["teacher"] = args.teacher
+        phase("top-1 agreement with the teacher")
         summary["top1_agreement"] = agreement_on_records(model, teacher, tokenizer, records, views, args.batch_size)
     if skipped:
         summary["skipped"] = skipped
@@ -398,6 +430,7 @@ def cmd_generate(args) -> int:
     from .data.records import Record
     from .evaluate.quality import generate_ids
     from .evaluate.speculative import run_speculative
+    from .progress import phase
 
     if args.prompt is not None and not args.prompt.strip():
         raise UsageError("--prompt: the prompt is empty; give the text of a user message")
@@ -410,12 +443,14 @@ def cmd_generate(args) -> int:
     records = ([Record(id="1", query=args.prompt, where="--prompt")] if args.prompt is not None
                else prompt_records(args.prompts, fields))
     labels = prompt_labels(records)
+    phase(f"loading {args.model}" + (f" and the draft {args.draft}" if args.draft else ""))
     model, draft, tokenizer = _load_pair(args.model, args.draft, args, args.draft_device)
     prompts = encode_prompts(records, tokenizer, views, args.view)
     for flag, m in (("--model", model), ("--draft", draft)):
         if m is not None:
             _check_prompts_fit(m, prompts, args.max_new_tokens, flag, labels)
     stats = None
+    phase(f"generating {len(prompts)} prompt(s)" + (f", speculative at gamma {args.gamma}" if draft else ""))
     if draft is not None:
         outputs, gen_stats, _ = run_speculative(
             model, draft, prompts, tokenizer, gamma=args.gamma, schedule=args.gamma_schedule, temperature=args.temperature,
@@ -502,28 +537,55 @@ def _bench_gammas(spec: str | None, drafts: int) -> list:
     return gammas
 
 
+def _bench_llamacpp(args, names: list[str], records, views) -> int:
+    """`bench --engine llamacpp`: llama.cpp's server on the GGUF pair(s), beside specdistill's engine."""
+    from .evaluate.llamacpp import bench_llamacpp, check_llamacpp_args, format_llamacpp_table
+    from .models import load_tokenizer, resolve_device
+
+    folders = check_llamacpp_args(args.target, names, args.hf_target, args.hf_draft, args.temperature, args.compare_hf)
+    gammas = [4] if args.gamma is None else _bench_gammas(args.gamma, 1)
+    if gammas == ["auto"]:
+        raise UsageError("--gamma auto: --engine llamacpp takes whole numbers (e.g. 4 or 2,4,8), one server each")
+    tokenizer = load_tokenizer(args.hf_target or args.target)
+    prompts, _ = _bench_prompts(args, tokenizer, views, records)
+    report = bench_llamacpp(args.target, names, prompts, tokenizer, gammas, args.max_new_tokens, args.threads,
+                            args.repeats, args.hf_target, folders, args.dtype, resolve_device(args.device))
+    for row in report["results"]:
+        print(json.dumps(row))
+    print(format_llamacpp_table(report["results"]))
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(report, indent=1))
+    return 0
+
+
 def cmd_bench(args) -> int:
     from .evaluate.plots import plot_bench, plot_drafts
     from .evaluate.speculative import bench_pair, choose_gamma, draft_comparison, format_comparison, measure_forward_costs
     from .models import check_same_tokenizer, load_tokenizer
+    from .progress import phase
 
     names, records, views = _check_bench_args(args)
+    if args.engine == "llamacpp":
+        return _bench_llamacpp(args, names, records, views)
     gammas = _bench_gammas(args.gamma, len(names))
     tokenizer = load_tokenizer(args.target)
     for name in names:  # every pair is checked before any model loads
         check_same_tokenizer(tokenizer, load_tokenizer(name), names=(args.target, name))
+    phase(f"loading the target {args.target}")
     target, _ = _load_for_inference(args.target, args.device, args.dtype, tokenizer)
     prompts, draft_prompts = _bench_prompts(args, tokenizer, views, records)
     opts = dict(temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens, seed=args.seed,
                 draft_prompts=draft_prompts, compile=args.compile)
     results, sizes = [], {}
-    for name in names:
+    for d, name in enumerate(names, 1):
+        phase(f"draft {d}/{len(names)}: loading {name}")
         draft, _ = _load_for_inference(name, args.draft_device or args.device, args.dtype, tokenizer)
         _check_bench_prompts(args, target, draft, prompts, draft_prompts, records)
         sizes[name] = {"layers": draft.config.get_text_config().num_hidden_layers,
                        "parameters": sum(p.numel() for p in draft.parameters())}
         for bs in [int(x) for x in str(args.batch_size).split(",")]:
             for gamma in gammas:
+                phase(f"draft {d}/{len(names)} {name}, batch size {bs}, gamma {gamma}: {len(prompts)} prompt(s)")
                 choice = None
                 if gamma == "auto":
                     costs = measure_forward_costs(target, draft, prompts[0], bs, compile=args.compile)
@@ -566,6 +628,15 @@ def cmd_data(args) -> int:
     return 1 if problems else 0
 
 
+def cmd_init_draft(args) -> int:
+    from .drafts import init_draft
+
+    summary = init_draft(args.source, args.layers, args.out, args.dtype)
+    print(json.dumps(summary))
+    print(f"draft saved to {summary['out']}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -594,7 +665,8 @@ def cmd_export(args) -> int:
 
 
 COMMANDS = {"sft": cmd_train, "distill": cmd_train, "eval": cmd_eval, "generate": cmd_generate, "bench": cmd_bench,
-            "data": cmd_data, "demo": cmd_demo, "convert": cmd_convert, "export": cmd_export}
+            "data": cmd_data, "demo": cmd_demo, "init-draft": cmd_init_draft, "convert": cmd_convert,
+            "export": cmd_export}
 
 if __name__ == "__main__":
     sys.exit(main())

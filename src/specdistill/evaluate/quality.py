@@ -11,6 +11,7 @@ from ..data.views import check_positions, encode_example, encode_response, left_
 from ..engine import Sampling, sample
 from ..engine.sampling import row_seeds
 from ..models import max_positions
+from ..progress import bar
 from ..scoring import eval_mode
 from .metrics import GENERATED, TEXT_SCORES, exact_match, perplexity, response_nll, select_metrics, top1_agreement
 
@@ -23,13 +24,14 @@ def generate_ids(model, tokenizer, prompts: list[list[int]], max_new_tokens: int
     device = next(model.parameters()).device
     sampling = Sampling(temperature, top_p)  # temperature 0 is greedy
     outputs = []
-    with eval_mode(model):
+    with eval_mode(model), bar(len(prompts), "generating") as progress:
         for i in range(0, len(prompts), batch_size):
             ids, mask = left_pad(prompts[i : i + batch_size], tokenizer.pad_token_id)
             gen = sample(model, ids.to(device), mask.to(device), sampling=sampling, max_new_tokens=max_new_tokens,
                          eos_token_id=end_token_ids(tokenizer, model), pad_token_id=tokenizer.pad_token_id,
                          seed=row_seeds(seed, ids.shape[0], first_row=i), vocab_size=len(tokenizer))
             outputs += gen.rows()
+            progress.update(ids.shape[0])
     return outputs
 
 

@@ -17,6 +17,7 @@ from ..data.views import left_pad
 from ..engine import GenerationStats, Sampling, generate, make_policy, make_schedule, sample
 from ..engine.sampling import row_seeds
 from ..engine.views import ForwardClock, ModelView
+from ..progress import bar, phase
 from .prediction import (MAX_GAMMA, ForwardCosts, best_gamma, expected_acceptance, fit_verify_costs,
                          prediction_figures)
 
@@ -52,6 +53,7 @@ def run_speculative(target, draft, prompts, tokenizer, *, gamma=4, schedule="con
     tdev, ddev = _device(target), _device(draft)
     draft_prompts = draft_prompts or prompts
     outputs, stats, seconds = [], GenerationStats(), 0.0
+    progress = bar(len(prompts), "speculative")
     for i, chunk in _batches(prompts, batch_size):
         t_ids, t_mask = left_pad(chunk, tokenizer.pad_token_id)
         d_ids, d_mask = left_pad(draft_prompts[i : i + batch_size], tokenizer.pad_token_id)
@@ -67,6 +69,8 @@ def run_speculative(target, draft, prompts, tokenizer, *, gamma=4, schedule="con
         seconds += time.perf_counter() - start
         outputs += gen.rows()
         stats = stats.combine(gen.stats)
+        progress.update(len(chunk))
+    progress.close()
     return outputs, stats, seconds
 
 
@@ -76,6 +80,7 @@ def run_target_alone(target, prompts, tokenizer, *, temperature=0.0, top_p=1.0, 
     (token-id lists, merged GenerationStats, seconds)."""
     dev = _device(target)
     outputs, stats, seconds = [], GenerationStats(), 0.0
+    progress = bar(len(prompts), "target alone")
     for i, chunk in _batches(prompts, batch_size):
         ids, mask = left_pad(chunk, tokenizer.pad_token_id)
         _sync(dev)
@@ -88,6 +93,8 @@ def run_target_alone(target, prompts, tokenizer, *, temperature=0.0, top_p=1.0, 
         seconds += time.perf_counter() - start
         outputs += gen.rows()
         stats = stats.combine(gen.stats)
+        progress.update(len(chunk))
+    progress.close()
     return outputs, stats, seconds
 
 
@@ -134,16 +141,21 @@ def run_hf_assisted(target, draft, prompts, tokenizer, *, gamma=4, max_new_token
     # which switches it to its universal (text-level) assisted decoding: what a transformers user must do.
     universal = None if hf_same_vocab(target, draft) else tokenizer
     outputs, seconds = [], 0.0
-    for p in prompts:
-        ids = torch.tensor([p], device=dev)
-        _sync(dev)
-        start = time.perf_counter()
-        out = hf_generate(target, ids, draft, gamma, universal, do_sample=False, max_new_tokens=max_new_tokens,
-                          eos_token_id=end_token_ids(tokenizer, target), pad_token_id=tokenizer.pad_token_id,
-                          suppress_tokens=suppress)
-        _sync(dev)
-        seconds += time.perf_counter() - start
-        outputs.append(out[0, len(p):].tolist())
+    progress = bar(len(prompts), "transformers assisted")
+    try:
+        for p in prompts:
+            ids = torch.tensor([p], device=dev)
+            _sync(dev)
+            start = time.perf_counter()
+            out = hf_generate(target, ids, draft, gamma, universal, do_sample=False, max_new_tokens=max_new_tokens,
+                              eos_token_id=end_token_ids(tokenizer, target), pad_token_id=tokenizer.pad_token_id,
+                              suppress_tokens=suppress)
+            _sync(dev)
+            seconds += time.perf_counter() - start
+            outputs.append(out[0, len(p):].tolist())
+            progress.update(1)
+    finally:
+        progress.close()
     return outputs, seconds
 
 
@@ -210,6 +222,7 @@ def choose_gamma(target, draft, prompts, tokenizer, costs: ForwardCosts, *, prob
     """`bench --gamma auto`: alpha (accepted / judged positions) from one untimed run at `probe_gamma`, then the
     gamma in 1..max_gamma with the best predicted speedup for `costs`. kw: run_speculative's options.
     Returns {probe_gamma, probe_token_acceptance, cost_ratio_c, verify_costs (c_v at gamma 1..), gamma}."""
+    phase(f"gamma auto: untimed probe at gamma {probe_gamma}")
     _, stats, _ = run_speculative(target, draft, prompts, tokenizer, gamma=probe_gamma, **kw)
     alpha = stats.token_acceptance
     gamma = probe_gamma if math.isnan(alpha) else best_gamma(alpha, costs, max_gamma)
@@ -248,6 +261,7 @@ def bench_pair(target, draft, prompts, tokenizer, *, gamma=4, schedule="constant
     out, measured = _interleaved_runs(runs, prompts, draft_prompts, warmup, repeats, measure)
     (spec_out, stats, spec_s), (base_out, base_stats, base_s) = out["spec"], out["base"]
     costs = costs or median_costs(measured)
+    phase("expected acceptance (teacher forcing)")
     result = {
         "gamma": gamma, "schedule": schedule, "temperature": temperature, "top_p": top_p, "batch_size": batch_size,
         "compile": compile, "repeats": repeats, "prompts": len(prompts), "new_tokens": count_tokens(spec_out),
@@ -273,18 +287,26 @@ def bench_pair(target, draft, prompts, tokenizer, *, gamma=4, schedule="constant
     return _json_safe(result)
 
 
+# How the phase lines name bench_pair's runs: the target alone is the reference the speedup divides by.
+RUN_NAMES = {"spec": "speculative (engine)", "base": "reference (target alone)", "hf": "transformers assisted",
+             "b1": "speculative, batch size 1"}
+
+
 def _interleaved_runs(runs: dict, prompts, draft_prompts, warmup: int, repeats: int, measure=None):
     """Each run once on the first `warmup` prompts, untimed; then `repeats` rounds of every run in turn, each
     round followed by measure() when given (a shared machine's load moves the costs as it moves the runs).
     Returns ({name: the result of its median-time round}, [measure() of each round]); results end in seconds."""
     w = max(warmup, 1)
+    phase(f"warm-up on {w} prompt(s): {', '.join(RUN_NAMES.get(n, n) for n in runs)}")
     for run in runs.values():
         run(prompts[:w], draft_prompts and draft_prompts[:w])
     timed, measured = {name: [] for name in runs}, []
-    for _ in range(repeats):
+    for r in range(repeats):
         for name, run in runs.items():
+            phase(f"timed run {r + 1}/{repeats}: {RUN_NAMES.get(name, name)}")
             timed[name].append(run(prompts, draft_prompts))
         if measure is not None:
+            phase(f"timed run {r + 1}/{repeats}: forward costs (c, c_v)")
             measured.append(measure())
     return {name: sorted(results, key=lambda r: r[-1])[len(results) // 2] for name, results in timed.items()}, measured
 
