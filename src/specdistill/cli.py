@@ -358,14 +358,17 @@ def _load_for_inference(spec: str, device: str, dtype: str, tokenizer=None):
     return model, tokenizer
 
 
-def _load_pair(main: str, other: str | None, args, other_device: str | None = None):
-    """(main model, other model or None, tokenizer). The tokenizers are compared before any model is loaded: a
-    pair that does not share one is refused, naming both and the first differing token."""
+def _load_pair(main: str, other: str | None, args, other_device: str | None = None, other_role: str = "draft"):
+    """(main model, other model or None, tokenizer). The tokenizers are compared before any model is loaded (and
+    before the loading phase is said): a pair that does not share one is refused, naming both and the first
+    differing token. other_role: how the loading phase names the other model."""
     from .models import check_same_tokenizer, load_tokenizer
+    from .progress import phase
 
     tokenizer = load_tokenizer(main)
     if other:
         check_same_tokenizer(tokenizer, load_tokenizer(other), names=(main, other))
+    phase(f"loading {main}" + (f" and the {other_role} {other}" if other else ""))
     model, _ = _load_for_inference(main, args.device, args.dtype, tokenizer)
     second = _load_for_inference(other, other_device or args.device, args.dtype, tokenizer)[0] if other else None
     return model, second, tokenizer
@@ -400,8 +403,7 @@ def cmd_eval(args) -> int:
               "need a response field (or use --task)", file=sys.stderr)
         return 2
     _check_models(("--model", args.model), ("--teacher", args.teacher))
-    phase(f"loading {args.model}" + (f" and the teacher {args.teacher}" if args.teacher else ""))
-    model, teacher, tokenizer = _load_pair(args.model, args.teacher, args)
+    model, teacher, tokenizer = _load_pair(args.model, args.teacher, args, other_role="teacher")
     from .data.views import check_encodable, record_texts
 
     check_encodable(record_texts(records, views), tokenizer, args.model)
@@ -443,7 +445,6 @@ def cmd_generate(args) -> int:
     records = ([Record(id="1", query=args.prompt, where="--prompt")] if args.prompt is not None
                else prompt_records(args.prompts, fields))
     labels = prompt_labels(records)
-    phase(f"loading {args.model}" + (f" and the draft {args.draft}" if args.draft else ""))
     model, draft, tokenizer = _load_pair(args.model, args.draft, args, args.draft_device)
     prompts = encode_prompts(records, tokenizer, views, args.view)
     for flag, m in (("--model", model), ("--draft", draft)):
