@@ -84,7 +84,8 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from specdistill.data.templates import end_token_ids, render_prompt
-    from specdistill.gguf_check import llamacpp_greedy, llamacpp_server
+    from specdistill.gguf_check import llamacpp_greedy
+    from specdistill.llamacpp_server import serve
     from specdistill.gguf_export import export_gguf
     from specdistill.gguf_io import convert_gguf
 
@@ -111,7 +112,7 @@ def main() -> None:
     result["generate_vs_transformers"] = compare(list(zip(specdistill_generate(folder, PROMPTS, args.max_new_tokens),
                                                           reference)))
     result["sample"] = tokenizer.decode(reference[0])
-    with llamacpp_server(args.gguf) as server:
+    with serve(args.gguf, n_ctx=512) as server:
         theirs = [llamacpp_greedy(server, prompt, args.max_new_tokens) for prompt in ids]
     result["source_llamacpp_vs_transformers"] = compare(list(zip(theirs, reference)), model, ids)
     for outtype in args.outtypes.split(","):
@@ -121,7 +122,7 @@ def main() -> None:
         summary = export_gguf(str(folder), str(file), outtype)
         entry = {"export_s": round(time.perf_counter() - start, 1), "bytes": summary["bytes"],
                  "tokenizer": summary["tokenizer"]}
-        with llamacpp_server(file) as server:
+        with serve(file, n_ctx=512) as server:
             theirs = [llamacpp_greedy(server, prompt, args.max_new_tokens) for prompt in ids]
         entry["llamacpp_vs_transformers"] = compare(list(zip(theirs, reference)), model, ids)
         result[outtype] = entry

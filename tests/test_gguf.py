@@ -280,9 +280,10 @@ def test_export_of_a_converted_folder_copies_the_files_tokenizer(exports, tmp_pa
 
 # ---------------------------------------------------------------- llama.cpp, the independent reference
 def _greedy_pairs(model, path, prompts, new_tokens=16):
-    from specdistill.gguf_check import llamacpp_greedy, llamacpp_server
+    from specdistill.gguf_check import llamacpp_greedy
+    from specdistill.llamacpp_server import serve
 
-    with llamacpp_server(path) as server:
+    with serve(path, n_ctx=512) as server:
         for prompt in prompts:
             ours = model.generate(torch.tensor([prompt]), max_new_tokens=new_tokens, do_sample=False,
                                   attention_mask=torch.ones(1, len(prompt), dtype=torch.long))[0, len(prompt):]

@@ -1,6 +1,6 @@
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM
 
 from conftest import ARCHS, save_tiny_model
 from specdistill.data.tokenizer import build_tokenizer

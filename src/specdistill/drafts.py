@@ -14,15 +14,14 @@ their new layer indices; a strict load makes a missing or extra tensor an error.
 from __future__ import annotations
 
 import copy
-import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
 from .errors import UserError
+from .folders import check_new_folder, new_folder
 
 # Files of a model folder that the draft does not copy: weights (the draft writes its own), the configs the draft
 # writes itself, and the index of sharded weights. Everything else (tokenizer, chat template, licence) is copied.
@@ -134,24 +133,12 @@ def cut_layers(model, keep: list[int]):
     return draft.to(next(model.parameters()).device).eval()
 
 
-def check_draft_folder(out: str) -> Path:
-    """--out must be a new folder (or an empty one): a draft never overwrites or mixes with another model."""
-    path = Path(out).expanduser()
-    if path.is_file():
-        raise UserError(f"--out {out}: is a file; give a new folder for the draft")
-    if path.is_dir() and any(path.iterdir()):
-        held = "a model" if (path / "config.json").exists() else "files"
-        raise UserError(f"--out {out}: the folder already holds {held}; give a new (or empty) folder, a draft never "
-                        f"replaces another folder's files")
-    return path
-
-
 def copy_tokenizer_files(spec: str, dest: Path) -> None:
     """The source's tokenizer, chat template and other non-weight files (a licence, a README, the record of the
     GGUF file a converted folder came from) into dest: copied byte for byte from a folder; saved from the loaded
     tokenizer for a preset or a hub id; for a .gguf file, its tokenizer as transformers rebuilds it and the record
     `specdistill convert` writes (so that `export` copies the file's own vocabulary into the draft's GGUF)."""
-    from .gguf_io import is_gguf_spec, load_gguf_tokenizer
+    from .gguf_io import is_gguf_spec, load_gguf_tokenizer, write_source_record
     from .models import _builtin_path, load_tokenizer
 
     folder = Path(_builtin_path(spec)).expanduser()
@@ -161,21 +148,9 @@ def copy_tokenizer_files(spec: str, dest: Path) -> None:
                 shutil.copy2(f, dest / f.name)
     elif is_gguf_spec(spec):
         load_gguf_tokenizer(spec).save_pretrained(dest)
-        write_source_record(spec, dest)
+        write_source_record(spec, dest, "--from")
     else:
         load_tokenizer(spec).save_pretrained(dest)
-
-
-def write_source_record(gguf_file: str, dest: Path) -> None:
-    """The record of the GGUF file a folder's vocabulary came from (gguf_io.SOURCE_RECORD, as convert writes it)."""
-    import json
-
-    from .gguf_io import SOURCE_RECORD, read_header, token_list_sha256
-
-    metadata, _ = read_header(gguf_file, "--from", keep=("tokenizer.ggml.tokens",))
-    record = {"gguf": str(Path(gguf_file).expanduser().resolve()), "architecture": metadata["general.architecture"],
-              "tokens_sha256": token_list_sha256(metadata["tokenizer.ggml.tokens"])}
-    (dest / SOURCE_RECORD).write_text(json.dumps(record, indent=1))
 
 
 def source_layer_count(spec: str) -> int:
@@ -198,20 +173,14 @@ def init_draft(source: str, layers: str, out: str, dtype: str = "float32") -> di
     out, the kept layers, their attention types, the parameter counts."""
     from .models import check_model_spec, load_model
 
-    path = check_draft_folder(out)
+    path = check_new_folder(out, f"--out {out}", "init-draft")
     check_model_spec(source, "--from")
     keep = parse_layers(layers, source_layer_count(source))  # checked before the weights load
     model = load_model(source, dtype).eval()
     draft = cut_layers(model, keep)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    try:
+    with new_folder(path) as tmp:
         draft.save_pretrained(tmp)
         copy_tokenizer_files(source, tmp)
-        os.replace(tmp, path)  # an empty folder at `path` is replaced; a non-empty one was refused above
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return {"from": source, "out": str(path), "layers": keep, "num_hidden_layers": len(keep),
             "source_layers": model.config.num_hidden_layers,
             "layer_types": getattr(draft.config, "layer_types", None),

@@ -1,20 +1,13 @@
 """llama.cpp as the independent reference for GGUF files: its tokenizer and its greedy decoding (DESIGN 10).
 
-llama.cpp runs in-process through the `xllamacpp` package (its own server; the /tokenize and /completion endpoints
-are called over the server's local HTTP address). `tokenizer_check` compares the tokenizer transformers rebuilds
+llama.cpp runs in-process (llamacpp_server.py). `tokenizer_check` compares the tokenizer transformers rebuilds
 from a GGUF file with llama.cpp's tokenization of the same file on texts that exercise digits, runs of spaces,
 special tokens, newlines and non-ASCII text; `benchmarks/gguf_tokenizer_check.py` runs it on real files.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
-import urllib.request
-
-from .errors import UserError
-
-LLAMACPP_EXTRA = "pip install xllamacpp"
+from .llamacpp_server import complete, serve, tokenize
 
 # Each text exercises one thing a rebuilt tokenizer gets wrong first.
 CHECK_TEXTS = {
@@ -31,46 +24,10 @@ CHECK_TEXTS = {
 }
 
 
-@contextlib.contextmanager
-def llamacpp_server(path, n_ctx: int = 512, threads: int = 2):
-    """A llama.cpp server (xllamacpp) on GGUF file `path`, greedy by default; yields the server."""
-    try:
-        import xllamacpp
-    except ImportError:
-        raise UserError(f"llama.cpp checks need the xllamacpp package: {LLAMACPP_EXTRA}") from None
-    params = xllamacpp.CommonParams()
-    params.model.path = str(path)
-    params.n_ctx = n_ctx
-    params.cpuparams.n_threads = threads
-    params.cpuparams_batch.n_threads = threads
-    params.sampling.temp = 0.0
-    params.sampling.top_k = 1
-    server = xllamacpp.Server(params)
-    try:
-        yield server
-    finally:
-        del server
-
-
-def _post(server, endpoint: str, body: dict) -> dict:
-    request = urllib.request.Request(server.listening_address + endpoint, data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=600) as response:
-        return json.loads(response.read())
-
-
-def llamacpp_tokenize(server, text: str, special: bool = True) -> list[int]:
-    """llama.cpp's ids for `text` (no BOS added; special-token text parsed as special tokens when `special`)."""
-    found = _post(server, "/tokenize", {"content": text, "add_special": False, "parse_special": special})
-    return [t if isinstance(t, int) else t["id"] for t in found["tokens"]]
-
-
 def llamacpp_greedy(server, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
     """llama.cpp's greedy continuation of `prompt_ids` (ids in, ids out; it stops at its end-of-generation ids,
     which it keeps)."""
-    found = _post(server, "/completion", {"prompt": list(prompt_ids), "n_predict": max_new_tokens, "temperature": 0,
-                                          "top_k": 1, "return_tokens": True, "cache_prompt": False})
-    return list(found["tokens"])
+    return list(complete(server, prompt_ids, max_new_tokens)["tokens"])
 
 
 def tokenizer_check(gguf_path, texts: dict[str, str] | None = None, tokenizer=None) -> dict:
@@ -90,10 +47,10 @@ def tokenizer_check(gguf_path, texts: dict[str, str] | None = None, tokenizer=No
     if tokenizer.chat_template:  # a prompt as specdistill writes it: the template's markup, then the question
         texts["chat prompt"] = render_prompt(tokenizer, [{"role": "user", "content": CHECK_TEXTS["question"]}])
     mismatches = []
-    with llamacpp_server(gguf_path) as server:
+    with serve(gguf_path, n_ctx=512, what="llama.cpp's tokenizer check") as server:
         for name, text in texts.items():
             ours = tokenizer(text, add_special_tokens=False).input_ids
-            theirs = llamacpp_tokenize(server, text)
+            theirs = tokenize(server, text)
             if ours != theirs:
                 mismatches.append({"name": name, "text": text, "transformers": ours, "llamacpp": theirs})
     return {"texts": len(texts), "equal": len(texts) - len(mismatches), "mismatches": mismatches}

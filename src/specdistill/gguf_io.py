@@ -19,8 +19,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
-import shutil
 import struct
 import warnings
 from pathlib import Path
@@ -28,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
+from .folders import check_new_folder, new_folder
 
 GGUF_EXTRA = "pip install 'specdistill[gguf]'"
 SOURCE_RECORD = "gguf_source.json"
@@ -288,17 +287,13 @@ def read_source_record(folder) -> dict | None:
     return data if isinstance(data, dict) and {"gguf", "tokens_sha256"} <= set(data) else None
 
 
-def _check_out_dir(out_dir: str) -> Path:
-    out = Path(out_dir).expanduser()
-    if out.is_file():
-        raise UserError(f"{out_dir}: is a file; give a new folder for the converted model")
-    if out.is_dir() and any(out.iterdir()):
-        what = "holds a model (config.json)" if (out / "config.json").exists() else "is not empty"
-        raise UserError(f"{out_dir}: {what}; convert writes a new folder and never overwrites one: give a new "
-                        f"or empty folder")
-    if not out.parent.is_dir():
-        raise UserError(f"{out_dir}: the folder {out.parent} does not exist; create it first")
-    return out
+def write_source_record(gguf_file: str, dest: Path, role: str = "IN.gguf") -> None:
+    """Record in folder `dest` the GGUF file its vocabulary came from (SOURCE_RECORD: the file, its architecture
+    and a hash of its token list), so that `export` can copy the file's own vocabulary metadata."""
+    metadata, _ = read_header(gguf_file, role, keep=("tokenizer.ggml.tokens",))
+    record = {"gguf": str(Path(gguf_file).expanduser().resolve()), "architecture": metadata["general.architecture"],
+              "tokens_sha256": token_list_sha256(metadata["tokenizer.ggml.tokens"])}
+    (dest / SOURCE_RECORD).write_text(json.dumps(record, indent=1))
 
 
 def convert_gguf(src: str, out_dir: str, dtype=None) -> dict:
@@ -309,8 +304,8 @@ def convert_gguf(src: str, out_dir: str, dtype=None) -> dict:
     from transformers import AutoModelForCausalLM
 
     dtype = dtype or torch.float32
-    out = _check_out_dir(out_dir)
-    metadata, _ = read_header(src, "IN.gguf", keep=("tokenizer.ggml.tokens",))
+    out = check_new_folder(out_dir, out_dir, "convert")
+    metadata, _ = read_header(src, "IN.gguf")
     check_gguf_file(src, "IN.gguf")
     loaded = load_gguf_model(src, dtype)
     tokenizer = load_gguf_tokenizer(src)
@@ -322,19 +317,10 @@ def convert_gguf(src: str, out_dir: str, dtype=None) -> dict:
     fresh.load_state_dict(loaded.state_dict(), assign=True)
     fresh.tie_weights()
     fresh.generation_config = loaded.generation_config
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with new_folder(out) as tmp:
         fresh.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        record = {"gguf": str(Path(src).expanduser().resolve()), "architecture": metadata["general.architecture"],
-                  "tokens_sha256": token_list_sha256(metadata["tokenizer.ggml.tokens"])}
-        (tmp / SOURCE_RECORD).write_text(json.dumps(record, indent=1))
-        if out.is_dir():
-            out.rmdir()  # empty, checked above
-        os.rename(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        write_source_record(src, tmp)
     return {"path": str(out), "architecture": config.model_type,
             "parameters": sum(p.numel() for p in fresh.parameters()),
             "end_ids": gguf_end_ids(metadata)}

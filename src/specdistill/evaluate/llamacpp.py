@@ -20,17 +20,14 @@ older layout. Per-request overrides of the draft size are ignored there, so each
 
 from __future__ import annotations
 
-import json
 import math
 import re
-import statistics
 import time
-import urllib.request
 from pathlib import Path
 
 from ..errors import UserError
+from ..llamacpp_server import complete, require_xllamacpp, serve
 
-LLAMACPP_EXTRA = "pip install 'specdistill[llamacpp]'"
 # What llama.cpp compares before it accepts a draft (common_speculative_are_compatible), checked here first and
 # more strictly: the same tokenizer model, special ids and BOS/EOS flags, the same size and every token's text.
 VOCAB_FIELDS = ("tokenizer.ggml.model", "tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id",
@@ -39,16 +36,6 @@ VOCAB_FIELDS = ("tokenizer.ggml.model", "tokenizer.ggml.bos_token_id", "tokenize
 
 # Flags a file may leave out (llama.cpp then uses its default for the tokenizer type): compared when both state them.
 OPTIONAL_FLAGS = ("tokenizer.ggml.add_bos_token", "tokenizer.ggml.add_eos_token")
-
-
-def require_xllamacpp(what: str = "--engine llamacpp"):
-    """The xllamacpp package, or a UserError naming the extra that installs it."""
-    try:
-        import xllamacpp
-    except ImportError:
-        raise UserError(f"{what} needs llama.cpp's Python package xllamacpp, an optional extra: "
-                        f"{LLAMACPP_EXTRA}") from None
-    return xllamacpp
 
 
 # ---------------------------------------------------------------- the vocabularies, before llama.cpp sees them
@@ -92,43 +79,6 @@ def check_same_vocab(target: str, draft: str) -> None:
 
 
 # ---------------------------------------------------------------- the server
-def server_params(target: str, draft: str | None = None, gamma: int = 4, n_ctx: int = 2048, threads: int = 2):
-    """xllamacpp's CommonParams for the target GGUF, greedy, one slot, quiet, with its metrics endpoint; with a
-    draft, llama.cpp's independent-draft speculative decoding drafting exactly `gamma` tokens per step
-    (`--draft-max gamma --draft-min 0 --draft-p-min 0`: the draft never stops early on low confidence, as
-    specdistill's constant-gamma engine)."""
-    xllamacpp = require_xllamacpp()
-    params = xllamacpp.CommonParams()
-    params.model.path = str(target)
-    params.n_ctx, params.n_parallel = n_ctx, 1
-    params.cpuparams.n_threads = params.cpuparams_batch.n_threads = threads
-    params.sampling.temp, params.sampling.top_k = 0.0, 1
-    params.endpoint_metrics = True
-    params.verbosity = -1  # llama.cpp's per-request log lines off (errors still print)
-    if draft is not None:
-        spec = params.speculative
-        spec.types = [xllamacpp.common_speculative_type.COMMON_SPECULATIVE_TYPE_DRAFT_SIMPLE]
-        spec.draft.mparams.path = str(draft)
-        spec.draft.n_max, spec.draft.n_min, spec.draft.p_min = gamma, 0, 0.0
-        spec.draft.cpuparams.n_threads = spec.draft.cpuparams_batch.n_threads = threads
-    return params
-
-
-def _post(server, endpoint: str, body: dict) -> dict:
-    request = urllib.request.Request(server.listening_address + endpoint, data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=3600) as response:
-        return json.loads(response.read())
-
-
-def complete(server, prompt_ids: list[int], max_new_tokens: int) -> dict:
-    """One greedy completion of token ids (no BOS added: the ids are the prompt as given) through llama.cpp's
-    /completion; returns its JSON: `tokens` (the generated ids, up to and including an end-of-generation id),
-    `timings` (predicted_n, predicted_ms, and with a draft draft_n, draft_n_accepted)."""
-    return _post(server, "/completion", {"prompt": list(prompt_ids), "n_predict": max_new_tokens, "temperature": 0,
-                                         "top_k": 1, "return_tokens": True, "cache_prompt": False})
-
-
 def spec_counters(server) -> dict:
     """llama.cpp's cumulative speculative counters from its Prometheus metrics: drafts (verification steps with a
     draft), draft_tokens, accepted, accepted_per_position (list by position)."""
@@ -151,21 +101,19 @@ def serve_prompts(target: str, prompts: list[list[int]], max_new_tokens: int, dr
     """Run every prompt through one llama.cpp server (the target alone, or with `draft` at `gamma`): one untimed
     warm-up completion, then `repeats` rounds; returns llama.cpp's figures (llamacpp_figures) of the median round
     by generation speed, and the outputs of the first. progress(i, n): called after each completion."""
-    xllamacpp = require_xllamacpp()
     n_ctx = max(len(p) for p in prompts) + max_new_tokens + gamma + 16
-    server = xllamacpp.Server(server_params(target, draft, gamma, n_ctx, threads))
-    complete(server, prompts[0], min(max_new_tokens, 8))  # warm-up: graphs and buffers allocated
     rounds = []
-    for _ in range(repeats):
-        before, start = spec_counters(server), time.perf_counter()
-        answers = []
-        for i, p in enumerate(prompts):
-            answers.append(complete(server, p, max_new_tokens))
-            if progress:
-                progress(i + 1, len(prompts))
-        after = spec_counters(server)
-        rounds.append(llamacpp_figures(answers, before, after, time.perf_counter() - start))
-    del server  # frees the models before the next server loads
+    with serve(target, draft, gamma, n_ctx, threads) as server:  # its models freed before the next server loads
+        complete(server, prompts[0], min(max_new_tokens, 8))  # warm-up: graphs and buffers allocated
+        for _ in range(repeats):
+            before, start = spec_counters(server), time.perf_counter()
+            answers = []
+            for i, p in enumerate(prompts):
+                answers.append(complete(server, p, max_new_tokens))
+                if progress:
+                    progress(i + 1, len(prompts))
+            after = spec_counters(server)
+            rounds.append(llamacpp_figures(answers, before, after, time.perf_counter() - start))
     best = sorted(rounds, key=lambda r: r["tokens_per_s"])[len(rounds) // 2]
     return {**best, "outputs": rounds[0]["outputs"]}
 
