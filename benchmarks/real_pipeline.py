@@ -156,19 +156,11 @@ def trained(config: Path, out: Path) -> dict:
             "last": {k: steps[-1].get(k) for k in keep}}
 
 
-def exported(folder: str, source: str, out: Path) -> dict:
-    """`specdistill export` of a draft folder, q8_0. A run's final/ holds the tokenizer but not the record of the
-    GGUF it came from (gguf_source.json, which init-draft copied into the cut draft): copied from `source` so that
-    export writes the target file's own vocabulary (Gemma's SentencePiece vocabulary is exported only that way)."""
-    from specdistill.gguf_io import SOURCE_RECORD
-
-    copied = False
-    if not (Path(folder) / SOURCE_RECORD).exists() and (Path(source) / SOURCE_RECORD).exists():
-        shutil.copy(Path(source) / SOURCE_RECORD, Path(folder) / SOURCE_RECORD)
-        copied = True
+def exported(folder: str, out: Path) -> dict:
+    """`specdistill export` of a draft folder, q8_0: a cut draft and a run's final/ carry the record of the GGUF
+    the target came from (gguf_source.json), so export writes the target file's own vocabulary."""
     summary = last_json(cli("export", folder, out, "--outtype", "q8_0"))
-    return {"gguf": str(out), "tokenizer": summary["tokenizer"], "bytes": summary["bytes"],
-            "copied_source_record": copied}
+    return {"gguf": str(out), "tokenizer": summary["tokenizer"], "bytes": summary["bytes"]}
 
 
 def served(target_gguf: str, hf_target: str, drafts: dict[str, tuple[str, str]], prompts_file: Path,
@@ -209,8 +201,8 @@ def smollm2(args, paths: dict, work: Path) -> Stages:
           needs=("converted",))
     config = skd_config(work / "skd_smollm2.yaml", folder, str(cut), work / "skd_smollm2", args.skd_steps, 4, n)
     s.run("skd", lambda: trained(config, work / "skd_smollm2"), needs=("draft_cut",))
-    s.run("exported", lambda: {"cut": exported(str(cut), folder, work / "smollm2-draft6.gguf"),
-                               "trained": exported(str(work / "skd_smollm2" / "final"), str(cut),
+    s.run("exported", lambda: {"cut": exported(str(cut), work / "smollm2-draft6.gguf"),
+                               "trained": exported(str(work / "skd_smollm2" / "final"),
                                                    work / "smollm2-skd.gguf")}, needs=("skd",))
     s.run("served", lambda: served(gguf, folder, {"cut": (str(work / "smollm2-draft6.gguf"), str(cut)),
                                                   "trained": (str(work / "smollm2-skd.gguf"),
@@ -243,7 +235,7 @@ def gemma3(args, paths: dict, work: Path) -> Stages:
     s.run("generate_draft_lossless", lossless, needs=("draft_cut",))
     config = skd_config(work / "skd_gemma3.yaml", folder, str(cut), work / "skd_gemma3", args.gemma_skd_steps, 2, 16)
     s.run("skd", lambda: trained(config, work / "skd_gemma3"), needs=("draft_cut",))
-    s.run("exported", lambda: exported(str(work / "skd_gemma3" / "final"), str(cut), work / "gemma3-skd.gguf"),
+    s.run("exported", lambda: exported(str(work / "skd_gemma3" / "final"), work / "gemma3-skd.gguf"),
           needs=("skd",))
     s.run("served", lambda: served(gguf, folder, {"trained": (str(work / "gemma3-skd.gguf"),
                                                               str(work / "skd_gemma3" / "final"))},

@@ -245,6 +245,23 @@ def test_distill_takes_gguf_teacher_and_student_and_saves_a_plain_student(export
     assert "quantization_config" not in json.loads((out / "final" / "config.json").read_text())
 
 
+def test_a_student_cut_from_a_gguf_target_exports_after_training_with_the_targets_vocabulary(exports, tmp_path,
+                                                                                            capsys):
+    """init-draft from the target's .gguf, distil it, export its final/: the file's own tokenizer fields are
+    copied (the record of the source file travels from the cut draft into the run's final/)."""
+    from specdistill.drafts import init_draft
+    from test_real_families import arith_file, distill_config
+
+    target = exports.file("gemma3", "f32")
+    init_draft(str(target), "1", str(tmp_path / "cut"))  # the last of its 2 layers
+    fam = type("CutPair", (), {"teacher": target, "student": tmp_path / "cut"})
+    out = tmp_path / "run"
+    cfg = distill_config(tmp_path / "c.yaml", fam, "skd", arith_file(tmp_path / "d.jsonl"), out)
+    assert main(["distill", str(cfg), "--set", "train.max_steps=2"]) == 0, capsys.readouterr().err
+    summary = gguf_export.export_gguf(str(out / "final"), str(tmp_path / "student.gguf"), "f32")
+    assert summary["tokenizer"] == f"copied from {target.resolve()}"
+
+
 # ---------------------------------------------------------------- convert
 @pytest.mark.parametrize("name", ("llama3", "gemma3", "smollm"))
 def test_convert_writes_a_plain_folder_with_the_files_logits_and_end_ids(exports, tmp_path, name):

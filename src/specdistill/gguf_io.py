@@ -287,6 +287,16 @@ def read_source_record(folder) -> dict | None:
     return data if isinstance(data, dict) and {"gguf", "tokens_sha256"} <= set(data) else None
 
 
+def carry_source_record(spec: str, dest: Path) -> None:
+    """Give folder `dest`, a model written from `spec` (a trained student, a cut draft), the record of the GGUF
+    file its vocabulary came from: copied from a folder that has one, written for a .gguf spec; nothing else."""
+    path = Path(str(spec)).expanduser()
+    if path.is_dir() and read_source_record(path) is not None:
+        (dest / SOURCE_RECORD).write_bytes((path / SOURCE_RECORD).read_bytes())
+    elif is_gguf_spec(str(spec)) and path.is_file():
+        write_source_record(str(path), dest, str(spec))
+
+
 def write_source_record(gguf_file: str, dest: Path, role: str = "IN.gguf") -> None:
     """Record in folder `dest` the GGUF file its vocabulary came from (SOURCE_RECORD: the file, its architecture
     and a hash of its token list), so that `export` can copy the file's own vocabulary metadata."""

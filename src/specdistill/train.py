@@ -45,6 +45,7 @@ from .engine.compiling import compiled_model
 from .engine.prefix import shared_prefix
 from .engine.sampling import float_dtype
 from .engine.sampling import derive_seed
+from .gguf_io import carry_source_record
 from .evaluate.quality import evaluate_records
 from .data.templates import end_token_ids
 from .models import (check_model_spec, check_same_tokenizer, check_vocab, embedding_rows, load_model, load_tokenizer,
@@ -732,6 +733,7 @@ def save_model(run: Run, path: Path, draft: bool = True) -> None:
         with _saved_with_rows(model, state, rows) as (to_save, state):
             to_save.save_pretrained(path, state_dict=state, safe_serialization=True)
         run.tokenizer.save_pretrained(path)
+        carry_source_record(run.cfg.model.student, path)  # so that `export` copies a GGUF source's vocabulary
         generation = copy.deepcopy(model.generation_config)
         generation.eos_token_id = end_token_ids(run.tokenizer, model, *([run.teacher] if run.teacher else []))
         generation.pad_token_id = run.tokenizer.pad_token_id
