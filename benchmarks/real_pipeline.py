@@ -96,11 +96,21 @@ def last_json(text: str) -> dict:
 
 def prompt_ids(model_dir: str, texts: list[str]) -> list[list[int]]:
     """The prompt ids specdistill's generate and bench use for these user messages (its template rule, BOS)."""
-    from specdistill.cli import _encode_prompts
+    from specdistill.data.prompts import INFERENCE_VIEWS, encode_prompts
+    from specdistill.data.records import Record
     from specdistill.models import load_tokenizer
 
-    tokenizer = load_tokenizer(model_dir)
-    return _encode_prompts(texts, tokenizer, [f"prompt {i + 1}" for i in range(len(texts))])
+    records = [Record(id=str(i + 1), query=t) for i, t in enumerate(texts)]
+    return encode_prompts(records, load_tokenizer(model_dir), INFERENCE_VIEWS)
+
+
+def chat_template_ids(model_dir: str, texts: list[str]) -> list[list[int]]:
+    """transformers' own prompt ids for these user messages: apply_chat_template with the generation prompt."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    return [list(tokenizer.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True,
+                                               tokenize=True, return_dict=True)["input_ids"]) for t in texts]
 
 
 @torch.no_grad()
@@ -191,8 +201,10 @@ def smollm2(args, paths: dict, work: Path) -> Stages:
     s.run("converted", lambda: {"folder": folder, "gguf": gguf})
     def same_as_transformers():
         ours = generated(folder, prompts, work / "g.json", n)
-        theirs = transformers_greedy(folder, prompt_ids(folder, CHAT_PROMPTS), n)
-        return {"equal": ours == theirs, "prompts": len(ours), "tokens": sum(map(len, ours)),
+        ids = chat_template_ids(folder, CHAT_PROMPTS)  # transformers' own prompts, not specdistill's
+        theirs = transformers_greedy(folder, ids, n)
+        return {"equal": ours == theirs, "prompt_ids_equal": ids == prompt_ids(folder, CHAT_PROMPTS),
+                "prompts": len(ours), "tokens": sum(map(len, ours)),
                 "text": json.loads((work / "g.json").read_text())["outputs"][0]["text"][:80]}
 
     s.run("generate_equals_transformers", same_as_transformers, needs=("converted",))
