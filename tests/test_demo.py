@@ -6,9 +6,11 @@ import math
 
 import matplotlib.image
 import pytest
-from specdistill.demo import METHODS, PLANS, WARM, plan_jobs, run_demo
-from specdistill.evaluate.claims import CLAIMS, Claim, aggregate, claims_table, judge, preconditions
-from specdistill.evaluate.stats import HOLDS, REVERSED, UNDECIDED
+from specdistill.study.claims import CLAIMS, Claim, aggregate, judge
+from specdistill.study.demo import run_demo
+from specdistill.study.plan import METHODS, PLANS, WARM, plan_jobs
+from specdistill.study.report import claims_table, preconditions
+from specdistill.study.stats import HOLDS, REVERSED, UNDECIDED
 
 TINY_PLAN = {"student_steps": 3, "steps": 2, "batch_size": 4, "eval_limit": 6, "bench_prompts": 2, "seeds": 2,
              "methods": ["SFT on gold", "SKD", "LUPI-SKD"]}

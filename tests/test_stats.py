@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from specdistill.evaluate.stats import HOLDS, REVERSED, UNDECIDED, diff_ci, format_interval, mean_ci, verdict
+from specdistill.study.stats import HOLDS, REVERSED, UNDECIDED, diff_ci, format_interval, mean_ci, verdict
 
 # Two-sided 95% Student-t quantiles from a printed table: t(0.975, df).
 T975 = {4: 2.7764, 8: 2.3060}

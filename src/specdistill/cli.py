@@ -639,7 +639,7 @@ def cmd_init_draft(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .demo import run_demo
+    from .study.demo import run_demo
 
     if Path(args.out).exists() and not Path(args.out).is_dir():
         raise UsageError(f"--out {args.out}: is a file; give a folder for the demo's runs and report")

@@ -1,8 +1,7 @@
-"""Plots for reports (PNG, matplotlib's Agg backend: no display needed)."""
+"""Plots of bench's results (PNG, matplotlib's Agg backend: no display needed)."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import matplotlib
@@ -17,8 +16,6 @@ def plot_bench(results: list[dict], path: str | Path, title: str = "") -> Path:
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     for r in results:
         if r["batch_size"] == min(x["batch_size"] for x in results) and r["per_position_acceptance"]:
-            if "per_position_acceptance" not in r:
-                continue
             xs = range(1, len(r["per_position_acceptance"]) + 1)
             left.plot(xs, r["per_position_acceptance"], marker="o", label=f"gamma={r['gamma']}")
     left.set(xlabel="draft position within a block", ylabel="acceptance rate (accepted / reached)",
@@ -37,7 +34,7 @@ def plot_bench(results: list[dict], path: str | Path, title: str = "") -> Path:
     right.legend()
     if title:
         fig.suptitle(title)
-    return _save(fig, Path(path))
+    return save_figure(fig, Path(path))
 
 
 def plot_drafts(comparison: list[dict], results: list[dict], path: str | Path, title: str = "") -> Path:
@@ -75,7 +72,7 @@ def plot_drafts(comparison: list[dict], results: list[dict], path: str | Path, t
     right.legend(fontsize=8)
     if title:
         fig.suptitle(title)
-    return _save(fig, Path(path))
+    return save_figure(fig, Path(path))
 
 
 def _short(path: str) -> str:
@@ -84,58 +81,7 @@ def _short(path: str) -> str:
     return "/".join((parts[:-1] if parts and parts[-1] == "final" else parts)[-2:])
 
 
-def _by_task(report: dict) -> list[str]:
-    return list(dict.fromkeys(r["world"] for r in report["rows"] if "acceptance_rate" in r))
-
-
-def plot_demo(report: dict, out_dir: str | Path) -> list[Path]:
-    """The demo's three figures, one panel per task: quality against acceptance (mean and 95% interval over seeds),
-    acceptance per draft position, and the training loss curves (first seed)."""
-    out_dir, tasks, paths = Path(out_dir), _by_task(report), []
-    fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4.6), squeeze=False)
-    for ax, task in zip(axes[0], tasks):
-        for r in (r for r in report["rows"] if r["world"] == task and "acceptance_rate" in r):
-            ax.errorbar(r["acceptance_rate"], r["quality"], xerr=_err(r, "acceptance_rate"), yerr=_err(r, "quality"),
-                        marker="o", capsize=3, label=r["method"])
-        ax.set(xlabel="greedy acceptance rate as the teacher's draft (accepted / drafted)",
-               ylabel="test quality (exact match; grids: rule score)", title=f"{task}: quality vs acceptance (95% CI)")
-        ax.legend(fontsize=8)
-    paths.append(_save(fig, out_dir / "quality_vs_acceptance.png"))
-
-    fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4.2), squeeze=False)
-    first = report["seeds"][0]
-    for ax, task in zip(axes[0], tasks):
-        for r in (r for r in report["runs"] if r["world"] == task and r["seed"] == first):
-            if "per_position_acceptance" not in r:
-                continue
-            xs = range(1, len(r["per_position_acceptance"]) + 1)
-            ax.plot(xs, r["per_position_acceptance"], marker="o", label=r["method"])
-        ax.set(xlabel="draft position within a block", ylabel="acceptance rate (accepted / reached)",
-               title=f"{task}: acceptance per position (gamma={report['gamma']}, seed {first})", ylim=(0, 1.05))
-        ax.legend(fontsize=8)
-    paths.append(_save(fig, out_dir / "acceptance_per_position.png"))
-
-    fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4.2), squeeze=False)
-    for ax, task in zip(axes[0], tasks):
-        for r in (r for r in report["runs"] if r["world"] == task and r["seed"] == first):
-            if not r.get("loss_curve"):
-                continue
-            steps, losses = zip(*r["loss_curve"])
-            ax.plot(steps, losses, label=r["method"])
-        ax.set(xlabel="optimizer step", ylabel="training loss per token (each method's own loss)", title=f"{task}: training curves (seed {first})")
-        ax.set_yscale("log")
-        ax.legend(fontsize=8)
-    paths.append(_save(fig, out_dir / "training_curves.png"))
-    return paths
-
-
-def _err(row: dict, key: str):
-    """[[below], [above]] the mean: the 95% interval's arms; none for a single seed."""
-    low, high = row.get(key + "_low", math.nan), row.get(key + "_high", math.nan)
-    return None if math.isnan(low) else [[row[key] - low], [high - row[key]]]
-
-
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -1,0 +1,89 @@
+"""A student's figures in a study: test quality on its world, and its figures as the teacher's draft (greedy and
+sampled at T=1), the speedup predicted from the measured acceptance and the pair's forward costs."""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from ..config import DatasetConfig, load_config
+from ..data.records import load_records
+from ..data.tasks import get_task, style_shares
+from ..data.views import encode_example
+from ..evaluate.prediction import ForwardCosts
+from ..evaluate.quality import evaluate_records
+from ..evaluate.speculative import bench_pair, measure_forward_costs
+from ..models import load_model, load_tokenizer
+from .plan import World
+
+GAMMA = 4
+TEACHER_STYLE = "symbols"  # the step style the built-in teacher writes (data/tasks.py: STYLE_WEIGHTS)
+
+
+@functools.lru_cache(maxsize=None)
+def world_records(world: World, n: int | None) -> list:
+    """The first n records of the world's test split (None = all), read once per process."""
+    return load_records(DatasetConfig(task=world.name, split="test"))[:n]
+
+
+@functools.lru_cache(maxsize=None)
+def world_prompts(world: World, n: int | None, tokenizer: str) -> tuple[list[list[int]], list[list[int]]]:
+    """(teacher prompts, student prompts) of the first n test records: the teacher reads its view (facts: with
+    the knowledge). Encoded once per process (a worker measures many students of one world); callers only read."""
+    tok, views = load_tokenizer(tokenizer), load_config(world.views).data.views
+    examples = [encode_example(r, tok, views) for r in world_records(world, n)]
+    return [e.teacher_prompt for e in examples], [e.student_prompt for e in examples]
+
+
+def world_quality(model, tok, world: World, n: int | None, view: str = "student") -> dict:
+    """evaluate_records on the world's first n test records, answered greedily from `view`."""
+    return evaluate_records(model, tok, world_records(world, n), load_config(world.views).data.views,
+                            get_task(world.name).scorer, view, world.max_new_tokens, 64)
+
+
+def teacher_style_share(texts: list[str]) -> float:
+    """The share of step lines written in the teacher's style."""
+    return style_shares(texts)[TEACHER_STYLE]
+
+
+def measure_student(student_path: str, teacher_path: str, world: World, plan: dict, seed: int,
+                    costs: ForwardCosts) -> dict:
+    """Test quality (student view, plan's `eval_limit` records) and the student as the teacher's draft on the
+    plan's `bench_prompts` test prompts, greedy and sampled at T=1."""
+    torch.manual_seed(seed)
+    tok = load_tokenizer(teacher_path)
+    teacher = load_model(teacher_path, tokenizer=tok).eval()
+    student = load_model(student_path, tokenizer=tok).eval()
+    scored = world_quality(student, tok, world, plan["eval_limit"])
+    t_prompts, s_prompts = world_prompts(world, plan["bench_prompts"], teacher_path)
+    styles = {"symbols_share": teacher_style_share([s["prediction"] for s in scored["samples"]])} \
+        if world.styled else {}
+    return {"quality": scored["exact_match"], **styles,
+            **draft_figures(teacher, student, t_prompts, s_prompts, tok, world.max_new_tokens, seed, costs)}
+
+
+def pair_costs(teacher_path: str, student_path: str, prompt: list[int]) -> ForwardCosts:
+    """The pair's forward costs at batch size 1 and one thread, timed while nothing else runs."""
+    torch.set_num_threads(1)
+    tok = load_tokenizer(teacher_path)
+    teacher, student = (load_model(p, tokenizer=tok).eval() for p in (teacher_path, student_path))
+    return measure_forward_costs(teacher, student, prompt, batch_size=1, repeats=20)
+
+
+def draft_figures(teacher, student, t_prompts, s_prompts, tok, max_new: int, seed: int, costs: ForwardCosts) -> dict:
+    """Greedy and T=1 speculative decoding (gamma GAMMA): acceptance, mean accepted length, per-position
+    acceptance, sum(min(p, q)) over the teacher's own outputs, and the speedup predicted from the measured
+    acceptance and `costs` (timed alone, so parallel workers cannot skew it)."""
+    out = {}
+    for prefix, temperature in (("", 0.0), ("sampled_", 1.0)):
+        with torch.no_grad():
+            b = bench_pair(teacher, student, t_prompts, tok, gamma=GAMMA, temperature=temperature,
+                           max_new_tokens=max_new, draft_prompts=s_prompts, batch_size=8, seed=seed, warmup=0,
+                           repeats=1, costs=costs)
+        for key in ("acceptance_rate", "mean_accepted_length", "per_position_acceptance", "expected_acceptance",
+                    "predicted_speedup", "token_acceptance"):
+            out[prefix + key] = b[key]
+        if temperature == 0:
+            out["matches_target_greedy"] = b["matches_target_greedy"]
+    return out
