@@ -24,9 +24,9 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-# Positions per chunk. A chunk holds several fp32 [chunk_size, V] temporaries at once: with V = 152k and
-# 256 positions each is ~156 MB, and a jsd chunk peaks near 1 GB, whatever the sequence length.
-DEFAULT_CHUNK_SIZE = 256
+# Positions per chunk (loss.chunk_size's default). A chunk holds several fp32 [chunk_size, V] temporaries at once:
+# with V = 152k and 256 positions each is ~156 MB, and a jsd chunk peaks near 1 GB, whatever the sequence length.
+from .config import DEFAULT_CHUNK_SIZE
 
 
 # ---------------------------------------------------------------- per-position math, [n, V] fp32 chunks

@@ -76,3 +76,20 @@ def load_pair(main: str, other: str | None, args, other_device: str | None = Non
     model, _ = load_for_inference(main, args.device, args.dtype, tokenizer)
     second = load_for_inference(other, other_device or args.device, args.dtype, tokenizer)[0] if other else None
     return model, second, tokenizer
+
+
+def check_run_config(cfg, path: str) -> None:
+    """What config.validate leaves to the layers that know the values, checked before a run claims its folder:
+    the devices (models.check_device) and the built-in task names (data.tasks). path: the --config file; the
+    errors name it as load_config's do."""
+    from ..config import ConfigError, resolve_config_path
+    from ..data.tasks import check_config_tasks
+    from ..models import check_device
+
+    source = resolve_config_path(path)
+    try:
+        check_device(cfg.model.student_device, "model.student_device")
+        check_device(cfg.model.teacher_device, "model.teacher_device")
+    except UserError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    check_config_tasks(cfg.data, source)

@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 from .args import UsageError
-from .checks import check_devices, check_models, check_output_file, check_prompts_fit, load_pair
+from .checks import (check_devices, check_models, check_output_file, check_prompts_fit, check_run_config,
+                     load_pair)
 
 
 def cmd_train(args) -> int:
@@ -16,6 +17,7 @@ def cmd_train(args) -> int:
     from ..train import TrainingDiverged, run_training
 
     cfg = load_config(args.config, args.overrides)
+    check_run_config(cfg, args.config)
     try:
         metrics = run_training(cfg, sft=args.command == "sft")
     except TrainingDiverged as exc:
@@ -129,7 +131,10 @@ def cmd_data(args) -> int:
     from ..data.prompts import configured_fields
     from ..data.records import check_file, detect_format, is_lupi, read_rows
 
-    fields = configured_fields(load_config(args.config), args.file) if args.config else FieldMap()
+    cfg = load_config(args.config) if args.config else None
+    if cfg is not None:
+        check_run_config(cfg, args.config)
+    fields = configured_fields(cfg, args.file) if cfg is not None else FieldMap()
     n, problems = check_file(args.file, fields, args.format)
     fmt = detect_format(args.file, args.format)
     if not problems and fmt == "json" and is_lupi(read_rows(args.file, fmt)):

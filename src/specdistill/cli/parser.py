@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .args import (GAMMA_SCHEDULES, NON_NEGATIVE, POSITIVE, TEMPERATURE, TOP_P, _Parser, add_config_args, add_debug,
-                   add_dtype, add_inference_flags, add_prompt_config, int_list)
+                   add_inference_flags, add_prompt_config, int_list)
 
 
 def add_demo(sub) -> None:

@@ -36,9 +36,11 @@ def prompt_settings(config: str | None, file: str | None = None) -> tuple[ViewCo
     (`configured_fields`), or INFERENCE_VIEWS and the default mapping without a config."""
     if config is None:
         return INFERENCE_VIEWS, FieldMap()
-    from ..config import load_prompt_config
+    from ..config import load_prompt_config, resolve_config_path
+    from .tasks import check_config_tasks
 
     cfg = load_prompt_config(config)
+    check_config_tasks(cfg.data, resolve_config_path(config))
     return cfg.data.views, configured_fields(cfg, file)
 
 
