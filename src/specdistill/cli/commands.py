@@ -59,7 +59,7 @@ def cmd_eval(args) -> int:
         return 2
     check_models(("--model", args.model), ("--teacher", args.teacher))
     model, teacher, tokenizer = load_pair(args.model, args.teacher, args, other_role="teacher")
-    from ..data.views import check_encodable, record_texts
+    from ..data.prompt_views import check_encodable, record_texts
 
     check_encodable(record_texts(records, views), tokenizer, args.model)
     phase(f"scoring {len(records)} record(s): {', '.join(metrics)}")

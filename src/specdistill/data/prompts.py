@@ -16,7 +16,7 @@ from pathlib import Path
 from ..config import DatasetConfig, FieldMap, ViewConfig
 from ..errors import UserError
 from .records import Record, decode_utf8, load_records
-from .views import check_encodable, encode_example, record_texts
+from .prompt_views import check_encodable, encode_example, record_texts
 
 DATA_SUFFIXES = (".jsonl", ".json", ".parquet")  # a prompts file with one of these is a data file
 # Without --config: the default views without limits on prompts and references (inference has no batch to fit).
