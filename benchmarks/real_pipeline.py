@@ -183,7 +183,7 @@ def served(target_gguf: str, hf_target: str, drafts: dict[str, tuple[str, str]],
         "--gamma", 4, "--max-new-tokens", max_new_tokens, "--repeats", 1, "--threads", threads,
         "--json", report_file)
     report = json.loads(report_file.read_text())
-    keep_ours = ("acceptance_rate", "token_acceptance", "mean_acceptance_length", "cost_ratio_c", "predicted_speedup")
+    keep_ours = ("acceptance_rate", "token_acceptance", "vllm_mean_acceptance_length", "cost_ratio_c", "predicted_speedup")
     keep_theirs = ("drafted", "accepted", "acceptance_rate", "mean_acceptance_length", "tokens_per_s",
                    "target_tokens_per_s", "speedup", "outputs_identical")
     rows = {name: {"llamacpp": {k: row["llamacpp"].get(k) for k in keep_theirs},

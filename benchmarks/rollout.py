@@ -41,7 +41,7 @@ def make_random_pair(folder: str, vocab: int = 100) -> tuple[str, str]:
         config = LlamaConfig(vocab_size=vocab, hidden_size=width, intermediate_size=4 * width,
                              num_hidden_layers=layers, num_attention_heads=width // 32, num_key_value_heads=width // 64
                              if width >= 128 else width // 32, max_position_embeddings=1024, initializer_range=0.1,
-                             pad_token_id=0, bos_token_id=1, eos_token_id=2)  # fmt: skip
+                             pad_token_id=0, bos_token_id=1, eos_token_id=2)
         path = os.path.join(folder, name)
         LlamaForCausalLM(config).save_pretrained(path)
         paths.append(path)
@@ -60,7 +60,7 @@ def load_prompts(args, tokenizer, vocab: int, count: int) -> list[list[int]]:
     if tokenizer is not None and not args.make_random_pair:  # the built-in arith test prompts, chat-rendered
         from specdistill.config import DatasetConfig, ViewConfig
         from specdistill.data.records import load_records
-        from specdistill.data.views import encode_example
+        from specdistill.data.prompt_views import encode_example
 
         records = load_records(DatasetConfig(task="arith", split="test"))[:count]
         return [encode_example(r, tokenizer, ViewConfig()).teacher_prompt for r in records]
@@ -141,7 +141,7 @@ def main() -> None:
 
     def speculative(gamma, verify="parallel"):
         return lambda ids, mask: generate(student, ids, mask, teacher, ids, mask, policy=GreedyPolicy(), gamma=gamma,
-                                          max_new_tokens=budget, verify=verify, pad_token_id=pad)  # fmt: skip
+                                          max_new_tokens=budget, verify=verify, pad_token_id=pad)
 
     def teacher_alone(ids, mask):
         return sample(teacher, ids, mask, max_new_tokens=budget, pad_token_id=pad)

@@ -18,7 +18,7 @@ import platform
 
 import torch
 
-from specdistill.cli import _bench_prompts
+from specdistill.cli.bench import bench_prompts
 from specdistill.evaluate.speculative import bench_pair
 from specdistill.models import load_model, load_tokenizer
 
@@ -40,7 +40,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     tok = load_tokenizer(args.target)
     target, draft = load_model(args.target, tokenizer=tok).eval(), load_model(args.draft, tokenizer=tok).eval()
-    prompts, _ = _bench_prompts(argparse.Namespace(prompts=None, task=args.task, limit=args.limit, draft_view="target"), tok)
+    prompts, _ = bench_prompts(argparse.Namespace(prompts=None, task=args.task, limit=args.limit, draft_view="target"), tok)
     out = {"machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
            "target": args.target, "draft": args.draft, "task": args.task, "prompts": len(prompts),
            "target_layers": target.config.num_hidden_layers, "draft_layers": draft.config.num_hidden_layers}

@@ -107,7 +107,7 @@ def config(setting: str, mode: str, args, teacher: str, student: str, out: str, 
         "train": {"output_dir": out, "max_steps": args.warmup + args.steps, "batch_size": args.batch_size,
                   "lr": 1e-3, "warmup_steps": 1, "eval_every": 0, "save_every": 0, "progress": False,
                   "threads": args.threads, "mixed_precision": "bf16" if bf16 else "no"},
-    })  # fmt: skip
+    })
     validate(cfg)
     return cfg
 
@@ -115,7 +115,7 @@ def config(setting: str, mode: str, args, teacher: str, student: str, out: str, 
 def run_mode(cfg, args) -> dict:
     """Median step time of warmup + steps train_step calls, and what the steps did."""
     from specdistill import train
-    from specdistill.data.views import collate
+    from specdistill.data.prompt_views import collate
     from specdistill.engine import prefix as prefix_mod
 
     run = train.setup(cfg)

@@ -94,7 +94,7 @@ def run_specdistill(args, teacher: str, student: str, out: str) -> tuple[dict, l
     """Time train_step calls (setup, validation and the final save are outside); return the records drawn."""
     from specdistill import train
     from specdistill.config import Config, build, validate
-    from specdistill.data.views import collate
+    from specdistill.data.prompt_views import collate
 
     total = args.warmup + args.steps
     cfg = build(Config, {
@@ -107,7 +107,7 @@ def run_specdistill(args, teacher: str, student: str, out: str) -> tuple[dict, l
                   "weight_decay": 0.0, "warmup_steps": 10, "min_lr_ratio": 0.1, "max_grad_norm": 1.0,
                   "seed": args.seed, "save_every": 0, "eval_every": 0, "progress": False, "threads": args.threads,
                   "compile": args.compile},
-    })  # fmt: skip
+    })
     validate(cfg)
     widths, make_rollout = [], train.make_rollout
 
@@ -183,7 +183,7 @@ def run_trl(args, teacher: str, student: str, batches: list, first_prompts, out:
         activation_checkpointing=False, bf16=False, fp16=False, use_cpu=True, seed=args.seed,
         train_sampling_strategy="sequential", dataloader_num_workers=0, save_strategy="no", eval_strategy="no",
         report_to=[], logging_steps=10**6, disable_tqdm=True, torch_compile=args.trl_compile,
-    )  # fmt: skip
+    )
     clock = Clock()
     trainer = CountingGKDTrainer(model=models[0], teacher_model=models[1], args=config,
                                  train_dataset=Dataset.from_list(rows), processing_class=tokenizer, callbacks=[clock])
@@ -236,7 +236,7 @@ def main():
         "warmup": args.warmup, "rounds": args.rounds, "threads": args.threads, "trl_version": trl.__version__,
         "transformers_version": transformers.__version__, "torch_version": torch.__version__,
         "teacher": args.teacher or "tiny-teacher (random)", "student": args.student or "tiny-student (random)",
-    }  # fmt: skip
+    }
     for key in ("median_step_s", "gen_tokens_per_step", "gen_width_per_step"):
         report[f"specdistill_{key}"], report[f"trl_{key}"] = round(median(0, key), 4), round(median(1, key), 4)
     report["specdistill_rollout_compile"] = report["specdistill_train_compile"] = args.compile

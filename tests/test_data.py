@@ -8,7 +8,7 @@ from specdistill.cli import main
 from specdistill.config import DatasetConfig, FieldMap, ViewConfig
 from specdistill.data import DataError, Record, check_file, collate, encode_example, load_records, read_rows
 from specdistill.data.tokenizer import build_tokenizer
-from specdistill.data.views import render_prompt, view_messages
+from specdistill.data.prompt_views import render_prompt, view_messages
 
 ROWS = [
     {"id": "a", "query": "What is 2+2?", "knowledge": "Two and two make four.", "response": "4"},

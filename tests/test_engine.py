@@ -117,7 +117,7 @@ def test_every_cached_token_is_the_committed_history():
     assert 0 < detour.stats.acceptance_rate < 1 and torch.equal(detour.tokens, alone.tokens)
     for b, row in enumerate(rows):
         one = generate(PrefixSumLM(detour=True), *left_pad([row]), PrefixSumLM(), *left_pad([row]), gamma=3,
-                       max_new_tokens=20)  # fmt: skip
+                       max_new_tokens=20)
         assert one.rows()[0] == detour.rows()[b]
 
 
@@ -125,7 +125,7 @@ def run_stub(policy, draft, gamma=2, max_new_tokens=10, **kwargs):
     ids = torch.tensor([[7, 0]])  # the pending token is 0
     mask = torch.ones_like(ids)
     return generate(draft, ids, mask, graded_teacher(), ids, mask, policy=policy, gamma=gamma,
-                    max_new_tokens=max_new_tokens, **kwargs)  # fmt: skip
+                    max_new_tokens=max_new_tokens, **kwargs)
 
 
 def check(out, tokens, written, drafted, accepted, replaced, bonus, full, first, per_position):
@@ -153,7 +153,7 @@ def test_lossless_policies_always_accept(name):
     out = run_stub(LOSSLESS[name](), student(lambda t: t + 1))
     # blocks: [1 2 +3] [4 5 +6] [7 0 +1] [2 (+3 cut by the budget)]
     check(out, TEACHER_GREEDY, [2, 5, 8], drafted=7, accepted=7, replaced=0, bonus=4, full=4, first=4,
-          per_position=[1.0, 1.0])  # fmt: skip
+          per_position=[1.0, 1.0])
 
 
 @pytest.mark.parametrize("name", list(LOSSLESS))
@@ -161,7 +161,7 @@ def test_lossless_policies_never_accept(name):
     out = run_stub(LOSSLESS[name](), student(lambda t: t + 3))
     # every block: the first draft t+3 is rejected and the teacher writes t+1; the last block drafts 1 token
     check(out, TEACHER_GREEDY, list(range(10)), drafted=19, accepted=0, replaced=10, bonus=0, full=0, first=0,
-          per_position=[0.0])  # fmt: skip
+          per_position=[0.0])
 
 
 @pytest.mark.parametrize("name", list(LOSSLESS))
@@ -169,7 +169,7 @@ def test_lossless_policies_partly_accept(name):
     out = run_stub(LOSSLESS[name](), student(lambda t: t + 2 if t == 3 else t + 1))
     # blocks: [1 2 +3] [5 rejected -> 4] [5 6 +7] [0 1 +2]
     check(out, TEACHER_GREEDY, [2, 3, 6, 9], drafted=8, accepted=6, replaced=1, bonus=3, full=3, first=3,
-          per_position=[0.75, 1.0])  # fmt: skip
+          per_position=[0.75, 1.0])
 
 
 def soft_bigrams(scale: float, favourite: int) -> BigramLM:
@@ -193,7 +193,7 @@ def test_speculative_sampling_on_soft_bigrams():
     ids = torch.tensor([[7, 0]]).expand(rows, -1)  # the pending token is 0
     out = generate(draft, ids, torch.ones_like(ids), teacher, ids, torch.ones_like(ids),
                    policy=SpeculativePolicy(target=Sampling(1.0)), draft_sampling=Sampling(1.0), gamma=2,
-                   max_new_tokens=2, seed=torch.arange(rows), trace=True)  # fmt: skip
+                   max_new_tokens=2, seed=torch.arange(rows), trace=True)
     p, q = teacher.table.double().softmax(-1), draft.table.double().softmax(-1)  # [V, V]: row t is p(. | t)
     alpha = float(torch.minimum(p[0], q[0]).sum())
     first_accepted = float((out.trace[0]["accepted"] >= 1).double().mean())
@@ -211,7 +211,7 @@ GREEDY_TEACHER = Sampling()  # top-K ranks by raw logits; the teacher writes its
 TOP_K = {
     "top_k": lambda lo, hi: TopKPolicy(k=2, target=GREEDY_TEACHER),
     "adaptive_top_k": lambda lo, hi: AdaptiveTopKPolicy(k_init=hi, k_min=lo, k_max=hi, entropy_gain=0.0,
-                                                        target=GREEDY_TEACHER),  # fmt: skip
+                                                        target=GREEDY_TEACHER),
 }
 
 
@@ -219,14 +219,14 @@ TOP_K = {
 def test_top_k_policies_always_accept(name):
     out = run_stub(TOP_K[name](2, 6), student(lambda t: t + 2))  # t+2 is the teacher's 2nd choice: in the top-2
     check(out, [2, 4, 6, 0, 2, 4, 6, 0, 2, 4], [], drafted=10, accepted=10, replaced=0, bonus=0, full=5, first=5,
-          per_position=[1.0, 1.0])  # fmt: skip
+          per_position=[1.0, 1.0])
 
 
 @pytest.mark.parametrize("name", list(TOP_K))
 def test_top_k_policies_never_accept(name):
     out = run_stub(TOP_K[name](2, 2), student(lambda t: t + 3))  # 3rd choice: never in the top-2
     check(out, TEACHER_GREEDY, list(range(10)), drafted=19, accepted=0, replaced=10, bonus=0, full=0, first=0,
-          per_position=[0.0])  # fmt: skip
+          per_position=[0.0])
     assert out.teacher_written.all()
 
 
@@ -235,7 +235,7 @@ def test_top_k_policies_partly_accept(name):
     out = run_stub(TOP_K[name](2, 2), student(lambda t: t + 4 if t == 4 else t + 2))
     # blocks: [2 4] [0 rejected -> 5] [7 1] [3 5] [7 1] [3]
     check(out, [2, 4, 5, 7, 1, 3, 5, 7, 1, 3], [2], drafted=11, accepted=9, replaced=1, bonus=0, full=5, first=5,
-          per_position=[5 / 6, 1.0])  # fmt: skip
+          per_position=[5 / 6, 1.0])
     assert out.stats.top_k_mean == 2
 
 
@@ -248,11 +248,11 @@ def test_top_k_bonus_is_an_option():
 
 def test_adaptive_top_k_lowers_k_while_the_student_succeeds():
     policy = AdaptiveTopKPolicy(k_init=4, k_min=2, k_max=6, entropy_gain=1.0, ema=0.1, r_plus=0.8, r_minus=0.5,
-                                target=GREEDY_TEACHER)  # fmt: skip
+                                target=GREEDY_TEACHER)
     out = run_stub(policy, student(lambda t: t + 2), trace=True)
     # A greedy teacher has zero entropy: K_eff = K_base - 1. The success EMA starts at 0.65 and passes 0.8 after
     # the third block (0.7165, 0.7704, 0.8140), so K_base goes 4 -> 3 -> 2 and stays at k_min.
-    k_per_block = [entry["top_k"][0, :2].tolist() for entry in out.trace]
+    k_per_block = [entry["skd_top_k"][0, :2].tolist() for entry in out.trace]
     assert k_per_block == [[3, 3], [3, 3], [3, 3], [2, 2], [2, 2]]
     assert out.stats.top_k_mean == pytest.approx((6 * 3 + 4 * 2) / 10)
     assert out.stats.acceptance_rate == 1.0
@@ -276,7 +276,7 @@ def test_stops_on_eos_and_stop_sequences_and_pads_the_batch():
     mask = torch.ones_like(ids)
     draft = student(lambda t: t + 1)
     out = generate(draft, ids, mask, graded_teacher(), ids, mask, gamma=3, max_new_tokens=10, eos_token_id=5,
-                   pad_token_id=-1)  # fmt: skip
+                   pad_token_id=-1)
     assert out.tokens.tolist() == [[1, 2, 3, 4, 5], [4, 5, -1, -1, -1]]
     assert out.lengths.tolist() == [5, 2] and out.finish_reasons == ["eos", "eos"]
     assert not out.teacher_written[1, 2:].any()
@@ -284,7 +284,7 @@ def test_stops_on_eos_and_stop_sequences_and_pads_the_batch():
     assert out.rows() == [[1, 2, 3, 4, 5, 6, 7], [4, 5, 6, 7]] and out.finish_reasons == ["stop", "stop"]
     chars = SimpleNamespace(encode=lambda text, add_special_tokens=False: [int(c) for c in text])
     out = generate(draft, ids, mask, graded_teacher(), ids, mask, gamma=3, max_new_tokens=10, stop=["23"],
-                   tokenizer=chars)  # fmt: skip
+                   tokenizer=chars)
     assert out.rows() == [[1, 2, 3], [4, 5, 6, 7, 0, 1, 2, 3]] and out.finish_reasons == ["stop", "stop"]
 
 
@@ -302,7 +302,7 @@ def test_compile_option_gives_the_same_tokens_and_falls_back_cleanly():
     assert torch.equal(eager.tokens, traced.tokens)
     with pytest.warns(UserWarning, match="running it eagerly"):
         broken = run_stub(SpeculativePolicy(target=Sampling(1.0)), draft, draft_sampling=Sampling(1.0),
-                          compile="no-such-backend")  # fmt: skip
+                          compile="no-such-backend")
     assert torch.equal(eager.tokens, broken.tokens)
 
 
@@ -314,7 +314,7 @@ def test_trace_records_each_block():
     assert second["draft"].tolist() == [[0, 2]] and second["accepted"].tolist() == [0]
     assert second["next_token"].tolist() == [5] and second["committed"].tolist() == [1]
     assert second["teacher_top"][0, 0].tolist() == [5, 6]  # the teacher's top-2 after token 4
-    assert second["top_k"].tolist() == [[2, 2, 2]]
+    assert second["skd_top_k"].tolist() == [[2, 2, 2]]
 
 
 # ---------------------------------------------------------------- tiny real architectures
@@ -324,7 +324,7 @@ def tiny(arch: str, layers=2, hidden=64, seed=0, vocab=96):
     torch.manual_seed(seed)
     common = dict(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, initializer_range=0.2,
-                  pad_token_id=0, bos_token_id=1, eos_token_id=2)  # fmt: skip
+                  pad_token_id=0, bos_token_id=1, eos_token_id=2)
     if arch == "llama":
         return LlamaForCausalLM(LlamaConfig(**common)).eval()
     return Qwen3ForCausalLM(Qwen3Config(head_dim=16, **common)).eval()
@@ -379,7 +379,7 @@ def test_speculative_greedy_equals_the_teachers_generate(pair):
     rows = prompts(3, seed=1)
     for policy in (GreedyPolicy(), SpeculativePolicy()):
         out = generate(pair.student, *left_pad(rows), pair.teacher, *left_pad(rows), policy=policy, gamma=3,
-                       max_new_tokens=16, eos_token_id=2)  # fmt: skip
+                       max_new_tokens=16, eos_token_id=2)
         assert 0 < out.stats.acceptance_rate < 1, "the perturbed draft should agree partly"
         for b, row in enumerate(rows):
             ref = hf_generate(pair.teacher, torch.tensor([row]), max_new_tokens=16, do_sample=False, eos_token_id=2,
@@ -390,9 +390,9 @@ def test_speculative_greedy_equals_the_teachers_generate(pair):
 CASES = {
     "greedy": dict(policy=GreedyPolicy(), gamma=HeuristicGamma(2, 6)),
     "speculative-sampled": dict(policy=SpeculativePolicy(target=Sampling(0.8)), gamma=3,
-                                draft_sampling=Sampling(1.0, top_p=0.9)),  # fmt: skip
+                                draft_sampling=Sampling(1.0, top_p=0.9)),
     "skd-sampled": dict(policy=TopKPolicy(k=5, target=Sampling(1.0, top_p=0.95)), gamma=LupiGamma(3, 8),
-                        draft_sampling=Sampling(1.0)),  # fmt: skip
+                        draft_sampling=Sampling(1.0)),
 }
 
 
@@ -430,12 +430,12 @@ def test_caches_are_never_re_encoded(pair):
     widths = {"student": [], "teacher": []}
     hooks = [
         model.register_forward_pre_hook(lambda m, args, kw, key=key: widths[key].append(kw["input_ids"].shape[1]),
-                                        with_kwargs=True)  # fmt: skip
+                                        with_kwargs=True)
         for key, model in (("student", pair.student), ("teacher", pair.teacher))
     ]
     try:
         out = generate(pair.student, s_ids, s_mask, pair.teacher, t_ids, t_mask, policy=GreedyPolicy(),
-                       gamma=LupiGamma(2, 6), max_new_tokens=24, trace=True)  # fmt: skip
+                       gamma=LupiGamma(2, 6), max_new_tokens=24, trace=True)
     finally:
         for hook in hooks:
             hook.remove()
@@ -455,7 +455,7 @@ def test_top_k_over_the_whole_vocabulary_is_student_sampling(pair):
     rows = prompts(3, seed=5)
     hot = Sampling(0.9, top_p=0.95)
     out = run_pair(pair, rows, draft=pair.stranger, policy=TopKPolicy(k=96, min_prob=0.0, target=Sampling(1.0)),
-                   gamma=4, draft_sampling=hot, seed=11)  # fmt: skip
+                   gamma=4, draft_sampling=hot, seed=11)
     alone = sample(pair.stranger, *left_pad(rows), sampling=hot, max_new_tokens=12, seed=11)
     assert torch.equal(out.tokens, alone.tokens)
     assert not out.teacher_written.any() and out.stats.acceptance_rate == 1.0
@@ -464,7 +464,7 @@ def test_top_k_over_the_whole_vocabulary_is_student_sampling(pair):
 def test_min_prob_above_one_makes_every_token_teacher_written(pair):
     rows = prompts(3, seed=6)
     out = run_pair(pair, rows, draft=pair.stranger, policy=TopKPolicy(k=5, min_prob=1.01, target=Sampling()),
-                   gamma=3, draft_sampling=Sampling(1.0))  # fmt: skip
+                   gamma=3, draft_sampling=Sampling(1.0))
     assert out.teacher_written.all() and out.stats.acceptance_rate == 0.0
     _, _, t_ids, t_mask = views(rows)
     assert torch.equal(out.tokens, sample(pair.teacher, t_ids, t_mask, max_new_tokens=12).tokens)
@@ -481,13 +481,13 @@ def test_plain_sampling_does_not_depend_on_the_chunk(pair):
 
 def test_metrics_use_the_project_names(pair):
     out = run_pair(pair, prompts(2, seed=9), policy=AdaptiveTopKPolicy(target=Sampling(1.0)), gamma=3,
-                   draft_sampling=Sampling(1.0))  # fmt: skip
+                   draft_sampling=Sampling(1.0))
     metrics = out.metrics()
     for name in ("rollout/acceptance_rate", "rollout/token_acceptance", "rollout/first_token_acceptance",
                  "rollout/full_match_rate",
                  "rollout/gamma_mean", "rollout/gamma_min", "rollout/gamma_max", "rollout/gamma_std",
                  "rollout/top_k_mean", "tokens/drafted", "tokens/accepted", "tokens/replaced", "time/rollout_s",
-                 "time/model_s", "throughput/tokens_per_s"):  # fmt: skip
+                 "time/model_s", "throughput/tokens_per_s"):
         assert name in metrics and math.isfinite(metrics[name]), name
     assert metrics["tokens/drafted"] == out.stats.drafted
     combined = out.stats.combine(out.stats)
@@ -502,7 +502,7 @@ def test_inductor_compiled_models_match_eager_before_and_after_a_weight_update()
     draft = perturbed(teacher)
     rows = prompts(3, seed=12)
     options = dict(policy=TopKPolicy(k=5, target=Sampling(1.0)), gamma=3, draft_sampling=Sampling(1.0), seed=5,
-                   max_new_tokens=10)  # fmt: skip
+                   max_new_tokens=10)
 
     def both(compile):
         plain = sample(draft, *left_pad(rows), sampling=Sampling(1.0), max_new_tokens=10, seed=5, compile=compile)

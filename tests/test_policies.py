@@ -227,7 +227,7 @@ def test_top_k_replacement_samples_the_warped_teacher():
     p = [[0.5, 0.3, 0.15, 0.05], [0.25, 0.25, 0.25, 0.25]]
     # u = 0.6 falls in token 1 of p; with temperature -> 0 the teacher writes its argmax instead.
     v = TopKPolicy(k=1, target=Sampling(1.0)).judge(block([3], p, u_target=[0.6, 0.9]))
-    assert v.correction.tolist() == [[1]] and v.bonus.tolist() == [[1, 3]] and v.top_k.tolist() == [[1, 1]]
+    assert v.correction.tolist() == [[1]] and v.bonus.tolist() == [[1, 3]] and v.skd_top_k.tolist() == [[1, 1]]
     v = TopKPolicy(k=1, target=Sampling()).judge(block([3], p, u_target=[0.6, 0.9]))
     assert v.correction.tolist() == [[0]]
 
@@ -265,7 +265,7 @@ def test_the_adaptive_k_of_a_greedy_teacher_reads_its_entropy_at_temperature_one
     H = 0: K_eff = 25 - 5 = 20 whatever the teacher's distribution.)"""
     policy = AdaptiveTopKPolicy(k_init=25, k_min=1, k_max=100, entropy_gain=5.0, target=Sampling())
     b = block([2], [[0.5, 0.25, 0.125, 0.125]] * 2)
-    assert policy.judge(b, policy.init_state(1, "cpu")).top_k.tolist() == [[29, 29]]
+    assert policy.judge(b, policy.init_state(1, "cpu")).skd_top_k.tolist() == [[29, 29]]
 
 
 def test_adaptive_top_k_moves_its_baseline_with_the_success_ema():
@@ -368,7 +368,7 @@ def test_speculative_sampling_reproduces_the_teacher_distribution():
     ids = torch.full((rows, 2), 1)
     mask = torch.ones_like(ids)
     out = generate(FixedLM(q), ids, mask, FixedLM(p), ids, mask, policy=SpeculativePolicy(target=Sampling(1.0)),
-                   draft_sampling=Sampling(1.0), gamma=2, max_new_tokens=3, seed=torch.arange(rows))  # fmt: skip
+                   draft_sampling=Sampling(1.0), gamma=2, max_new_tokens=3, seed=torch.arange(rows))
     assert 0.2 < out.stats.acceptance_rate < 0.9
     for position in range(3):
         counts = torch.bincount(out.tokens[:, position], minlength=5)

@@ -20,7 +20,7 @@ from specdistill.data.grids import (CELLS, CLASS_BASE, CLASSES, CODE_BASE, NOISE
                                     parse_codes, rule_score)
 from specdistill.data.records import DataError, load_records
 from specdistill.data.tasks import load_task
-from specdistill.data.views import collate, encode_example
+from specdistill.data.prompt_views import collate, encode_example
 from specdistill.evaluate.quality import generate_ids
 from specdistill.models import load_model, load_tokenizer
 from specdistill.rollout import dataset_rollout

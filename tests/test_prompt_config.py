@@ -11,7 +11,7 @@ from families import get_family
 from specdistill.cli import main
 from specdistill.config import DatasetConfig, load_config, save_config
 from specdistill.data.records import load_records
-from specdistill.data.views import encode_example
+from specdistill.data.prompt_views import encode_example
 from specdistill.evaluate import quality, speculative
 from specdistill.models import load_tokenizer
 

@@ -12,10 +12,10 @@ from tokenizers import Tokenizer, decoders, models, processors
 from transformers import PreTrainedTokenizerFast
 
 from specdistill.config import ViewConfig
-from specdistill.data import views as views_module
+from specdistill.data import prompt_views as views_module
 from specdistill.data.records import Record
 from specdistill.data.templates import render_prompt, turn_end_id
-from specdistill.data.views import encode_example
+from specdistill.data.prompt_views import encode_example
 from specdistill.evaluate.quality import reference_ids
 from specdistill.models import load_tokenizer
 

@@ -19,7 +19,7 @@ from specdistill.config import DatasetConfig, ViewConfig, load_config
 from specdistill.data.records import Record, load_records
 from specdistill.data.tasks import load_task
 from specdistill.data.templates import end_token_ids, turn_end_id
-from specdistill.data.views import collate, encode_example, fit_view
+from specdistill.data.prompt_views import collate, encode_example, fit_view
 from specdistill.engine import GREEDY, Sampling, generate, make_policy, sample
 from specdistill.evaluate.speculative import hf_generate, run_hf_assisted, run_target_alone
 from specdistill.models import load_tokenizer

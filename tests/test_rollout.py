@@ -215,7 +215,7 @@ def hand_stats(drafted, accepted, blocks, full, gammas: list[int], reached, acce
                            first_accepted=accepted_at[0], replaced=blocks - full, target_calls=blocks,
                            new_tokens=accepted + blocks, gamma_sum=sum(gammas), gamma_sq_sum=sum(g * g for g in gammas),
                            gamma_min=min(gammas), gamma_max=max(gammas), position_reached=reached,
-                           position_accepted=accepted_at)  # fmt: skip
+                           position_accepted=accepted_at)
 
 
 class TwoProcesses:

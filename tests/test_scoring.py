@@ -7,7 +7,7 @@ from transformers import LlamaForCausalLM
 
 from conftest import tiny_config
 from specdistill.data.tokenizer import build_tokenizer
-from specdistill.data.views import left_pad, right_pad
+from specdistill.data.prompt_views import left_pad, right_pad
 from specdistill.evaluate.metrics import response_nll
 from specdistill.evaluate.quality import generate_ids
 from specdistill.scoring import eval_mode, response_logits, top1_agreements

@@ -195,7 +195,7 @@ def expected_bench_figures(target, draft, prompts, gamma, batch_size, budget) ->
 
 
 def test_bench_and_generate_commands(tmp_path, capsys):
-    from specdistill.cli import _bench_prompts
+    from specdistill.cli.bench import bench_prompts
 
     target, draft = tiny("llama", 0), perturbed(tiny("llama", 0), 0.3, 1)
     target.save_pretrained(tmp_path / "target")
@@ -208,7 +208,7 @@ def test_bench_and_generate_commands(tmp_path, capsys):
                  "--json", str(out), "--plot", str(plot)]) == 0
     report = json.loads(out.read_text())
     assert [(r["batch_size"], r["gamma"]) for r in report["results"]] == [(1, 1), (1, 3), (2, 1), (2, 3)]
-    prompts, _ = _bench_prompts(SimpleNamespace(prompts=None, task="arith", limit=3, draft_view="target"), TOK)
+    prompts, _ = bench_prompts(SimpleNamespace(prompts=None, task="arith", limit=3, draft_view="target"), TOK)
     for r in report["results"]:
         assert r["matches_target_greedy"] is True
         want = expected_bench_figures(target, draft, prompts, r["gamma"], r["batch_size"], budget=8)

@@ -22,7 +22,7 @@ from conftest import save_tiny_model
 from specdistill import checkpoint, train
 from specdistill.config import Config, build, save_config, validate
 from specdistill.data.records import load_records
-from specdistill.data.views import encode_example
+from specdistill.data.prompt_views import encode_example
 from specdistill.models import load_tokenizer
 
 RECORDER = '''

@@ -24,9 +24,9 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-# Positions per chunk. A chunk holds several fp32 [chunk_size, V] temporaries at once: with V = 152k and
-# 256 positions each is ~156 MB, and a jsd chunk peaks near 1 GB, whatever the sequence length.
-DEFAULT_CHUNK_SIZE = 256
+# Positions per chunk (loss.chunk_size's default). A chunk holds several fp32 [chunk_size, V] temporaries at once:
+# with V = 152k and 256 positions each is ~156 MB, and a jsd chunk peaks near 1 GB, whatever the sequence length.
+from .config import DEFAULT_CHUNK_SIZE
 
 
 # ---------------------------------------------------------------- per-position math, [n, V] fp32 chunks
@@ -226,7 +226,7 @@ def _check_inputs(s, t, mask, labels, sparse_top_k, chunk_size, temperature) -> 
     _check("sparse_top_k", sparse_top_k, k_ok, f"None or an int in [1, {s.shape[-1]}]")
 
 
-def _run(rows_fn, student_logits, teacher_logits, mask, labels=None, *, temperature=1.0,
+def _masked_chunked_sum(rows_fn, student_logits, teacher_logits, mask, labels=None, *, temperature=1.0,
          chunk_size=DEFAULT_CHUNK_SIZE, **params):
     """Validate, select the valid positions, and sum ``rows_fn`` over them chunk by chunk."""
     _check_inputs(student_logits, teacher_logits, mask, labels, params.get("sparse_top_k"), chunk_size, temperature)
@@ -257,13 +257,13 @@ def fkl(student_logits, teacher_logits, mask, *, temperature=1.0, sparse_top_k=N
 
     sparse_top_k: compare the two distributions over the teacher's top-k tokens plus one bucket holding the rest
     of each distribution's mass (sparse KD); with sparse_top_k = V this is the dense loss."""
-    return _run(_fkl_rows, student_logits, teacher_logits, mask, temperature=temperature, sparse_top_k=sparse_top_k,
+    return _masked_chunked_sum(_fkl_rows, student_logits, teacher_logits, mask, temperature=temperature, sparse_top_k=sparse_top_k,
                 chunk_size=chunk_size)
 
 
 def rkl(student_logits, teacher_logits, mask, *, temperature=1.0, sparse_top_k=None, chunk_size=DEFAULT_CHUNK_SIZE):
     """Reverse KL(p_S || p_T) = sum_v p_S,v (log p_S,v - log p_T,v). Options as in `fkl`."""
-    return _run(_rkl_rows, student_logits, teacher_logits, mask, temperature=temperature, sparse_top_k=sparse_top_k,
+    return _masked_chunked_sum(_rkl_rows, student_logits, teacher_logits, mask, temperature=temperature, sparse_top_k=sparse_top_k,
                 chunk_size=chunk_size)
 
 
@@ -275,13 +275,13 @@ def jsd(student_logits, teacher_logits, mask, *, beta=0.5, temperature=1.0, spar
         JSD_beta = beta KL(p_T || m) + (1 - beta) KL(p_S || m)   (log m by logaddexp, in log space).
     Options as in `fkl`."""
     _check("beta", beta, 0 <= beta <= 1, "a number in [0, 1]")
-    return _run(_jsd_rows, student_logits, teacher_logits, mask, temperature=temperature, sparse_top_k=sparse_top_k,
+    return _masked_chunked_sum(_jsd_rows, student_logits, teacher_logits, mask, temperature=temperature, sparse_top_k=sparse_top_k,
                 chunk_size=chunk_size, beta=beta)
 
 
 def tvd(student_logits, teacher_logits, mask, *, temperature=1.0, sparse_top_k=None, chunk_size=DEFAULT_CHUNK_SIZE):
     """Total variation distance 0.5 * sum_v |p_T,v - p_S,v|, in [0, 1] per position. Options as in `fkl`."""
-    return _run(_tvd_rows, student_logits, teacher_logits, mask, temperature=temperature, sparse_top_k=sparse_top_k,
+    return _masked_chunked_sum(_tvd_rows, student_logits, teacher_logits, mask, temperature=temperature, sparse_top_k=sparse_top_k,
                 chunk_size=chunk_size)
 
 
@@ -291,7 +291,7 @@ def skew_fkl(student_logits, teacher_logits, mask, *, alpha=0.1, temperature=1.0
 
     alpha = 0 is the forward KL. Options as in `fkl`."""
     _check("alpha", alpha, 0 <= alpha < 1, "a number in [0, 1)")
-    return _run(_skew_fkl_rows, student_logits, teacher_logits, mask, temperature=temperature,
+    return _masked_chunked_sum(_skew_fkl_rows, student_logits, teacher_logits, mask, temperature=temperature,
                 sparse_top_k=sparse_top_k, chunk_size=chunk_size, alpha=alpha)
 
 
@@ -301,7 +301,7 @@ def skew_rkl(student_logits, teacher_logits, mask, *, alpha=0.1, temperature=1.0
 
     alpha = 0 is the reverse KL. Options as in `fkl`."""
     _check("alpha", alpha, 0 <= alpha < 1, "a number in [0, 1)")
-    return _run(_skew_rkl_rows, student_logits, teacher_logits, mask, temperature=temperature,
+    return _masked_chunked_sum(_skew_rkl_rows, student_logits, teacher_logits, mask, temperature=temperature,
                 sparse_top_k=sparse_top_k, chunk_size=chunk_size, alpha=alpha)
 
 
@@ -309,7 +309,7 @@ def ce(student_logits, teacher_logits, mask, labels, *, temperature=1.0, chunk_s
     """Cross-entropy with hard labels: -log softmax(s / T)[y]. teacher_logits is unused (may be None).
 
     labels [B, L]: the token each logit position predicts, valid ids inside mask."""
-    return _run(_ce_rows, student_logits, None, mask, labels, temperature=temperature, chunk_size=chunk_size)
+    return _masked_chunked_sum(_ce_rows, student_logits, None, mask, labels, temperature=temperature, chunk_size=chunk_size)
 
 
 def hybrid(student_logits, teacher_logits, mask, labels, *, ce_weight=0.5, temperature=1.0, sparse_top_k=None,
@@ -318,7 +318,7 @@ def hybrid(student_logits, teacher_logits, mask, labels, *, ce_weight=0.5, tempe
 
     ce_weight in [0, 1]; labels as in `ce`; sparse_top_k applies to the KL term as in `fkl`."""
     _check("ce_weight", ce_weight, 0 <= ce_weight <= 1, "a number in [0, 1]")
-    return _run(_hybrid_rows, student_logits, teacher_logits, mask, labels, temperature=temperature,
+    return _masked_chunked_sum(_hybrid_rows, student_logits, teacher_logits, mask, labels, temperature=temperature,
                 sparse_top_k=sparse_top_k, chunk_size=chunk_size, ce_weight=ce_weight)
 
 
@@ -333,7 +333,7 @@ def rank(student_logits, teacher_logits, mask, *, rank_top_k=8, margin=0.0, temp
     V = student_logits.shape[-1]
     _check("rank_top_k", rank_top_k, isinstance(rank_top_k, int) and 2 <= rank_top_k <= V, f"an int in [2, {V}]")
     _check("margin", margin, margin >= 0, "a number >= 0")
-    return _run(_rank_rows, student_logits, teacher_logits, mask, temperature=temperature,
+    return _masked_chunked_sum(_rank_rows, student_logits, teacher_logits, mask, temperature=temperature,
                 chunk_size=chunk_size, rank_top_k=rank_top_k, margin=margin)
 
 

@@ -19,8 +19,8 @@ from dataclasses import MISSING, dataclass, field, fields, replace
 
 import torch
 
-from .data.views import PromptBatch, right_pad
-from .engine import Generation, GenerationStats, Sampling, generate, make_policy, make_schedule, sample
+from .data.prompt_views import PromptBatch, right_pad
+from .engine import Decoding, Generation, GenerationStats, Sampling, generate, make_policy, make_schedule, sample
 from .engine.prefix import shared_prefix
 from .data.templates import end_token_ids
 
@@ -135,10 +135,10 @@ def skd_rollout(cfg, prompts: PromptBatch, student, teacher, tokenizer, seeds: l
     t_ids, t_mask = prompts.teacher_ids.to(t_dev), prompts.teacher_mask.to(t_dev)
     prefix = shared_prefix(teacher, t_ids, t_mask) if cfg.share_teacher_prefix else None
     gen = generate(student, prompts.student_ids.to(s_dev), prompts.student_mask.to(s_dev), teacher,
-                   t_ids, t_mask, target_prefix=prefix, policy=skd_policy(cfg),
+                   t_ids, t_mask, Decoding(target_prefix=prefix, policy=skd_policy(cfg),
                    gamma=make_schedule(cfg.gamma_schedule, cfg.gamma, cfg.max_gamma),
                    draft_sampling=Sampling(cfg.temperature, cfg.top_p), verify=cfg.verification,
-                   keep_target_logits=keep_teacher_logits, **_decode_args(cfg, tokenizer, seeds, student, teacher))
+                   keep_target_logits=keep_teacher_logits, **_decode_args(cfg, tokenizer, seeds, student, teacher)))
     response, resp_mask = _as_response(gen)
     rb = assemble(prompts, response, resp_mask, gen.teacher_written.cpu(), gen.stats)
     if gen.target_logits is not None:

@@ -12,7 +12,7 @@ import torch
 
 from .engine.prefix import split_views
 from .losses import teacher_argmax
-from .data.views import left_pad, right_pad
+from .data.prompt_views import left_pad, right_pad
 from .models import position_ids_from_mask
 
 

@@ -40,7 +40,7 @@ from .config import Config, ConfigError, rollout_at, rollout_stages, save_config
 from .data.mixture import MixtureStream
 from .data.records import load_records
 from .data.tasks import get_task
-from .data.views import check_encodable, check_positions, collate, encode_example, record_texts
+from .data.prompt_views import check_encodable, check_positions, collate, encode_example, record_texts
 from .engine.compiling import compiled_model
 from .engine.prefix import shared_prefix
 from .engine.sampling import float_dtype

@@ -3,7 +3,7 @@
 from .records import DataError, Problem, Record, check_file, load_records, read_rows
 from .tasks import Task, get_task, load_task
 from .tokenizer import build_tokenizer
-from .views import Example, PromptBatch, collate, encode_example, left_pad, right_pad, view_messages
+from .prompt_views import Example, PromptBatch, collate, encode_example, left_pad, right_pad, view_messages
 
 __all__ = [
     "DataError", "Example", "Problem", "PromptBatch", "Record", "Task", "build_tokenizer", "check_file",

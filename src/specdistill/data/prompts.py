@@ -16,7 +16,7 @@ from pathlib import Path
 from ..config import DatasetConfig, FieldMap, ViewConfig
 from ..errors import UserError
 from .records import Record, decode_utf8, load_records
-from .views import check_encodable, encode_example, record_texts
+from .prompt_views import check_encodable, encode_example, record_texts
 
 DATA_SUFFIXES = (".jsonl", ".json", ".parquet")  # a prompts file with one of these is a data file
 # Without --config: the default views without limits on prompts and references (inference has no batch to fit).
@@ -36,9 +36,11 @@ def prompt_settings(config: str | None, file: str | None = None) -> tuple[ViewCo
     (`configured_fields`), or INFERENCE_VIEWS and the default mapping without a config."""
     if config is None:
         return INFERENCE_VIEWS, FieldMap()
-    from ..config import load_prompt_config
+    from ..config import load_prompt_config, resolve_config_path
+    from .tasks import check_config_tasks
 
     cfg = load_prompt_config(config)
+    check_config_tasks(cfg.data, resolve_config_path(config))
     return cfg.data.views, configured_fields(cfg, file)
 
 

@@ -2,7 +2,7 @@
 
 A record is {id, query, knowledge?, response?}. `knowledge` is privileged: only the teacher's view shows it.
 A pre-tokenized record is {id?, prompt_ids, response_ids?}: lists of token ids, no text (`format: tokens`, or
-any row holding `prompt_ids`); both views are its prompt ids, with no template (data/views.py).
+any row holding `prompt_ids`); both views are its prompt ids, with no template (data/prompt_views.py).
 One reader (`scan_records`) serves `specdistill data check`, training, eval and bench, so they agree on every
 record. Every bad record is reported with its line (JSONL, CSV) or index (JSON array, parquet) and the reason;
 bytes that are not UTF-8 with their line and byte offset.
@@ -82,15 +82,6 @@ def _existing_file(path: str | Path) -> Path:
     if path.is_dir():
         raise DataError(f"{path}: is a folder; give a data file (JSON, JSONL, CSV or parquet)")
     return path
-
-
-def _where(path: str | Path, fmt: str, index: int) -> str:
-    name = Path(path).name
-    if fmt == "jsonl":
-        return f"{name}:{index + 1}"  # line number
-    if fmt == "csv":
-        return f"{name}:{index + 2}"  # line number after the header
-    return f"{name}[{index}]"
 
 
 def decode_utf8(data: bytes, where: str, offset: int = 0) -> str:

@@ -179,6 +179,18 @@ def get_task(name: str) -> Task:
     return TASKS[name]
 
 
+def check_config_tasks(data, source) -> None:
+    """Every dataset of a config's data section (data.train, data.validation) that names a task names a built-in
+    one; source: the config file, named first as config errors are."""
+    from ..config import ConfigError
+
+    named = [(f"data.train[{i}]", ds) for i, ds in enumerate(data.train)] + [("data.validation", data.validation)]
+    for where, ds in named:
+        if ds is not None and ds.task is not None and ds.task not in TASKS:
+            raise ConfigError(f"{source}: {where}.task: {ds.task!r} is not a built-in task; allowed: "
+                              f"{', '.join(TASKS)} (a file: path)")
+
+
 def load_task(name: str, split: str, seed: int = 0) -> list[dict]:
     """Records of a built-in task split ('train', 'validation' or 'test'), identical for the same seed."""
     get_task(name)

@@ -1,12 +1,12 @@
 """The draft / verify / decide engine: speculative decoding and SKD-style interleaved sampling as one loop.
 
-    generate(student, s_ids, s_mask, teacher, t_ids, t_mask, policy=TopKPolicy(k=25), gamma=LupiGamma(4))
+    generate(student, s_ids, s_mask, teacher, t_ids, t_mask, Decoding(policy=TopKPolicy(k=25), gamma=LupiGamma(4)))
     sample(model, ids, mask, sampling=Sampling(temperature=1.0))
 
 See docs/engine.md.
 """
 
-from .loop import commit, draft_block, generate, pick_token, sample, verify_block
+from .loop import BlockDecoder, Decoding, commit, draft_block, generate, pick_token, sample, verify_block
 from .output import FINISH_REASONS, Generation, GenerationStats
 from .policies import (
     POLICIES,
@@ -26,7 +26,9 @@ from .stopping import Stopping, make_stopping
 __all__ = [
     "AdaptiveTopKPolicy",
     "Block",
+    "BlockDecoder",
     "ConstantGamma",
+    "Decoding",
     "FINISH_REASONS",
     "GREEDY",
     "Generation",

@@ -14,7 +14,10 @@ One host sync per block reads the few integers the next block needs (its length,
 
 from __future__ import annotations
 
+import dataclasses
 import time
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -25,7 +28,7 @@ from .prefix import split_views
 from .sampling import ACCEPT, DRAFT, GREEDY, TARGET, Sampling, row_seeds, sample_tokens, uniforms, warp_logits
 from .schedules import ConstantGamma
 from .stopping import LENGTH, RUNNING, Stopping, make_stopping, stop_codes
-from .views import ForwardClock, ModelView
+from .cached_model import ForwardClock, ModelView
 
 
 def pick_token(logits: torch.Tensor, sampling: Sampling, u: torch.Tensor | None, keep_warped: bool):
@@ -117,40 +120,14 @@ def commit(resp: Responses, drafts: torch.Tensor, settled: Settled, active: torc
     return k
 
 
-def generate(
-    draft,
-    draft_ids: torch.Tensor,
-    draft_mask: torch.Tensor,
-    target=None,
-    target_ids: torch.Tensor | None = None,
-    target_mask: torch.Tensor | None = None,
-    *,
-    policy="greedy",
-    gamma=4,
-    draft_sampling: Sampling = GREEDY,
-    max_new_tokens: int = 64,
-    eos_token_id: int | list[int] | None = None,
-    stop: list | None = None,
-    tokenizer=None,
-    pad_token_id: int | None = None,
-    seed: int | torch.Tensor = 0,
-    verify: str = "parallel",
-    compile: bool | str = False,
-    trace: bool = False,
-    vocab_size: int | None = None,
-    keep_target_logits=False,
-    target_prefix=None,
-) -> Generation:
-    """Generate responses with a drafter and (optionally) a teacher that verifies it.
+@dataclass(frozen=True)
+class Decoding:
+    """How generate decodes a batch: every setting but the models and their prompt views.
 
-    draft, target: causal LMs called as model(input_ids, attention_mask, position_ids, cache or past_key_values,
-        use_cache) returning .logits and .cache or .past_key_values (any Hugging Face causal LM).
-        target=None: plain decoding of draft.
-    draft_ids/draft_mask [B, Ls], target_ids/target_mask [B, Lt]: each model's own LEFT-padded prompt view;
-        the teacher's may hold privileged text. Both continue with the same response tokens.
     policy: "speculative" | "greedy" | "top_k" | "adaptive_top_k" or a policy object (policies.py).
     gamma: drafts per block, an int (constant) or a schedule object (schedules.py).
     draft_sampling: the student's own temperature / top-p for drafting (the teacher's is in the policy).
+    max_new_tokens: the response budget per row (tokens).
     eos_token_id: id(s) that end a row (included in the response); None = never.
     stop: token-id sequences, or strings with `tokenizer`, that end a row (included in the response).
     tokenizer: the models' tokenizer, if known: stop strings, and the defaults of vocab_size (its len, where it
@@ -176,43 +153,55 @@ def generate(
         detects and encodes one): the target's cache starts from its keys and values, so only each row's rest of
         the view is encoded. None: each row's whole view is encoded.
     """
+
+    policy: Any = "greedy"
+    gamma: Any = 4
+    draft_sampling: Sampling = GREEDY
+    max_new_tokens: int = 64
+    eos_token_id: int | list[int] | None = None
+    stop: list | None = None
+    tokenizer: Any = None
+    pad_token_id: int | None = None
+    seed: int | torch.Tensor = 0
+    verify: str = "parallel"
+    compile: bool | str = False
+    trace: bool = False
+    vocab_size: int | None = None
+    keep_target_logits: Any = False
+    target_prefix: Any = None
+
+
+def generate(draft, draft_ids: torch.Tensor, draft_mask: torch.Tensor, target=None,
+             target_ids: torch.Tensor | None = None, target_mask: torch.Tensor | None = None,
+             decoding: Decoding = Decoding(), **changes) -> Generation:
+    """Generate responses with a drafter and (optionally) a teacher that verifies it.
+
+    draft, target: causal LMs called as model(input_ids, attention_mask, position_ids, cache or past_key_values,
+        use_cache) returning .logits and .cache or .past_key_values (any Hugging Face causal LM).
+        target=None: plain decoding of draft.
+    draft_ids/draft_mask [B, Ls], target_ids/target_mask [B, Lt]: each model's own LEFT-padded prompt view;
+        the teacher's may hold privileged text. Both continue with the same response tokens.
+    decoding: the settings (Decoding); changes: fields of it replaced for this call (e.g. max_new_tokens=8).
+    """
     began = time.perf_counter()
+    decoding = dataclasses.replace(decoding, **changes) if changes else decoding
     with torch.no_grad():
-        run = _Run(
-            draft, draft_ids, draft_mask, target, target_ids, target_mask,
-            policy=policy, gamma=gamma, draft_sampling=draft_sampling, max_new_tokens=max_new_tokens,
-            eos_token_id=eos_token_id, stop=stop, tokenizer=tokenizer, pad_token_id=pad_token_id, seed=seed,
-            verify=verify, compile=compile, trace=trace, vocab_size=vocab_size, keep_target_logits=keep_target_logits,
-            target_prefix=target_prefix,
-        )  # fmt: skip
-        run.loop()
-        return run.result(time.perf_counter() - began)
+        decoder = BlockDecoder(draft, draft_ids, draft_mask, target, target_ids, target_mask, decoding)
+        decoder.loop()
+        return decoder.result(time.perf_counter() - began)
 
 
-def sample(
-    model,
-    ids: torch.Tensor,
-    mask: torch.Tensor,
-    *,
-    sampling: Sampling = GREEDY,
-    max_new_tokens: int = 64,
-    eos_token_id: int | list[int] | None = None,
-    stop: list | None = None,
-    tokenizer=None,
-    pad_token_id: int | None = None,
-    seed: int | torch.Tensor = 0,
-    chunk: int = 8,
-    compile: bool | str = False,
-    trace: bool = False,
-    vocab_size: int | None = None,
-) -> Generation:
+def sample(model, ids: torch.Tensor, mask: torch.Tensor, decoding: Decoding = Decoding(), *,
+           sampling: Sampling | None = None, chunk: int = 8, **changes) -> Generation:
     """Plain decoding of one model (no teacher): the engine's draft path, committing every token.
 
+    sampling: the model's temperature / top-p (Decoding.draft_sampling; None: decoding's own, greedy by default).
     chunk: tokens decoded per block (one host sync per block; up to chunk-1 tokens are wasted after a row ends).
+    changes: other fields of decoding replaced for this call (max_new_tokens, eos_token_id, seed, ...).
     """
-    return generate(model, ids, mask, policy="greedy", gamma=ConstantGamma(chunk), draft_sampling=sampling,
-                    max_new_tokens=max_new_tokens, eos_token_id=eos_token_id, stop=stop, tokenizer=tokenizer,
-                    pad_token_id=pad_token_id, seed=seed, compile=compile, trace=trace, vocab_size=vocab_size)  # fmt: skip
+    if sampling is not None:
+        changes["draft_sampling"] = sampling
+    return generate(model, ids, mask, decoding=decoding, policy="greedy", gamma=ConstantGamma(chunk), **changes)
 
 
 def noise_tables(seeds: torch.Tensor, width: int) -> dict[int, torch.Tensor]:
@@ -252,53 +241,67 @@ def _check_view(name: str, ids, mask):
         raise ValueError(f"{name}_ids and {name}_mask are required")
     if ids.ndim != 2 or ids.shape != mask.shape or ids.shape[1] == 0:
         raise ValueError(f"{name}_ids and {name}_mask must both be [B, L] with L >= 1; got {tuple(ids.shape)}, "
-                         f"{tuple(mask.shape)}")  # fmt: skip
+                         f"{tuple(mask.shape)}")
     if not bool(mask[:, -1].all()):
         rows = (~mask[:, -1].bool()).nonzero().flatten().tolist()
         raise ValueError(f"{name}_mask: prompts must be left-padded with a real last token; rows {rows} end in padding")
 
 
-class _Run:
-    """State of one generate call; `loop` runs blocks until every row is finished."""
+class BlockDecoder:
+    """The state of one generate call: both models' views and caches, the responses, noise, policy state and
+    statistics; `loop` decodes blocks until every row is finished."""
 
-    def __init__(self, draft, draft_ids, draft_mask, target, target_ids, target_mask, *, policy, gamma,
-                 draft_sampling, max_new_tokens, eos_token_id, stop, tokenizer, pad_token_id, seed, verify, compile,
-                 trace, vocab_size, keep_target_logits=False, target_prefix=None):  # fmt: skip
-        _check_inputs(draft_ids, draft_mask, target, target_ids, target_mask, verify)
-        self.policy = make_policy(policy) if isinstance(policy, str) else policy
-        self.schedule = ConstantGamma(gamma) if isinstance(gamma, int) else gamma
-        self.sampling = draft_sampling
-        self.sequential = verify == "sequential"
-        self.trace = [] if trace else None
-        device = draft_ids.device
-        batch = draft_ids.shape[0]
-        if pad_token_id is None:
-            pad_token_id = default_pad_id(draft, tokenizer)
-        self.stopping = make_stopping(max_new_tokens, eos_token_id, stop, tokenizer, device)
-        self.resp = Responses(batch, max_new_tokens, pad_token_id, device)
-        self.noise = noise_tables(row_seeds(seed, batch, device), self.resp.width)
+    def __init__(self, draft, draft_ids, draft_mask, target, target_ids, target_mask, decoding: Decoding):
+        d = decoding
+        _check_inputs(draft_ids, draft_mask, target, target_ids, target_mask, d.verify)
+        self.policy = make_policy(d.policy) if isinstance(d.policy, str) else d.policy
+        self.schedule = ConstantGamma(d.gamma) if isinstance(d.gamma, int) else d.gamma
+        self.sampling = d.draft_sampling
+        self.sequential = d.verify == "sequential"
+        self.trace = [] if d.trace else None
+        device, batch = draft_ids.device, draft_ids.shape[0]
+        pad_token_id = default_pad_id(draft, d.tokenizer) if d.pad_token_id is None else d.pad_token_id
+        self.stopping = make_stopping(d.max_new_tokens, d.eos_token_id, d.stop, d.tokenizer, device)
+        self.resp = Responses(batch, d.max_new_tokens, pad_token_id, device)
+        self.noise = noise_tables(row_seeds(d.seed, batch, device), self.resp.width)
+        self._open_views(draft, draft_ids, target, target_ids, d)
+        self.kept = None
+        if target is not None and d.keep_target_logits is not False:
+            keep = d.keep_target_logits
+            self.kept = KeptLogits(None if keep is True else keep, batch, self.resp.width)
+        self.stats = StatsAccumulator(min(self.schedule.max_gamma, d.max_new_tokens))
+        self.gamma_rows = torch.full((batch,), self.schedule.gamma, dtype=torch.long, device=device)
+        self.policy_state = self.policy.init_state(batch, self.t_device)  # judged on the teacher's device
+        self._first_pending(draft_ids, draft_mask, target_ids, target_mask, d.target_prefix)
+        self.block_gamma = min(self.schedule.gamma, d.max_new_tokens)
+        self.active = torch.ones(batch, dtype=torch.bool, device=device)
+        self.block_rows = torch.full((batch,), self.block_gamma, dtype=torch.long, device=device)  # [B] row gammas
+
+    def _open_views(self, draft, draft_ids, target, target_ids, d: Decoding) -> None:
+        """Each model's cached view, sized for its prompt, the budget and the largest block; with a teacher, the
+        policy's per-block functions (compiled when asked)."""
+        batch, device = draft_ids.shape[0], draft_ids.device
         self.draft_clock, self.target_clock = ForwardClock(), ForwardClock()  # each model's forward time
-        spare = max_new_tokens + 2 * self.schedule.max_gamma + 4
-        vocab = vocab_size or (len(tokenizer) if hasattr(tokenizer, "__len__") else shared_vocab(draft, target))
-        self.student = ModelView(draft, self.draft_clock, batch, draft_ids.shape[1] + spare, device, compile, "draft", vocab)
+        spare = d.max_new_tokens + 2 * self.schedule.max_gamma + 4
+        tokenizer = d.tokenizer
+        vocab = d.vocab_size or (len(tokenizer) if hasattr(tokenizer, "__len__") else shared_vocab(draft, target))
+        self.student = ModelView(draft, self.draft_clock, batch, draft_ids.shape[1] + spare, device, d.compile,
+                                 "draft", vocab)
         self.teacher, self.judge, self.settle = None, self.policy.judge, settle
         self.t_device = device
         if target is not None:
             self.t_device = target_ids.device
             self.teacher = ModelView(target, self.target_clock, batch, target_ids.shape[1] + spare, self.t_device,
-                                     compile, "target", vocab)
-            self.judge = maybe_compile(self.policy.judge, compile, f"{self.policy.name}.judge")
-            self.settle = maybe_compile(settle, compile, "settle")
-        self.kept = None
-        if target is not None and keep_target_logits is not False:
-            self.kept = KeptLogits(None if keep_target_logits is True else keep_target_logits, batch, self.resp.width)
-        self.stats = StatsAccumulator(min(self.schedule.max_gamma, max_new_tokens))
-        self.gamma_rows = torch.full((batch,), self.schedule.gamma, dtype=torch.long, device=device)
-        self.policy_state = self.policy.init_state(batch, self.t_device)  # judged on the teacher's device
-        # The whole prompt is the first block's pending input: the student's first forward encodes it and gives
-        # its first draft, and (parallel verification) the teacher's first forward encodes its prompt and scores
-        # the first drafts, as transformers' assisted generation does: no separate prefill forward. Sequential
-        # verification, the one-token-per-forward reference, prefills the teacher instead.
+                                     d.compile, "target", vocab)
+            self.judge = maybe_compile(self.policy.judge, d.compile, f"{self.policy.name}.judge")
+            self.settle = maybe_compile(settle, d.compile, "settle")
+
+    def _first_pending(self, draft_ids, draft_mask, target_ids, target_mask, target_prefix) -> None:
+        """The first block's pending inputs. The whole prompt is the first block's pending input: the student's
+        first forward encodes it and gives its first draft, and (parallel verification) the teacher's first forward
+        encodes its prompt and scores the first drafts, as transformers' assisted generation does: no separate
+        prefill forward. Sequential verification, the one-token-per-forward reference, prefills the teacher
+        instead."""
         self.s_pending, self.s_valid = draft_ids, draft_mask.bool()
         self.t_pending, self.t_valid = None, None
         if self.teacher is not None:
@@ -308,9 +311,6 @@ class _Run:
                 self.t_pending, self.t_valid = split_views(target_ids, target_mask, target_prefix.length)
             if self.sequential:
                 self.t_pending, self.t_valid = self.teacher.prefill(self.t_pending, self.t_valid), None
-        self.block_gamma = min(self.schedule.gamma, max_new_tokens)
-        self.active = torch.ones(batch, dtype=torch.bool, device=device)
-        self.block_rows = torch.full((batch,), self.block_gamma, dtype=torch.long, device=device)  # [B] row gammas
 
     def loop(self) -> None:
         while self.block_gamma > 0:
@@ -327,18 +327,18 @@ class _Run:
         if self.teacher is None:  # plain decoding: every draft is committed
             verdict, target_logits = None, None
             settled = Settled(n=gamma_rows, full=torch.ones_like(active), next_token=drafts[:, 0],
-                              has_next=torch.zeros_like(active))  # fmt: skip
+                              has_next=torch.zeros_like(active))
         else:
             verdict, target_logits, settled = self._verify_and_judge(drafts, warped, at, gamma_rows, active)
             if self.kept is not None:
                 self.kept.write(target_logits, at)
         k = commit(self.resp, drafts, settled, active, self.stopping)
-        top_k = None if verdict is None or verdict.top_k is None else verdict.top_k.to(drafts.device)
-        self.stats.record(active, gamma_rows, settled.n, settled.full, settled.has_next, top_k, verdict is not None)
+        skd_top_k = None if verdict is None or verdict.skd_top_k is None else verdict.skd_top_k.to(drafts.device)
+        self.stats.record(active, gamma_rows, settled.n, settled.full, settled.has_next, skd_top_k, verdict is not None)
         schedule = self.schedule.update(self.gamma_rows, settled.n, settled.full)
         self.gamma_rows = torch.where(active, schedule, self.gamma_rows)
         if self.trace is not None:
-            self._record(start, gamma_rows, drafts, target_logits, settled, k, top_k)
+            self._record(start, gamma_rows, drafts, target_logits, settled, k, skd_top_k)
         self._roll_back(g, k)
 
     def _verify_and_judge(self, drafts, warped, at, gamma_rows, active):
@@ -384,7 +384,7 @@ class _Run:
             self.t_pending, self.t_valid = self.s_pending[:, -1:], None
         self.active, self.block_rows, self.block_gamma = running, rows, g_next
 
-    def _record(self, start, gamma_rows, drafts, target_logits, settled, k, top_k) -> None:
+    def _record(self, start, gamma_rows, drafts, target_logits, settled, k, skd_top_k) -> None:
         entry = {
             "start": start.cpu(),  # [B] response index of the block's first draft
             "gamma": gamma_rows.cpu(),  # [B] each row's draft length (0 = finished)
@@ -394,9 +394,9 @@ class _Run:
             "committed": k.cpu(),  # [B]
         }
         if target_logits is not None:
-            width = min(int(top_k.max()) if top_k is not None else 5, target_logits.shape[-1])
+            width = min(int(skd_top_k.max()) if skd_top_k is not None else 5, target_logits.shape[-1])
             entry["teacher_top"] = target_logits.topk(width, dim=-1).indices.cpu()  # [B, g+1, K]
-            entry["top_k"] = None if top_k is None else top_k.cpu()  # [B, g+1]
+            entry["skd_top_k"] = None if skd_top_k is None else skd_top_k.cpu()  # [B, g+1]
         self.trace.append(entry)
 
     def result(self, wall_s: float) -> Generation:

@@ -227,19 +227,19 @@ class StatsAccumulator:
     def __init__(self, max_gamma: int):
         self.max_gamma = max_gamma
         self.blocks: list[tuple[torch.Tensor, ...]] = []  # (active, gamma_rows, n, full, has_next) per block
-        self.top_k: list[torch.Tensor] = []  # [2] (sum of K over judged positions, their count) per block
+        self.skd_top_k: list[torch.Tensor] = []  # [2] (sum of K over judged positions, their count) per block
         self.steps = 0
 
-    def record(self, active, gamma_rows, n, full, has_next, top_k, verified: bool) -> None:
-        """One block. active [B] bool, gamma_rows/n [B] long, full/has_next [B] bool, top_k [B, g+1] or None."""
+    def record(self, active, gamma_rows, n, full, has_next, skd_top_k, verified: bool) -> None:
+        """One block. active [B] bool, gamma_rows/n [B] long, full/has_next [B] bool, skd_top_k [B, g+1] or None."""
         self.steps += 1
         if not verified:
             return
         self.blocks.append((active, gamma_rows, n, full, has_next))
-        if top_k is not None:
+        if skd_top_k is not None:
             judged = judged_positions(n, gamma_rows, active)  # [B]
-            on = torch.arange(top_k.shape[1], device=n.device) < judged[:, None]  # [B, g+1]
-            self.top_k.append(torch.stack([(top_k * on).sum(), on.sum()]))
+            on = torch.arange(skd_top_k.shape[1], device=n.device) < judged[:, None]  # [B, g+1]
+            self.skd_top_k.append(torch.stack([(skd_top_k * on).sum(), on.sum()]))
 
     def finish(self, stats: GenerationStats) -> GenerationStats:
         stats.steps = self.steps
@@ -254,8 +254,8 @@ class StatsAccumulator:
         stats.first_accepted, stats.full_matches = int((n > 0).sum()), int(full.sum())
         stats.gamma_sum, stats.gamma_sq_sum = float(g.sum()), float((g * g).sum())
         stats.gamma_min, stats.gamma_max = float(g.min()), float(g.max())
-        if self.top_k:
-            k_sum, k_count = torch.stack(self.top_k).sum(0).tolist()
+        if self.skd_top_k:
+            k_sum, k_count = torch.stack(self.skd_top_k).sum(0).tolist()
             stats.top_k_sum, stats.top_k_count = float(k_sum), int(k_count)
         i = torch.arange(self.max_gamma, device=n.device)
         inside = i < gamma[:, None]  # [blocks, G]

@@ -50,7 +50,7 @@ class Verdict:
     accept: torch.Tensor  # [B, g] bool
     correction: torch.Tensor  # [B, g] long
     bonus: torch.Tensor  # [B, g+1] long
-    top_k: torch.Tensor | None = None  # [B, g+1] K used at each position (top-K policies)
+    skd_top_k: torch.Tensor | None = None  # [B, g+1] K used at each position (top-K policies: rollout.skd_top_k)
 
 
 def _teacher_samples(warped: torch.Tensor, block: Block, sampling: Sampling) -> torch.Tensor:
@@ -94,7 +94,7 @@ def _top_k_verdict(block: Block, warped: torch.Tensor, target: Sampling, k: torc
     test on each draft, and a teacher sample (stream TARGET) as correction and bonus at every position."""
     accept = _top_k_test(block, warped, target, k, min_prob)  # [B, g]
     teacher = _teacher_samples(warped, block, target)  # [B, g+1]
-    return Verdict(accept=accept, correction=teacher[:, : accept.shape[1]], bonus=teacher, top_k=k)
+    return Verdict(accept=accept, correction=teacher[:, : accept.shape[1]], bonus=teacher, skd_top_k=k)
 
 
 @dataclass(frozen=True)

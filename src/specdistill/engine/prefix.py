@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .views import _forward_params, has_sliding_window, rollback_cache
+from .cached_model import _forward_params, has_sliding_window, rollback_cache
 
 # Prefixes shorter than this are not worth a separate forward and a cache copy per row.
 MIN_SHARED_TOKENS = 16

@@ -149,7 +149,8 @@ def llamacpp_figures(answers: list[dict], before: dict, after: dict, wall_s: flo
 # ---------------------------------------------------------------- specdistill's side of the table
 def engine_figures(target, draft, prompts: list[list[int]], tokenizer, gamma: int, max_new_tokens: int) -> dict:
     """specdistill's engine on the same pair and prompts, greedy, batch size 1, constant gamma: its acceptance
-    (acceptance_rate = accepted / drafted, as llama.cpp's; token_acceptance = alpha), mean acceptance length and
+    (acceptance_rate = accepted / drafted, as llama.cpp's; token_acceptance = alpha), vLLM's mean acceptance length
+    (1 + accepted / drafts, as llama.cpp's `mean_acceptance_length`) and
     the speedup it predicts from its forward costs, measured for gamma 1..`gamma` (prediction.prediction_figures)."""
     from ..progress import phase
     from .prediction import prediction_figures
@@ -164,7 +165,7 @@ def engine_figures(target, draft, prompts: list[list[int]], tokenizer, gamma: in
     costs = measure_forward_costs(target, draft, prompts[0], 1, max_gamma=gamma, repeats=5)
     figures = prediction_figures(stats, costs, max_gamma=gamma)
     return {"acceptance_rate": stats.acceptance_rate, "token_acceptance": figures["token_acceptance"],
-            "mean_acceptance_length": figures["mean_acceptance_length"], "cost_ratio_c": costs.c,
+            "vllm_mean_acceptance_length": figures["vllm_mean_acceptance_length"], "cost_ratio_c": costs.c,
             "verify_cost": figures["verify_cost"], "predicted_speedup": figures["predicted_speedup"],
             "tokens_per_s": count_tokens(outputs) / seconds, "outputs": outputs}
 
@@ -256,7 +257,7 @@ TABLE = (("draft", None, "draft"), ("gamma", None, "gamma"), ("drafted", "llamac
          ("target tok/s", "llamacpp", "target_tokens_per_s"), ("tok/s with draft", "llamacpp", "tokens_per_s"),
          ("speedup", "llamacpp", "speedup"), ("identical", "llamacpp", "outputs_identical"),
          ("acceptance (specdistill)", "specdistill", "acceptance_rate"),
-         ("mean acc. length (specdistill)", "specdistill", "mean_acceptance_length"),
+         ("mean acc. length (specdistill)", "specdistill", "vllm_mean_acceptance_length"),
          ("predicted speedup (specdistill)", "specdistill", "predicted_speedup"))
 
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.tasks import extract_final_number
-from ..data.views import left_pad, right_pad
+from ..data.prompt_views import left_pad, right_pad
 from ..scoring import eval_mode, paired_response_logits, response_logits
 
 METRICS = ("exact_match", "chrf", "bleu", "rouge_l", "perplexity")

@@ -106,8 +106,9 @@ def prediction_figures(stats, costs: ForwardCosts, max_gamma: int = MAX_GAMMA) -
     engines' acceptance figures beside ours (docs/metrics.md):
 
     token_acceptance          alpha = accepted / judged positions (GenerationStats.token_acceptance)
-    draft_acceptance_rate     accepted / drafted tokens (vLLM's; ours is `acceptance_rate`, the same ratio)
-    mean_acceptance_length    1 + accepted / drafts, a draft being one (row, block) proposal (vLLM's)
+    vllm_mean_acceptance_length  1 + accepted / drafts, a draft being one (row, block) proposal: vLLM's mean
+                              acceptance length (not `mean_accepted_length`, committed tokens per block, which a
+                              row's EOS or budget cuts)
     expected_accepted_length  tau(g) at the run's mean gamma g
     predicted_speedup         tau(g) / (g c + c_v(g)); leviathan_speedup: the same with c_v = 1
     predicted_by_gamma        {gamma, tau, verify_cost, speedup} for gamma = 1..max_gamma
@@ -120,8 +121,7 @@ def prediction_figures(stats, costs: ForwardCosts, max_gamma: int = MAX_GAMMA) -
     drafts = stats.blocks if stats.drafted else 0
     return {
         "token_acceptance": alpha,
-        "draft_acceptance_rate": stats.accepted / stats.drafted if stats.drafted else math.nan,
-        "mean_acceptance_length": 1 + stats.accepted / drafts if drafts else math.nan,
+        "vllm_mean_acceptance_length": 1 + stats.accepted / drafts if drafts else math.nan,
         "expected_accepted_length": expected_accepted_length(alpha, g),
         "cost_ratio_c": costs.c,
         "verify_cost": costs.verify_cost(g),

@@ -7,8 +7,8 @@ import torch
 from ..data.records import Record
 from ..config import ViewConfig
 from ..data.templates import end_token_ids
-from ..data.views import check_positions, encode_example, encode_response, left_pad
-from ..engine import Sampling, sample
+from ..data.prompt_views import check_positions, encode_example, encode_response, left_pad
+from ..engine import Decoding, Sampling, sample
 from ..engine.sampling import row_seeds
 from ..models import max_positions
 from ..progress import bar
@@ -22,14 +22,15 @@ def generate_ids(model, tokenizer, prompts: list[list[int]], max_new_tokens: int
     """Decode each prompt (token ids) with the engine until EOS or max_new_tokens; temperature 0 = greedy.
     Prompt i draws its noise from (seed, i) (engine.sampling.row_seeds), so results do not depend on batch_size."""
     device = next(model.parameters()).device
-    sampling = Sampling(temperature, top_p)  # temperature 0 is greedy
+    decoding = Decoding(draft_sampling=Sampling(temperature, top_p), max_new_tokens=max_new_tokens,  # 0 = greedy
+                        eos_token_id=end_token_ids(tokenizer, model), pad_token_id=tokenizer.pad_token_id,
+                        vocab_size=len(tokenizer))
     outputs = []
     with eval_mode(model), bar(len(prompts), "generating") as progress:
         for i in range(0, len(prompts), batch_size):
             ids, mask = left_pad(prompts[i : i + batch_size], tokenizer.pad_token_id)
-            gen = sample(model, ids.to(device), mask.to(device), sampling=sampling, max_new_tokens=max_new_tokens,
-                         eos_token_id=end_token_ids(tokenizer, model), pad_token_id=tokenizer.pad_token_id,
-                         seed=row_seeds(seed, ids.shape[0], first_row=i), vocab_size=len(tokenizer))
+            gen = sample(model, ids.to(device), mask.to(device), decoding,
+                         seed=row_seeds(seed, ids.shape[0], first_row=i))
             outputs += gen.rows()
             progress.update(ids.shape[0])
     return outputs

@@ -4,6 +4,7 @@ and against transformers' assisted generation. Every figure is defined in docs/m
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import statistics
@@ -13,10 +14,10 @@ import torch
 from transformers import GenerationConfig
 
 from ..data.templates import end_token_ids
-from ..data.views import left_pad
-from ..engine import GenerationStats, Sampling, generate, make_policy, make_schedule, sample
+from ..data.prompt_views import left_pad
+from ..engine import Decoding, GenerationStats, Sampling, generate, make_policy, make_schedule, sample
 from ..engine.sampling import row_seeds
-from ..engine.views import ForwardClock, ModelView
+from ..engine.cached_model import ForwardClock, ModelView
 from ..progress import bar, phase
 from .prediction import (MAX_GAMMA, ForwardCosts, best_gamma, expected_acceptance, fit_verify_costs,
                          prediction_figures)
@@ -52,6 +53,10 @@ def run_speculative(target, draft, prompts, tokenizer, *, gamma=4, schedule="con
     """
     tdev, ddev = _device(target), _device(draft)
     draft_prompts = draft_prompts or prompts
+    decoding = Decoding(policy=spec_policy(temperature, top_p), gamma=make_schedule(schedule, gamma),
+                        draft_sampling=Sampling(temperature, top_p), max_new_tokens=max_new_tokens,
+                        eos_token_id=end_token_ids(tokenizer, target), pad_token_id=tokenizer.pad_token_id,
+                        verify=verify, compile=compile, vocab_size=len(tokenizer))
     outputs, stats, seconds = [], GenerationStats(), 0.0
     progress = bar(len(prompts), "speculative")
     for i, chunk in _batches(prompts, batch_size):
@@ -60,11 +65,7 @@ def run_speculative(target, draft, prompts, tokenizer, *, gamma=4, schedule="con
         _sync(tdev)
         start = time.perf_counter()
         gen = generate(draft, d_ids.to(ddev), d_mask.to(ddev), target, t_ids.to(tdev), t_mask.to(tdev),
-                       policy=spec_policy(temperature, top_p), gamma=make_schedule(schedule, gamma),
-                       draft_sampling=Sampling(temperature, top_p), max_new_tokens=max_new_tokens,
-                       eos_token_id=end_token_ids(tokenizer, target), pad_token_id=tokenizer.pad_token_id,
-                       seed=row_seeds(seed, len(chunk), first_row=i), verify=verify, compile=compile,
-                       vocab_size=len(tokenizer))
+                       dataclasses.replace(decoding, seed=row_seeds(seed, len(chunk), first_row=i)))
         _sync(tdev)
         seconds += time.perf_counter() - start
         outputs += gen.rows()
@@ -79,16 +80,17 @@ def run_target_alone(target, prompts, tokenizer, *, temperature=0.0, top_p=1.0, 
     """The target decoding on its own through the same engine (its draft path, one token per forward); returns
     (token-id lists, merged GenerationStats, seconds)."""
     dev = _device(target)
+    decoding = Decoding(draft_sampling=Sampling(temperature, top_p), max_new_tokens=max_new_tokens,
+                        eos_token_id=end_token_ids(tokenizer, target), pad_token_id=tokenizer.pad_token_id,
+                        compile=compile, vocab_size=len(tokenizer))
     outputs, stats, seconds = [], GenerationStats(), 0.0
     progress = bar(len(prompts), "target alone")
     for i, chunk in _batches(prompts, batch_size):
         ids, mask = left_pad(chunk, tokenizer.pad_token_id)
         _sync(dev)
         start = time.perf_counter()
-        gen = sample(target, ids.to(dev), mask.to(dev), sampling=Sampling(temperature, top_p),
-                     max_new_tokens=max_new_tokens, eos_token_id=end_token_ids(tokenizer, target),
-                     pad_token_id=tokenizer.pad_token_id, seed=row_seeds(seed, len(chunk), first_row=i), chunk=1,
-                     compile=compile, vocab_size=len(tokenizer))
+        gen = sample(target, ids.to(dev), mask.to(dev), decoding, chunk=1,
+                     seed=row_seeds(seed, len(chunk), first_row=i))
         _sync(dev)
         seconds += time.perf_counter() - start
         outputs += gen.rows()

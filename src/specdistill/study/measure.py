@@ -10,7 +10,7 @@ import torch
 from ..config import DatasetConfig, load_config
 from ..data.records import load_records
 from ..data.tasks import get_task, style_shares
-from ..data.views import encode_example
+from ..data.prompt_views import encode_example
 from ..evaluate.prediction import ForwardCosts
 from ..evaluate.quality import evaluate_records
 from ..evaluate.speculative import bench_pair, measure_forward_costs
