@@ -293,11 +293,11 @@ def cmd_train(args) -> int:
     import os
 
     from .config import load_config
-    from .train import TrainingDiverged, run_training
+    from .train import TrainingDiverged, train_student
 
     cfg = load_config(args.config, args.overrides)
     try:
-        metrics = run_training(cfg, sft=args.command == "sft")
+        metrics = train_student(cfg, sft=args.command == "sft")
     except TrainingDiverged as exc:
         print(f"specdistill {args.command}: error: {exc}", file=sys.stderr)
         return 3
