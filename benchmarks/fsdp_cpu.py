@@ -45,7 +45,7 @@ def main():
         root = Path(tmp)
         for r in range(args.rounds):
             began = time.perf_counter()
-            train.run_training(skd_config(root, root / f"one-{r}", grad_accum=2))
+            train.train_student(skd_config(root, root / f"one-{r}", grad_accum=2))
             runs["one_process"].append((time.perf_counter() - began, *steps_seconds(root / f"one-{r}")))
             for name, accelerate_config, env in (("fsdp", FSDP_CONFIG, {"SPECDISTILL_TEST_FSDP_ON_CPU": "1"}),
                                                  ("ddp", DDP_CONFIG, {})):

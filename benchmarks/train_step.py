@@ -109,7 +109,7 @@ def run_specdistill(args, teacher: str, student: str, out: str) -> tuple[dict, l
                   "compile": args.compile},
     })
     validate(cfg)
-    widths, make_rollout = [], train.make_rollout
+    widths, make_rollout = [], train.step.make_rollout
 
     def recording_rollout(*a, **k):  # measurement only: the decoded width of each rollout
         rb = make_rollout(*a, **k)
@@ -117,7 +117,7 @@ def run_specdistill(args, teacher: str, student: str, out: str) -> tuple[dict, l
         return rb
 
     run = train.setup(cfg)
-    train.make_rollout = recording_rollout
+    train.step.make_rollout = recording_rollout
     try:
         stream = copy.deepcopy(run.stream)  # replays exactly the records the steps below draw
         batches = [stream.next_batch(s, 1, args.batch_size)[0] for s in range(total)]
@@ -131,7 +131,7 @@ def run_specdistill(args, teacher: str, student: str, out: str) -> tuple[dict, l
             ends.append(time.perf_counter())
             tokens.append(metrics["tokens/trained"])
     finally:
-        train.make_rollout = make_rollout
+        train.step.make_rollout = make_rollout
         train.cleanup(run)
     result = summarise(ends, args.warmup, args.steps)
     timed = slice(args.warmup, total)

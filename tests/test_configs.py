@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from specdistill.config import load_config
-from specdistill.train import TEACHER_LOSSES, run_training
+from specdistill.train import TEACHER_LOSSES, train_student
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 
@@ -27,7 +27,7 @@ def test_example_config_runs_two_steps(path, tmp_path):
                  "train.warmup_steps=1"]
     if cfg.model.teacher:
         overrides.append(f"model.teacher={'grid-teacher' if grid else 'tiny-teacher'}")
-    run_training(load_config(path, overrides))
+    train_student(load_config(path, overrides))
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in rows if "train/loss" in r]
     assert [r["step"] for r in steps] == [1, 2]

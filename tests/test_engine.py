@@ -236,7 +236,7 @@ def test_top_k_policies_partly_accept(name):
     # blocks: [2 4] [0 rejected -> 5] [7 1] [3 5] [7 1] [3]
     check(out, [2, 4, 5, 7, 1, 3, 5, 7, 1, 3], [2], drafted=11, accepted=9, replaced=1, bonus=0, full=5, first=5,
           per_position=[5 / 6, 1.0])
-    assert out.stats.top_k_mean == 2
+    assert out.stats.skd_top_k_mean == 2
 
 
 def test_top_k_bonus_is_an_option():
@@ -254,7 +254,7 @@ def test_adaptive_top_k_lowers_k_while_the_student_succeeds():
     # the third block (0.7165, 0.7704, 0.8140), so K_base goes 4 -> 3 -> 2 and stays at k_min.
     k_per_block = [entry["skd_top_k"][0, :2].tolist() for entry in out.trace]
     assert k_per_block == [[3, 3], [3, 3], [3, 3], [2, 2], [2, 2]]
-    assert out.stats.top_k_mean == pytest.approx((6 * 3 + 4 * 2) / 10)
+    assert out.stats.skd_top_k_mean == pytest.approx((6 * 3 + 4 * 2) / 10)
     assert out.stats.acceptance_rate == 1.0
 
 
@@ -486,7 +486,7 @@ def test_metrics_use_the_project_names(pair):
     for name in ("rollout/acceptance_rate", "rollout/token_acceptance", "rollout/first_token_acceptance",
                  "rollout/full_match_rate",
                  "rollout/gamma_mean", "rollout/gamma_min", "rollout/gamma_max", "rollout/gamma_std",
-                 "rollout/top_k_mean", "tokens/drafted", "tokens/accepted", "tokens/replaced", "time/rollout_s",
+                 "rollout/skd_top_k_mean", "tokens/drafted", "tokens/accepted", "tokens/replaced", "time/rollout_s",
                  "time/model_s", "throughput/tokens_per_s"):
         assert name in metrics and math.isfinite(metrics[name]), name
     assert metrics["tokens/drafted"] == out.stats.drafted

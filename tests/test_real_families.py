@@ -23,7 +23,7 @@ from specdistill.data.prompt_views import collate, encode_example, fit_view
 from specdistill.engine import GREEDY, Sampling, generate, make_policy, sample
 from specdistill.evaluate.speculative import hf_generate, run_hf_assisted, run_target_alone
 from specdistill.models import load_tokenizer
-from specdistill.rollout import make_rollout
+from specdistill.rollout import RolloutPlan, make_rollout, rollout_tokens
 
 V = TOKENIZER_SIZE
 LUPI_KOREAN = SHARED_DATA / "lupi" / "korean_culture_train_200.json"
@@ -337,7 +337,8 @@ def test_padding_rows_with_the_largest_logits_are_never_emitted_or_trained_on(fa
                 for i, q in enumerate(["What is 2+2?", "Why?"])]
     for strategy in ("student", "teacher", "skd"):
         cfg.strategy = strategy
-        batch = make_rollout(cfg, collate(examples, tok.pad_token_id), student, teacher, tok, [1, 2])
+        batch = make_rollout(RolloutPlan(cfg, rollout_tokens(tok, student, teacher)),
+                             collate(examples, tok.pad_token_id), student, teacher, [1, 2])
         assert int(batch.response[batch.response_mask].max()) < V
 
 
@@ -360,8 +361,9 @@ def test_a_rollout_ends_at_the_first_end_of_turn_token_and_trains_on_it(family):
         add_to_logits(model, end, 7.0)  # about half of the sampled tokens end the turn
     records = [Record(id=str(i), query=f"What is {i}+{i}*2?") for i in range(8)]
     cfg = load_config(None, ["rollout.strategy=skd", "rollout.max_new_tokens=24", "rollout.skd_top_k=5"]).rollout
-    batch = make_rollout(cfg, collate([encode_example(r, tok, ViewConfig()) for r in records], tok.pad_token_id),
-                         student, teacher, tok, list(range(8)))
+    batch = make_rollout(RolloutPlan(cfg, rollout_tokens(tok, student, teacher)),
+                         collate([encode_example(r, tok, ViewConfig()) for r in records], tok.pad_token_id),
+                         student, teacher, list(range(8)))
     ended = 0
     for response, keep in zip(batch.response, batch.response_mask):
         n = int(keep.sum())

@@ -20,7 +20,7 @@ from families import get_family
 from specdistill.config import ConfigError, DatasetConfig, FieldMap, load_config
 from specdistill.data.records import DataError, load_records
 from specdistill.data.tasks import load_task
-from specdistill.train import run_training
+from specdistill.train import train_student
 
 RECIPES = Path(__file__).resolve().parents[1] / "configs" / "recipes"
 GSM8K = SHARED_DATA / "gsm8k"
@@ -114,7 +114,7 @@ def test_recipe_runs_two_steps_on_tiny_fixtures_of_its_architecture(name, tmp_pa
     logits are used); GKD, whose rollouts do not run the teacher, runs one per micro-batch."""
     cfg = load_config(dry_run_config(name, tmp_path))
     assert cfg.train.mixed_precision == "bf16" and cfg.model.teacher_dtype == "bfloat16"
-    run_training(cfg)
+    train_student(cfg)
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in rows if "train/loss" in r]
     assert [r["step"] for r in steps] == [1, 2] and all(math.isfinite(r["train/loss"]) for r in steps)

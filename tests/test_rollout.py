@@ -12,7 +12,7 @@ from specdistill.data.tokenizer import build_tokenizer
 from specdistill.models import load_model
 from specdistill.engine import GenerationStats, Verdict
 from specdistill.engine.sampling import derive_seed
-from specdistill.rollout import make_rollout, mix_choice, rollout_metrics, skd_policy
+from specdistill.rollout import RolloutPlan, make_rollout, mix_choice, rollout_metrics, rollout_tokens, skd_policy
 
 TOK = build_tokenizer()
 
@@ -56,7 +56,8 @@ def test_every_strategy_returns_the_same_batch_object(pair, strategy):
     student, teacher = pair
     batch = prompts()
     cfg = RolloutConfig(strategy=strategy, max_new_tokens=6, temperature=1.0, lam=0.5, skd_top_k=3)
-    rb = make_rollout(cfg, batch, student, teacher, TOK, seeds=[11, 12, 13])
+    rb = make_rollout(RolloutPlan(cfg, rollout_tokens(TOK, student, teacher)),
+                      batch, student, teacher, seeds=[11, 12, 13])
     check_views(rb, batch)
     assert rb.num_tokens > 0
     if strategy == "dataset":
@@ -80,8 +81,9 @@ def test_model_rollouts_decode_each_models_own_view_at_its_own_temperature(pair,
     batch = prompts()
     temperatures = {"temperature": 0.0, "teacher_temperature": 1.0} if who == "student" else \
         {"temperature": 1.0, "teacher_temperature": 0.0}
-    rb = make_rollout(RolloutConfig(strategy=who, max_new_tokens=6, **temperatures), batch, student, teacher, TOK,
-                      seeds=[11, 12, 13])
+    rb = make_rollout(RolloutPlan(RolloutConfig(strategy=who, max_new_tokens=6, **temperatures),
+                                  rollout_tokens(TOK, student, teacher)),
+                      batch, student, teacher, seeds=[11, 12, 13])
     model = teacher if who == "teacher" else student
     views = [e.teacher_prompt if who == "teacher" else e.student_prompt for e in batch.examples]
     assert responses(rb) == [greedy_decode(model, view, 6) for view in views]
@@ -94,7 +96,8 @@ def test_mixed_takes_the_students_sample_with_probability_lambda(pair):
     student, teacher = pair
     batch = prompts(120)
     cfg = RolloutConfig(strategy="mixed", lam=0.25, max_new_tokens=6, temperature=0.0)
-    rb = make_rollout(cfg, batch, student, teacher, TOK, seeds=list(range(500, 620)))
+    rb = make_rollout(RolloutPlan(cfg, rollout_tokens(TOK, student, teacher)),
+                      batch, student, teacher, seeds=list(range(500, 620)))
     own = 0
     for got, e in zip(responses(rb), batch.examples):
         if got != e.response:
@@ -108,11 +111,17 @@ def test_mixed_lambda_endpoints(pair):
     batch = prompts()
     seeds = [1, 2, 3]
     args = dict(max_new_tokens=6, temperature=1.0)
-    none = make_rollout(RolloutConfig(strategy="mixed", lam=0.0, **args), batch, student, teacher, TOK, seeds)
-    data = make_rollout(RolloutConfig(strategy="dataset", **args), batch, student, teacher, TOK, seeds)
+    none = make_rollout(RolloutPlan(RolloutConfig(strategy="mixed", lam=0.0, **args),
+                                    rollout_tokens(TOK, student, teacher)),
+                        batch, student, teacher, seeds)
+    data = make_rollout(RolloutPlan(RolloutConfig(strategy="dataset", **args), rollout_tokens(TOK, student, teacher)),
+                        batch, student, teacher, seeds)
     assert torch.equal(none.student_ids, data.student_ids)
-    every = make_rollout(RolloutConfig(strategy="mixed", lam=1.0, **args), batch, student, teacher, TOK, seeds)
-    own = make_rollout(RolloutConfig(strategy="student", **args), batch, student, teacher, TOK, seeds)
+    every = make_rollout(RolloutPlan(RolloutConfig(strategy="mixed", lam=1.0, **args),
+                                     rollout_tokens(TOK, student, teacher)),
+                         batch, student, teacher, seeds)
+    own = make_rollout(RolloutPlan(RolloutConfig(strategy="student", **args), rollout_tokens(TOK, student, teacher)),
+                       batch, student, teacher, seeds)
     assert torch.equal(every.student_ids, own.student_ids) and torch.equal(every.response_mask, own.response_mask)
 
 
@@ -138,14 +147,15 @@ def test_mixed_skd_rows_are_their_own_skd_rollout_or_the_gold_response(pair):
     seeds = [derive_seed(3, 0, row) for row in range(n)]
     cfg = RolloutConfig(strategy="mixed", mix=["skd", "dataset"], lam=0.5, max_new_tokens=5, temperature=1.0,
                         skd_top_k=2)
-    rb = make_rollout(cfg, batch, student, teacher, TOK, seeds)
+    rb = make_rollout(RolloutPlan(cfg, rollout_tokens(TOK, student, teacher)), batch, student, teacher, seeds)
     check_views(rb, batch)
     skd_rows = mix_choice(seeds, cfg.lam)
     assert 0 < sum(skd_rows) < n
     for i, (example, seed) in enumerate(zip(batch.examples, seeds)):
         written = rb.teacher_written[i][rb.response_mask[i]].tolist()
         if skd_rows[i]:
-            alone = make_rollout(replace(cfg, strategy="skd"), prompts(1, first=i), student, teacher, TOK, [seed])
+            alone = make_rollout(RolloutPlan(replace(cfg, strategy="skd"), rollout_tokens(TOK, student, teacher)),
+                                 prompts(1, first=i), student, teacher, [seed])
             assert responses(rb)[i] == responses(alone)[0]
             assert written == alone.teacher_written[0][alone.response_mask[0]].tolist()
         else:
@@ -160,7 +170,7 @@ def test_mixed_with_the_dataset_needs_every_reference_whichever_rows_the_coins_p
     batch.examples[1].response = None
     cfg = RolloutConfig(strategy="mixed", mix=["student", "dataset"], lam=1.0, max_new_tokens=4)
     with pytest.raises(ValueError, match="needs reference responses"):
-        make_rollout(cfg, batch, student, teacher, TOK, [1, 2])
+        make_rollout(RolloutPlan(cfg, rollout_tokens(TOK, student, teacher)), batch, student, teacher, [1, 2])
 
 
 def test_skd_teacher_verifies_against_the_view_with_knowledge(pair):
@@ -188,7 +198,9 @@ def test_skd_teacher_verifies_against_the_view_with_knowledge(pair):
 
     student.forward, teacher.forward = spy("student", student), spy("teacher", teacher)
     try:
-        make_rollout(RolloutConfig(strategy="skd", max_new_tokens=4, skd_top_k=2), batch, student, teacher, TOK, [5, 6])
+        make_rollout(RolloutPlan(RolloutConfig(strategy="skd", max_new_tokens=4, skd_top_k=2),
+                                 rollout_tokens(TOK, student, teacher)),
+                     batch, student, teacher, [5, 6])
     finally:
         del student.forward, teacher.forward
     for row, example in enumerate(batch.examples):
@@ -201,11 +213,11 @@ def test_rollouts_are_seeded_per_row(pair):
     student, teacher = pair
     batch = prompts(3)
     cfg = RolloutConfig(strategy="skd", max_new_tokens=6, temperature=1.0, skd_top_k=2)
-    a = make_rollout(cfg, batch, student, teacher, TOK, [7, 8, 9])
-    b = make_rollout(cfg, batch, student, teacher, TOK, [7, 8, 9])
+    a = make_rollout(RolloutPlan(cfg, rollout_tokens(TOK, student, teacher)), batch, student, teacher, [7, 8, 9])
+    b = make_rollout(RolloutPlan(cfg, rollout_tokens(TOK, student, teacher)), batch, student, teacher, [7, 8, 9])
     assert torch.equal(a.student_ids, b.student_ids)
     sub = collate(batch.examples[1:2], TOK.pad_token_id)  # row 1 alone, with its own seed
-    alone = make_rollout(cfg, sub, student, teacher, TOK, [8])
+    alone = make_rollout(RolloutPlan(cfg, rollout_tokens(TOK, student, teacher)), sub, student, teacher, [8])
     assert a.response[1][a.response_mask[1]].tolist() == alone.response[0][alone.response_mask[0]].tolist()
 
 

@@ -16,12 +16,12 @@ import pytest
 import torch
 
 from specdistill import losses, train
-from specdistill.config import Config, RolloutConfig, ViewConfig, build, validate
+from specdistill.config import Config, RolloutConfig, ViewConfig, build, rollout_at, validate
 from specdistill.data import collate, encode_example, load_task
 from specdistill.data.records import Record
 from specdistill.data.tokenizer import build_tokenizer
 from specdistill.models import load_model
-from specdistill.rollout import make_rollout
+from specdistill.rollout import RolloutPlan, make_rollout, rollout_tokens
 from specdistill.scoring import response_logits
 
 TOK = build_tokenizer()
@@ -48,8 +48,8 @@ def skd(pair, keep, verification="parallel", strategy="skd", n=4):
     student, teacher = pair
     cfg = RolloutConfig(strategy=strategy, mix=["skd", "dataset"], lam=0.5, max_new_tokens=10, skd_top_k=3,
                         gamma=3, gamma_schedule="lupi", verification=verification)
-    return make_rollout(cfg, prompts(n), student, teacher, TOK, seeds=list(range(100, 100 + n)),
-                        keep_teacher_logits=keep)
+    return make_rollout(RolloutPlan(cfg, rollout_tokens(TOK, student, teacher), keep),
+                        prompts(n), student, teacher, seeds=list(range(100, 100 + n)))
 
 
 def forward_logits(teacher, rb):
@@ -138,6 +138,7 @@ def test_mixed_rollout_keeps_the_skd_rows_and_the_loss_runs_the_teacher_on_the_o
     run.teacher_device, run.vocab, run.score_teacher, run.loss_teacher_forwards = torch.device("cpu"), V, pair[1], 0
     run.teacher, run.step = pair[1], 0
     run.cfg = build(Config, {"loss": {"name": "fkl"}})
+    run.plan = RolloutPlan(rollout_at(run.cfg.rollout, run.step, run.cfg.train.max_steps)[1])
     full = train.teacher_logits(run, rb)
     assert run.loss_teacher_forwards == 1
     torch.testing.assert_close(full[rb.response_mask], want[rb.response_mask], rtol=0, atol=1e-5)
@@ -208,8 +209,9 @@ def test_a_bf16_teachers_kept_logits_are_as_close_to_exact_as_its_loss_forward()
     student = load_model("tiny-student", tokenizer=TOK, seed=1).eval()
     teacher = load_model("tiny-teacher", tokenizer=TOK, seed=2).eval().to(torch.bfloat16)
     exact = copy.deepcopy(teacher).float()  # the bf16 weights, computed in fp32
-    rb = make_rollout(RolloutConfig(strategy="skd", max_new_tokens=16, skd_top_k=5, gamma=4), prompts(8), student,
-                      teacher, TOK, seeds=list(range(8)), keep_teacher_logits=True)
+    rb = make_rollout(RolloutPlan(RolloutConfig(strategy="skd", max_new_tokens=16, skd_top_k=5, gamma=4),
+                                  rollout_tokens(TOK, student, teacher), True),
+                      prompts(8), student, teacher, seeds=list(range(8)))
     assert rb.teacher_logits.dtype == torch.bfloat16
     m = rb.response_mask
     forward, truth = forward_logits(teacher, rb), forward_logits(exact, rb)
@@ -236,8 +238,8 @@ def test_under_bf16_a_bf16_teacher_runs_no_loss_forward_and_its_steps_match_thos
             autocast_in_teacher.append(torch.is_autocast_enabled("cpu"))
         return real_logits(model, *args, **kwargs)
 
-    real_logits = train.response_logits
-    monkeypatch.setattr(train, "response_logits", recording_logits)
+    real_logits = train.step.response_logits
+    monkeypatch.setattr(train.step, "response_logits", recording_logits)
     on, forwards_on = steps(make_config(tmp_path / "on", "fkl", **bf16))
     off, forwards_off = steps(make_config(tmp_path / "off", "fkl", **bf16, **{"rollout.reuse_teacher_logits": False,
                                                                                 "rollout.share_teacher_prefix": False}))
@@ -398,10 +400,12 @@ def test_the_loss_phase_forward_uses_the_shared_prefix(pair):
     rows = load_task("facts", "train")[:3]
     records = [Record(id=r["id"], query=r["query"], knowledge=r["knowledge"], response=r["response"]) for r in rows]
     batch = collate([encode_example(r, TOK, views) for r in records], TOK.pad_token_id)
-    rb = make_rollout(RolloutConfig(strategy="dataset"), batch, *pair, TOK, seeds=[1, 2, 3])
+    rb = make_rollout(RolloutPlan(RolloutConfig(strategy="dataset"), rollout_tokens(TOK, *pair)),
+                      batch, *pair, seeds=[1, 2, 3])
     run = type("R", (), {})()
     run.teacher_device, run.vocab, run.score_teacher, run.loss_teacher_forwards = torch.device("cpu"), V, pair[1], 0
     run.teacher, run.cfg, run.step = pair[1], build(Config, {"loss": {"name": "fkl"}}), 0
+    run.plan = RolloutPlan(rollout_at(run.cfg.rollout, run.step, run.cfg.train.max_steps)[1])
     prefix_mod.forget(pair[1])
     got = train.teacher_logits(run, rb)
     assert prefix_mod._STORE[pair[1]].length > 100
@@ -413,6 +417,7 @@ def test_the_loss_phase_forward_uses_the_shared_prefix(pair):
     for step, shares in ((4, True), (5, False)):
         prefix_mod.forget(pair[1])
         run.step = step
+        run.plan = RolloutPlan(rollout_at(run.cfg.rollout, run.step, run.cfg.train.max_steps)[1])
         got = train.teacher_logits(run, rb)
         assert (pair[1] in prefix_mod._STORE) == shares, step
         torch.testing.assert_close(got[rb.response_mask], want[rb.response_mask], rtol=0, atol=1e-5)

@@ -24,6 +24,7 @@ from transformers import AutoModelForCausalLM
 from specdistill import checkpoint, train
 from specdistill.config import Config, ConfigError, build, validate
 from specdistill.models import load_model, load_tokenizer
+from specdistill.rollout import dataset_rollout
 
 UNTIMED = ("time/", "throughput/")  # wall-clock metrics differ between runs by nature
 
@@ -75,7 +76,7 @@ def test_resume_continues_exactly_as_the_uninterrupted_run(tmp_path, method):
     every logged metric (validation included, grad_accum=2) and the final weights agree to 1e-6."""
     kd = dict(teacher="tiny-teacher", loss="jsd") if method == "kd" else {}
     sft = method == "sft"
-    full = train.run_training(make_config(tmp_path / "full", **kd), sft=sft)
+    full = train.train_student(make_config(tmp_path / "full", **kd), sft=sft)
     ref = read_rows(tmp_path / "full")
     assert sorted(ref) == [1, 2, 3, 4] and "val/loss" in ref[2] and "val/exact_match" in ref[4]
     assert ref[4]["train/loss"] == full["train/loss"]
@@ -83,7 +84,7 @@ def test_resume_continues_exactly_as_the_uninterrupted_run(tmp_path, method):
     assert half.name == "step-00000002"
 
     resumed = make_config(tmp_path / "resumed", **kd, resume=str(half))
-    train.run_training(resumed, sft=sft)
+    train.train_student(resumed, sft=sft)
     rows = read_rows(tmp_path / "resumed")
     assert sorted(rows) == [3, 4]
     for step in (3, 4):
@@ -105,11 +106,11 @@ def test_resume_of_a_pair_whose_embeddings_are_padded_differently(tmp_path):
         cfg.model.student = str(fam.student)
         return cfg
 
-    train.run_training(config(tmp_path / "full"))
+    train.train_student(config(tmp_path / "full"))
     first, second = checkpoint.list_checkpoints(tmp_path / "full")
     for ckpt in (first, second):
         assert load_file(ckpt / "model" / "model.safetensors")["model.embed_tokens.weight"].shape[0] == STUDENT_ROWS
-    train.run_training(config(tmp_path / "resumed", resume=str(first)))
+    train.train_student(config(tmp_path / "resumed", resume=str(first)))
     assert sorted(read_rows(tmp_path / "resumed")) == [2]
     assert_rows_match(read_rows(tmp_path / "full")[2], read_rows(tmp_path / "resumed")[2])
     assert_same_weights(second / "model", checkpoint.list_checkpoints(tmp_path / "resumed")[-1] / "model")
@@ -142,10 +143,10 @@ def test_a_resume_may_raise_max_steps_and_the_schedule_goes_on_over_the_new_coun
         return make_config(out, teacher="tiny-teacher", loss="jsd", validation=False, max_steps=max_steps,
                            save_every=2, grad_accum=1, lr=lr, warmup_steps=1, **overrides)
 
-    train.run_training(config(tmp_path / "four", 4))
-    train.run_training(config(tmp_path / "run", 2))
+    train.train_student(config(tmp_path / "four", 4))
+    train.train_student(config(tmp_path / "run", 2))
     capsys.readouterr()
-    train.run_training(config(tmp_path / "run", 4, resume="auto"))
+    train.train_student(config(tmp_path / "run", 4, resume="auto"))
     said = capsys.readouterr().out
     assert "train.max_steps: 2 in the checkpoint's run, 4 from step 3 on" in said
     rows, ref = read_rows(tmp_path / "run"), read_rows(tmp_path / "four")
@@ -165,9 +166,9 @@ def test_a_resume_may_raise_max_steps_and_the_schedule_goes_on_over_the_new_coun
 
     # Below the checkpoint's step: refused, saying why; another change is still refused beside it.
     with pytest.raises(checkpoint.CheckpointError, match=r"train.max_steps: 4 -> 3 \(below the checkpoint's step 4"):
-        train.run_training(config(tmp_path / "run", 3, resume="auto"))
+        train.train_student(config(tmp_path / "run", 3, resume="auto"))
     with pytest.raises(checkpoint.CheckpointError, match=r"train.batch_size: 4 -> 2"):
-        train.run_training(config(tmp_path / "run", 6, resume="auto", batch_size=2))
+        train.train_student(config(tmp_path / "run", 6, resume="auto", batch_size=2))
 
 
 def test_an_extension_names_the_schedule_stages_whose_start_fractions_move():
@@ -177,13 +178,13 @@ def test_an_extension_names_the_schedule_stages_whose_start_fractions_move():
     cfg = build(Config, {"rollout": {"schedule": [{"start": 0.5, "strategy": "student"}]}, "train": {"max_steps": 8},
                          "data": {"train": [{"task": "arith"}, {"task": "facts"}],
                                   "schedule": [{"start": 0.3, "weights": [0.0, 1.0]}]}})
-    moved = train._moved_stages(cfg, 2, 4)
+    moved = train.resume.moved_stages(cfg, 2, 4)
     assert len(moved) == 2
     assert "rollout.schedule's stage 0 is in force from step 3 on" in moved[0] and "was in stage 1" in moved[0]
     assert "data.schedule: 0 of its stages have started at step 3, 1 in the checkpoint's run" in moved[1]
     cfg.rollout.schedule = [{"step": 2, "strategy": "student"}]
     cfg.data.schedule[0].start = 0.1  # step 1 of 4 and of 8
-    assert train._moved_stages(cfg, 2, 4) == []
+    assert train.resume.moved_stages(cfg, 2, 4) == []
 
 
 def assert_state_equals(model, weights: dict) -> None:
@@ -193,7 +194,7 @@ def assert_state_equals(model, weights: dict) -> None:
 
 
 def test_checkpoint_holds_every_state_and_loads_without_pickle(tmp_path):
-    train.run_training(make_config(tmp_path, validation=False, max_steps=2, save_every=1, keep_last=1), sft=True)
+    train.train_student(make_config(tmp_path, validation=False, max_steps=2, save_every=1, keep_last=1), sft=True)
     found = checkpoint.list_checkpoints(tmp_path)
     assert [p.name for p in found] == ["step-00000002"]  # keep_last=1 pruned step 1
     ckpt = found[0]
@@ -248,7 +249,7 @@ def test_lora_trains_saves_a_merged_folder_and_resumes_exactly(tmp_path, monkeyp
     lora = {"enabled": True, "r": 4, "alpha": 8, "dropout": 0.1}  # dropout: resuming must restore the RNG
     cfg = make_config(tmp_path / "full", validation=False)
     cfg.model.lora = build(type(cfg.model.lora), lora)
-    train.run_training(cfg, sft=True)
+    train.train_student(cfg, sft=True)
     ckpt = checkpoint.list_checkpoints(tmp_path / "full")[0]
     assert (ckpt / "adapter" / "adapter_model.safetensors").exists()
 
@@ -265,7 +266,7 @@ def test_lora_trains_saves_a_merged_folder_and_resumes_exactly(tmp_path, monkeyp
     monkeypatch.setenv("RESUME_CHECKPOINT", str(ckpt))
     cfg2 = make_config(tmp_path / "resumed", validation=False)
     cfg2.model.lora = build(type(cfg.model.lora), lora)
-    train.run_training(cfg2, sft=True)
+    train.train_student(cfg2, sft=True)
     ref, rows = read_rows(tmp_path / "full"), read_rows(tmp_path / "resumed")
     assert sorted(rows) == [3, 4]
     for step in (3, 4):
@@ -284,7 +285,7 @@ def test_validation_on_a_file_dataset_writes_samples(tmp_path):
     data.write_text("".join(json.dumps({k: r[k] for k in ("id", "query", "response")}) + "\n" for r in rows))
     cfg = make_config(tmp_path / "run", max_steps=2, eval_every=1, save_every=0, grad_accum=1)
     cfg.data.validation = build(type(cfg.data.train[0]), {"path": str(data)})
-    train.run_training(cfg, sft=True)
+    train.train_student(cfg, sft=True)
     samples = [json.loads(line) for line in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
     assert [s["step"] for s in samples] == [1] * train.SAMPLES_LOGGED + [2] * train.SAMPLES_LOGGED
     assert [s["id"] for s in samples[: train.SAMPLES_LOGGED]] == [r["id"] for r in rows[: train.SAMPLES_LOGGED]]
@@ -314,10 +315,10 @@ def test_nan_steps_are_skipped_counted_and_stop_the_run_resumably(tmp_path, monk
         assert unchanged == (run.step + 1 in bad), f"step {run.step + 1}: a skipped step must not change weights"
         return metrics
 
-    monkeypatch.setattr(train, "micro_loss", nan_loss)
-    monkeypatch.setattr(train, "train_step", checked_step)
+    monkeypatch.setattr(train.step, "micro_loss", nan_loss)
+    monkeypatch.setattr(train.recipe, "train_step", checked_step)
     with pytest.raises(train.TrainingDiverged, match=r"2 steps in a row .*step 5.*train.resume=auto"):
-        train.run_training(cfg, sft=True)
+        train.train_student(cfg, sft=True)
     rows = read_rows(tmp_path)
     assert [rows[s]["train/skipped_steps"] for s in range(1, 6)] == [0, 1, 1, 2, 3]
     assert math.isnan(rows[2]["train/loss"]) and math.isnan(rows[2]["train/grad_norm"])
@@ -326,7 +327,7 @@ def test_nan_steps_are_skipped_counted_and_stop_the_run_resumably(tmp_path, monk
 
     monkeypatch.undo()
     cfg.train.resume = "auto"
-    last = train.run_training(cfg, sft=True)
+    last = train.train_student(cfg, sft=True)
     rows = read_rows(tmp_path)
     assert sorted(rows) == [1, 2, 3, 4, 5, 6]
     assert last["train/skipped_steps"] == 3 and math.isfinite(last["train/loss"])
@@ -359,12 +360,12 @@ def test_teacher_is_frozen_and_rollouts_run_gathered_in_eval_mode(tmp_path, monk
             yield
             seen.append(("exit", enabled))
 
-        def fake_rollout(rcfg, prompts, model, teacher, tokenizer, seeds, **options):
+        def fake_rollout(plan, prompts, model, teacher, seeds):
             seen.append(("rollout", model.training, len(seeds)))
-            return train.dataset_rollout(prompts, tokenizer.pad_token_id)
+            return dataset_rollout(prompts, plan.tokens.pad_id)
 
-        monkeypatch.setattr(train, "gathered_for_generation", gathered)
-        monkeypatch.setattr(train, "make_rollout", fake_rollout)
+        monkeypatch.setattr(train.step, "gathered_for_generation", gathered)
+        monkeypatch.setattr(train.step, "make_rollout", fake_rollout)
         run.cfg.rollout.strategy = "student"
         train.rollout_step(run)
         assert seen == [("enter", True), ("rollout", False, 4), ("rollout", False, 4), ("exit", True)]
@@ -433,7 +434,7 @@ def test_gathered_for_generation_picks_the_backend(monkeypatch):
         calls.append(("fsdp2", module))
         yield
 
-    monkeypatch.setattr(train, "fsdp2_unsharded", unsharded)  # FSDP2: gathered once (the launched test runs it)
+    monkeypatch.setattr(train.distributed, "fsdp2_unsharded", unsharded)  # FSDP2: gathered once (the launched test runs it)
     with train.gathered_for_generation(_fake_accelerator(DistributedType.FSDP, fsdp2=True), model):
         assert calls == [("fsdp2", model)]
     calls.clear()
@@ -465,12 +466,12 @@ def test_a_missing_tracker_package_names_the_extra(tmp_path, monkeypatch):
 def test_tensorboard_tracker_receives_the_metrics(tmp_path):
     pytest.importorskip("tensorboard")
     cfg = make_config(tmp_path, validation=False, max_steps=2, save_every=0, grad_accum=1, trackers=["tensorboard"])
-    train.run_training(cfg, sft=True)
+    train.train_student(cfg, sft=True)
     assert list(tmp_path.rglob("events.out.tfevents.*"))
     assert sorted(read_rows(tmp_path)) == [1, 2]
 
 
-CONFIGS = Path(train.__file__).parent / "configs" / "accelerate"
+CONFIGS = Path(train.__file__).parents[1] / "configs" / "accelerate"
 
 
 @pytest.mark.parametrize("name, kind, extra", [
@@ -499,7 +500,7 @@ from pathlib import Path
 import specdistill.train as train
 from specdistill.cli import main
 
-real_save_model = train.save_model
+real_save_model = train.student.save_model
 
 
 def save_model_then_hang(run, path, **options):  # the save of PAUSE_IN stops after model/, as if killed mid-save
@@ -509,7 +510,7 @@ def save_model_then_hang(run, path, **options):  # the save of PAUSE_IN stops af
         time.sleep(600)
 
 
-train.save_model = save_model_then_hang
+train.student.save_model = save_model_then_hang
 sys.exit(main(["sft", sys.argv[1]]))
 """
 
@@ -553,7 +554,7 @@ def test_a_kill_during_a_save_keeps_the_previous_checkpoint_and_auto_resume_fini
     assert sorted(before_kill) == [1, 2, 3, 4]  # steps 3-4 were logged before the kill
 
     cfg.train.resume = "auto"
-    train.run_training(cfg, sft=True)
+    train.train_student(cfg, sft=True)
     rows = read_rows(out)  # steps 3-4 logged once again, not twice
     assert sorted(rows) == [1, 2, 3, 4]
     for step in (3, 4):
@@ -570,7 +571,7 @@ def test_gradient_checkpointing_with_lora_gives_the_same_steps(tmp_path):
         cfg = make_config(tmp_path / str(gc), validation=False, max_steps=2, save_every=0, warmup_steps=0)
         cfg.model.gradient_checkpointing = gc
         cfg.model.lora.enabled = True
-        train.run_training(cfg, sft=True)
+        train.train_student(cfg, sft=True)
         runs[gc] = read_rows(tmp_path / str(gc))
     for step in (1, 2):
         assert_rows_match(runs[False][step], runs[True][step], tol=1e-5)
@@ -591,7 +592,7 @@ def test_compiled_loss_phase_gives_the_eager_steps(tmp_path):
         graphs = counters["stats"]["unique_graphs"]
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            train.run_training(cfg)
+            train.train_student(cfg)
         assert not [w for w in caught if "running it eagerly" in str(w.message)]
         assert (counters["stats"]["unique_graphs"] > graphs) == compiled
         runs[compiled] = read_rows(tmp_path / str(compiled))
@@ -607,7 +608,7 @@ def test_bf16_mixed_precision_trains_fp32_weights(tmp_path):
     losses = {}
     for precision in ("bf16", "no"):
         cfg = make_config(tmp_path / precision, validation=False, max_steps=2, save_every=0, mixed_precision=precision)
-        train.run_training(cfg, sft=True)  # CPU autocast here; CUDA autocast on GPUs
+        train.train_student(cfg, sft=True)  # CPU autocast here; CUDA autocast on GPUs
         losses[precision] = read_rows(tmp_path / precision)[1]["train/loss"]
         weights = checkpoint.read_safetensors(tmp_path / precision / "final")
         assert all(v.dtype == torch.float32 for v in weights.values())
@@ -669,10 +670,10 @@ def test_a_bf16_checkpoint_trains_in_fp32_while_its_frozen_teacher_keeps_bf16(tm
 def test_processes_that_accelerate_left_unconnected_are_refused(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ConfigError, match="ACCELERATE_USE_CPU=1"):
-        train._check_launch(SimpleNamespace(num_processes=1))
-    train._check_launch(SimpleNamespace(num_processes=2))
+        train.distributed.check_launch(SimpleNamespace(num_processes=1))
+    train.distributed.check_launch(SimpleNamespace(num_processes=2))
     monkeypatch.delenv("WORLD_SIZE")
-    train._check_launch(SimpleNamespace(num_processes=1))
+    train.distributed.check_launch(SimpleNamespace(num_processes=1))
 
 
 def test_an_fsdp_launch_that_accelerate_runs_as_ddp_on_the_cpu_is_warned_of(monkeypatch):
@@ -680,10 +681,10 @@ def test_an_fsdp_launch_that_accelerate_runs_as_ddp_on_the_cpu_is_warned_of(monk
     runs MULTI_CPU (DDP) instead, which the run says rather than passing for FSDP."""
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     with pytest.warns(UserWarning, match="asks for FSDP, but accelerate runs it as MULTI_CPU"):
-        train._check_launch(SimpleNamespace(num_processes=2, distributed_type=DistributedType.MULTI_CPU))
+        train.distributed.check_launch(SimpleNamespace(num_processes=2, distributed_type=DistributedType.MULTI_CPU))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        train._check_launch(SimpleNamespace(num_processes=2, distributed_type=DistributedType.FSDP))
+        train.distributed.check_launch(SimpleNamespace(num_processes=2, distributed_type=DistributedType.FSDP))
 
 
 def test_resume_of_a_student_with_tied_embeddings(tmp_path):
@@ -693,11 +694,11 @@ def test_resume_of_a_student_with_tied_embeddings(tmp_path):
     student = save_tiny_model(tmp_path / "tied", arch="qwen2", tie_word_embeddings=True)
     cfg = make_config(tmp_path / "full", validation=False, max_steps=2, save_every=1, grad_accum=1, warmup_steps=0)
     cfg.model.student = str(student)
-    train.run_training(cfg, sft=True)
+    train.train_student(cfg, sft=True)
     ckpt = checkpoint.list_checkpoints(tmp_path / "full")[0]
     assert "lm_head.weight" not in checkpoint.read_safetensors(ckpt / "model")
     cfg.train.output_dir, cfg.train.resume = str(tmp_path / "resumed"), str(ckpt)
-    train.run_training(cfg, sft=True)
+    train.train_student(cfg, sft=True)
     assert_rows_match(read_rows(tmp_path / "full")[2], read_rows(tmp_path / "resumed")[2])
 
     other = save_tiny_model(tmp_path / "other", arch="llama", hidden=64)
@@ -711,10 +712,10 @@ def test_rollout_schedule_switches_at_its_step_also_after_a_resume_in_the_middle
     `start: 0.8` (step 5): the strategy each step rolls out with, and rollout/stage in its row. A run resumed from
     the step-3 checkpoint, inside the SKD stage, goes on with SKD, then the student, and logs the full run's rows."""
     used = []
-    real_rollout = train.make_rollout
+    real_rollout = train.step.make_rollout
 
     def recording_rollout(rcfg, *args, **options):
-        used.append(rcfg.strategy)
+        used.append(rcfg.settings.strategy)
         return real_rollout(rcfg, *args, **options)
 
     def config(out, **overrides):
@@ -724,15 +725,15 @@ def test_rollout_schedule_switches_at_its_step_also_after_a_resume_in_the_middle
         validate(cfg)
         return cfg
 
-    monkeypatch.setattr(train, "make_rollout", recording_rollout)
-    train.run_training(config(tmp_path / "full"))
+    monkeypatch.setattr(train.step, "make_rollout", recording_rollout)
+    train.train_student(config(tmp_path / "full"))
     assert used == ["dataset", "dataset", "skd", "skd", "student"]
     full = read_rows(tmp_path / "full")
     assert [full[s]["rollout/stage"] for s in range(1, 6)] == [0, 0, 1, 1, 2]
     assert [full[s].get("tokens/drafted", 0) > 0 for s in range(1, 6)] == [False, False, True, True, False]
 
     used.clear()
-    train.run_training(config(tmp_path / "resumed", resume=str(tmp_path / "full" / "checkpoints" / "step-00000003")))
+    train.train_student(config(tmp_path / "resumed", resume=str(tmp_path / "full" / "checkpoints" / "step-00000003")))
     assert used == ["skd", "student"]
     rows = read_rows(tmp_path / "resumed")
     assert sorted(rows) == [4, 5]
@@ -749,7 +750,7 @@ def test_mixed_rows_choose_alike_with_one_or_two_processes_and_any_micro_batch_s
     run = train.setup(cfg)
     accelerator, cursor = run.accelerator, run.stream.state_dict()
     rows: list = []
-    real_rollout = train.make_rollout
+    real_rollout = train.step.make_rollout
 
     def recording_rollout(rcfg, prompts, *args, **options):
         rb = real_rollout(rcfg, prompts, *args, **options)
@@ -759,7 +760,7 @@ def test_mixed_rows_choose_alike_with_one_or_two_processes_and_any_micro_batch_s
             rows.append((example.record.id, seed, rb.response[i][mask].tolist(), rb.teacher_written[i][mask].tolist()))
         return rb
 
-    monkeypatch.setattr(train, "make_rollout", recording_rollout)
+    monkeypatch.setattr(train.step, "make_rollout", recording_rollout)
     layouts = {}
     try:
         for processes, accum, size in [(1, 1, 8), (1, 2, 4), (2, 2, 2), (2, 1, 4)]:
@@ -806,7 +807,7 @@ def test_train_top1_agreement_equals_a_brute_force_count(tmp_path, monkeypatch):
 
     try:
         student = copy.deepcopy(run.accelerator.unwrap_model(run.student)).eval()
-        monkeypatch.setattr(train, "rollout_step", recording_rollout_step)
+        monkeypatch.setattr(train.step, "rollout_step", recording_rollout_step)
         metrics = train.train_step(run)
     finally:
         train.cleanup(run)

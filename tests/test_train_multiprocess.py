@@ -55,7 +55,7 @@ if os.environ.get("SPECDISTILL_TEST_RECORD") and "LOCAL_RANK" in os.environ:  # 
     import specdistill.train as train
 
     out, rank = Path(os.environ["SPECDISTILL_TEST_RECORD"]), os.environ["RANK"]
-    real_rollout, real_cleanup = train.make_rollout, train.cleanup
+    real_rollout, real_cleanup = train.step.make_rollout, train.cleanup
 
     def recording_rollout(cfg, prompts, *args, **kwargs):
         with open(out / f"ids-rank{rank}.jsonl", "a") as fh:
@@ -77,11 +77,11 @@ if os.environ.get("SPECDISTILL_TEST_RECORD") and "LOCAL_RANK" in os.environ:  # 
         (out / f"backend-rank{rank}.json").write_text(json.dumps(backend))
         real_cleanup(run)
 
-    train.make_rollout, train.cleanup = recording_rollout, dumping_cleanup
+    train.step.make_rollout, train.recipe.cleanup = recording_rollout, dumping_cleanup
 '''
 
 UNTIMED = ("time/", "throughput/")
-DDP_CONFIG = Path(train.__file__).parent / "configs" / "accelerate" / "ddp.yaml"
+DDP_CONFIG = Path(train.__file__).parents[1] / "configs" / "accelerate" / "ddp.yaml"
 FSDP_CONFIG = DDP_CONFIG.with_name("fsdp.yaml")
 
 
@@ -116,14 +116,14 @@ def rows(out: Path) -> dict[int, dict]:
 def test_two_processes_match_one_with_the_same_global_batch(tmp_path, monkeypatch):
     # One process, in this process: both micro-batches of each step accumulated.
     one_ids: list[list[str]] = []
-    real_rollout = train.make_rollout
+    real_rollout = train.step.make_rollout
 
     def recording_rollout(cfg, prompts, *args, **kwargs):
         one_ids.append([e.record.id for e in prompts.examples])
         return real_rollout(cfg, prompts, *args, **kwargs)
 
-    monkeypatch.setattr(train, "make_rollout", recording_rollout)
-    train.run_training(distill_config(tmp_path, tmp_path / "one", grad_accum=2))
+    monkeypatch.setattr(train.step, "make_rollout", recording_rollout)
+    train.train_student(distill_config(tmp_path, tmp_path / "one", grad_accum=2))
 
     # Two processes, launched exactly as documented.
     save_config(distill_config(tmp_path, tmp_path / "two", grad_accum=1), tmp_path / "two.yaml")
@@ -233,15 +233,15 @@ def test_fsdp2_on_two_processes_matches_one_when_the_ranks_rows_finish_at_differ
     equals it too: the test above). Without the gathering, the rank that finishes first waits in the step's
     token-count all-reduce while the other waits in a forward's all-gather: the run hangs and fails at 240 s."""
     one_calls: list[int] = []
-    real_rollout = train.make_rollout
+    real_rollout = train.step.make_rollout
 
     def recording_rollout(cfg, prompts, *args, **kwargs):
         rb = real_rollout(cfg, prompts, *args, **kwargs)
         one_calls.append(rb.stats.draft_calls)
         return rb
 
-    monkeypatch.setattr(train, "make_rollout", recording_rollout)
-    train.run_training(skd_config(tmp_path, tmp_path / "one", grad_accum=2))
+    monkeypatch.setattr(train.step, "make_rollout", recording_rollout)
+    train.train_student(skd_config(tmp_path, tmp_path / "one", grad_accum=2))
     save_config(skd_config(tmp_path, tmp_path / "fsdp", grad_accum=1), tmp_path / "fsdp.yaml")
     record = launch_two(tmp_path, FSDP_CONFIG, tmp_path / "fsdp.yaml", timeout=240, SPECDISTILL_TEST_FSDP_ON_CPU="1")
     for r in (0, 1):  # really FSDP2: the student's parameters were DTensor shards

@@ -216,9 +216,9 @@ def check_intact(path: Path) -> None:
 
 # ---------------------------------------------------------------- the run a checkpoint belongs to
 # Keys a resume may change. The first ones do not change what a run computes; train.lr, train.max_grad_norm and
-# train.max_steps do, and a resume applies them from its first step on (train.py: the rest of the schedule follows
-# the new lr and is laid out over the new max_steps), so that a diverged run can go on at a lower rate and a run
-# can be extended. train.max_steps may not go below the checkpoint's step. Every other key must match.
+# train.max_steps do, and a resume applies them from its first step on (train/resume.py: the rest of the schedule
+# follows the new lr and is laid out over the new max_steps), so that a diverged run can go on at a lower rate and a
+# run can be extended. train.max_steps may not go below the checkpoint's step. Every other key must match.
 RESUME_APPLIED = ("train.lr", "train.max_grad_norm", "train.max_steps")
 RESUME_FREE = RESUME_APPLIED + (
     "train.output_dir", "train.resume", "train.overwrite", "train.progress", "train.trackers", "train.threads",

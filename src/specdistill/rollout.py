@@ -9,7 +9,12 @@
 | skd       | the engine with the top_k / adaptive_top_k policy           | SKD, LUPI-SKD              |
 
 Every strategy returns the same `RolloutBatch`: each view's own prompt followed by the same response.
-`rollout.schedule` changes the strategy and its settings during training (config.rollout_at; mixed_train).
+`rollout.schedule` changes the strategy and its settings during training (config.rollout_at; mixed_train): a
+training step rolls out with one `RolloutPlan`, its stage's settings and the run's `RolloutTokens`.
+
+Teacher once: an SKD rollout may keep the teacher's logits at the response positions (keep_teacher_logits), a
+mixed rollout merges them over its rows (merge_rows), and `fill_teacher_logits` completes them for the loss with
+one teacher forward over the rows that kept none.
 """
 
 from __future__ import annotations
@@ -23,6 +28,52 @@ from .data.prompt_views import PromptBatch, right_pad
 from .engine import Decoding, Generation, GenerationStats, Sampling, generate, make_policy, make_schedule, sample
 from .engine.prefix import shared_prefix
 from .data.templates import end_token_ids
+
+
+@dataclass(frozen=True)
+class RolloutTokens:
+    """The token ids a run's rollouts need, found once from the tokenizer and the models (not per micro-batch).
+
+    student_end / teacher_end / pair_end: the ids that end a row of the student's samples, of the teacher's, and
+    of an SKD rollout (data.templates.end_token_ids of the tokenizer, its chat template and those models'
+    generation configs); pad_id: the tokenizer's pad id; vocab_size: its size (only its ids are ever generated)."""
+
+    student_end: tuple[int, ...]
+    teacher_end: tuple[int, ...]
+    pair_end: tuple[int, ...]
+    pad_id: int
+    vocab_size: int
+
+
+def rollout_tokens(tokenizer, student, teacher=None) -> RolloutTokens:
+    """The RolloutTokens of a student and (when there is one) a teacher that share `tokenizer`."""
+    teacher_end = tuple(end_token_ids(tokenizer, teacher)) if teacher is not None else ()
+    pair_end = tuple(end_token_ids(tokenizer, student, teacher)) if teacher is not None else ()
+    return RolloutTokens(tuple(end_token_ids(tokenizer, student)), teacher_end, pair_end, tokenizer.pad_token_id,
+                         len(tokenizer))
+
+
+@dataclass(frozen=True)
+class RolloutPlan:
+    """What a rollout runs with, decided once per training step.
+
+    settings: the RolloutConfig in force (the stage `stage` of rollout.schedule, 0 without one); tokens: the
+    run's RolloutTokens (None where nothing is generated); keep_teacher_logits: what an SKD rollout keeps of the
+    teacher's logits for the loss (engine.generate's keep_target_logits: False, True or a function of logits
+    [B, n, V])."""
+
+    settings: object
+    tokens: RolloutTokens | None = None
+    keep_teacher_logits: object = False
+    stage: int = 0
+
+    @property
+    def generates(self) -> bool:
+        """Whether a model samples any response (any strategy but `dataset`)."""
+        return rollout_sources(self.settings) != {"dataset"}
+
+    def with_strategy(self, name: str) -> RolloutPlan:
+        return replace(self, settings=replace(self.settings, strategy=name))
 
 
 @dataclass
@@ -45,8 +96,6 @@ class RolloutBatch:
     response: torch.Tensor
     response_mask: torch.Tensor
     teacher_written: torch.Tensor
-    student_prompt_len: int
-    teacher_prompt_len: int
     stats: GenerationStats = field(default_factory=GenerationStats)
     teacher_logits: object = None
     teacher_logits_rows: torch.Tensor | None = None
@@ -54,6 +103,16 @@ class RolloutBatch:
     @property
     def num_tokens(self) -> int:
         return int(self.response_mask.sum())
+
+    @property
+    def student_prompt_len(self) -> int:
+        """Ls, the width of the student view's left-padded prompt."""
+        return self.student_ids.shape[1] - self.response.shape[1]
+
+    @property
+    def teacher_prompt_len(self) -> int:
+        """Lt, the width of the teacher view's left-padded prompt."""
+        return self.teacher_ids.shape[1] - self.response.shape[1]
 
 
 def assemble(prompts: PromptBatch, response: torch.Tensor, response_mask: torch.Tensor,
@@ -68,7 +127,7 @@ def assemble(prompts: PromptBatch, response: torch.Tensor, response_mask: torch.
     t_ids, t_mask = join(prompts.teacher_ids, prompts.teacher_mask)
     written = teacher_written if teacher_written is not None else torch.zeros_like(response_mask)
     return RolloutBatch(s_ids, s_mask, t_ids, t_mask, resp, response_mask, written & response_mask,
-                        prompts.student_ids.shape[1], prompts.teacher_ids.shape[1], stats or GenerationStats())
+                        stats or GenerationStats())
 
 
 def dataset_rollout(prompts: PromptBatch, pad_id: int) -> RolloutBatch:
@@ -92,21 +151,21 @@ def _as_response(gen: Generation) -> tuple[torch.Tensor, torch.Tensor]:
     return gen.tokens.cpu(), mask.cpu()
 
 
-def _decode_args(cfg, tokenizer, seeds: list[int], *models) -> dict:
-    """Engine arguments shared by every strategy: rows end at any end-of-turn id of the tokenizer, its chat
-    template or the models' generation configs, and only the tokenizer's ids are ever generated."""
-    return dict(max_new_tokens=cfg.max_new_tokens, eos_token_id=end_token_ids(tokenizer, *models),
-                pad_token_id=tokenizer.pad_token_id, seed=torch.tensor(seeds), compile=cfg.compile, trace=cfg.trace,
-                vocab_size=len(tokenizer))
+def _decode_args(cfg, tokens: RolloutTokens, end: tuple[int, ...], seeds: list[int]) -> dict:
+    """Engine arguments shared by every strategy: rows end at `end` (one of tokens' end ids), and only the
+    tokenizer's ids are ever generated."""
+    return dict(max_new_tokens=cfg.max_new_tokens, eos_token_id=list(end), pad_token_id=tokens.pad_id,
+                seed=torch.tensor(seeds), compile=cfg.compile, trace=cfg.trace, vocab_size=tokens.vocab_size)
 
 
-def model_rollout(cfg, prompts: PromptBatch, model, tokenizer, seeds: list[int], who: str) -> RolloutBatch:
+def model_rollout(plan: RolloutPlan, prompts: PromptBatch, model, seeds: list[int], who: str) -> RolloutBatch:
     """One model samples every response from its own view: the teacher (SeqKD) or the student (on-policy)."""
-    teacher = who == "teacher"
+    cfg, teacher = plan.settings, who == "teacher"
     ids, mask = (prompts.teacher_ids, prompts.teacher_mask) if teacher else (prompts.student_ids, prompts.student_mask)
     sampling = Sampling(cfg.teacher_temperature, cfg.teacher_top_p) if teacher else Sampling(cfg.temperature, cfg.top_p)
     dev = next(model.parameters()).device
-    gen = sample(model, ids.to(dev), mask.to(dev), sampling=sampling, **_decode_args(cfg, tokenizer, seeds, model))
+    end = plan.tokens.teacher_end if teacher else plan.tokens.student_end
+    gen = sample(model, ids.to(dev), mask.to(dev), sampling=sampling, **_decode_args(cfg, plan.tokens, end, seeds))
     response, resp_mask = _as_response(gen)
     written = resp_mask.clone() if teacher else torch.zeros_like(resp_mask)
     return assemble(prompts, response, resp_mask, written, gen.stats)
@@ -122,15 +181,16 @@ def skd_policy(cfg):
                        target=target, bonus_token=cfg.bonus)
 
 
-def skd_rollout(cfg, prompts: PromptBatch, student, teacher, tokenizer, seeds: list[int],
-                keep_teacher_logits=False) -> RolloutBatch:
+def skd_rollout(plan: RolloutPlan, prompts: PromptBatch, student, teacher, seeds: list[int]) -> RolloutBatch:
     """SKD: the student drafts from its view, the teacher verifies on its own (maybe privileged) view and
     replaces drafted tokens outside its top-K (policy `top_k` or `adaptive_top_k`).
 
-    keep_teacher_logits: False, True or a function of logits [B, n, V] (engine.generate's keep_target_logits);
-    the teacher's logits at the response positions then come back in RolloutBatch.teacher_logits.
+    plan.keep_teacher_logits: False, True or a function of logits [B, n, V] (engine.generate's
+    keep_target_logits); the teacher's logits at the response positions then come back in
+    RolloutBatch.teacher_logits.
     With rollout.share_teacher_prefix, the prefix that every teacher view of the batch shares is encoded once
     (engine.prefix.shared_prefix, reused across steps while the teacher's weights do not change)."""
+    cfg = plan.settings
     s_dev, t_dev = next(student.parameters()).device, next(teacher.parameters()).device
     t_ids, t_mask = prompts.teacher_ids.to(t_dev), prompts.teacher_mask.to(t_dev)
     prefix = shared_prefix(teacher, t_ids, t_mask) if cfg.share_teacher_prefix else None
@@ -138,7 +198,8 @@ def skd_rollout(cfg, prompts: PromptBatch, student, teacher, tokenizer, seeds: l
                    t_ids, t_mask, Decoding(target_prefix=prefix, policy=skd_policy(cfg),
                    gamma=make_schedule(cfg.gamma_schedule, cfg.gamma, cfg.max_gamma),
                    draft_sampling=Sampling(cfg.temperature, cfg.top_p), verify=cfg.verification,
-                   keep_target_logits=keep_teacher_logits, **_decode_args(cfg, tokenizer, seeds, student, teacher)))
+                   keep_target_logits=plan.keep_teacher_logits,
+                   **_decode_args(cfg, plan.tokens, plan.tokens.pair_end, seeds)))
     response, resp_mask = _as_response(gen)
     rb = assemble(prompts, response, resp_mask, gen.teacher_written.cpu(), gen.stats)
     if gen.target_logits is not None:
@@ -154,11 +215,11 @@ def mix_choice(seeds: list[int], lam: float) -> list[bool]:
     return [random.Random(s).random() < lam for s in seeds]
 
 
-def mixed_rollout(cfg, prompts: PromptBatch, student, teacher, tokenizer, seeds: list[int],
-                  keep_teacher_logits=False) -> RolloutBatch:
+def mixed_rollout(plan: RolloutPlan, prompts: PromptBatch, student, teacher, seeds: list[int]) -> RolloutBatch:
     """Per sequence: a response from strategy cfg.mix[0] with probability cfg.lam, else from cfg.mix[1]. The
     student's sample against the dataset's response is GKD's lambda and ImitKD; SKD against the dataset's is
     mixed_skd. Each strategy runs once, on its own rows, with those rows' seeds."""
+    cfg = plan.settings
     if "dataset" in cfg.mix:
         _references(prompts)  # every record needs one, whichever rows the coins give the dataset
     first = mix_choice(seeds, cfg.lam)
@@ -166,12 +227,11 @@ def mixed_rollout(cfg, prompts: PromptBatch, student, teacher, tokenizer, seeds:
     for name, take in zip(cfg.mix, (True, False)):
         rows = [i for i, f in enumerate(first) if f == take]
         if len(rows) == len(seeds):
-            return make_rollout(replace(cfg, strategy=name), prompts, student, teacher, tokenizer, seeds,
-                                keep_teacher_logits)
+            return make_rollout(plan.with_strategy(name), prompts, student, teacher, seeds)
         if rows:
-            parts.append((rows, make_rollout(replace(cfg, strategy=name), select_rows(prompts, rows), student, teacher,
-                                             tokenizer, [seeds[i] for i in rows], keep_teacher_logits)))
-    return merge_rows(prompts, parts, tokenizer.pad_token_id)
+            parts.append((rows, make_rollout(plan.with_strategy(name), select_rows(prompts, rows), student, teacher,
+                                             [seeds[i] for i in rows])))
+    return merge_rows(prompts, parts, plan.tokens.pad_id)
 
 
 def select_rows(prompts: PromptBatch, rows: list[int]) -> PromptBatch:
@@ -222,22 +282,41 @@ def _merge_logits(parts: list[tuple[list[int], RolloutBatch]], batch_size: int, 
     return (type(first)(*merged) if isinstance(first, tuple) else merged[0]), have
 
 
-def make_rollout(cfg, prompts: PromptBatch, student, teacher, tokenizer, seeds: list[int],
-                 keep_teacher_logits=False) -> RolloutBatch:
-    """Run the configured strategy (`cfg` is a RolloutConfig) on one micro-batch of prompts.
-
-    keep_teacher_logits: what an SKD rollout keeps of the teacher's logits for the loss (skd_rollout)."""
-    if cfg.strategy == "dataset":
-        return dataset_rollout(prompts, tokenizer.pad_token_id)
-    if cfg.strategy == "mixed":
-        return mixed_rollout(cfg, prompts, student, teacher, tokenizer, seeds, keep_teacher_logits)
-    if cfg.strategy == "student":
-        return model_rollout(cfg, prompts, student, tokenizer, seeds, "student")
+def make_rollout(plan: RolloutPlan, prompts: PromptBatch, student, teacher, seeds: list[int]) -> RolloutBatch:
+    """Run the strategy of plan.settings (a RolloutConfig) on one micro-batch of prompts, with one seed per row."""
+    strategy = plan.settings.strategy
+    if strategy == "dataset":
+        return dataset_rollout(prompts, plan.tokens.pad_id)
+    if strategy == "mixed":
+        return mixed_rollout(plan, prompts, student, teacher, seeds)
+    if strategy == "student":
+        return model_rollout(plan, prompts, student, seeds, "student")
     if teacher is None:
-        raise ValueError(f"rollout strategy {cfg.strategy!r} needs a teacher: set model.teacher")
-    if cfg.strategy == "teacher":
-        return model_rollout(cfg, prompts, teacher, tokenizer, seeds, "teacher")
-    return skd_rollout(cfg, prompts, student, teacher, tokenizer, seeds, keep_teacher_logits)
+        raise ValueError(f"rollout strategy {strategy!r} needs a teacher: set model.teacher")
+    if strategy == "teacher":
+        return model_rollout(plan, prompts, teacher, seeds, "teacher")
+    return skd_rollout(plan, prompts, student, teacher, seeds)
+
+
+def fill_teacher_logits(rb: RolloutBatch, forward, sparse=None):
+    """The teacher's logits predicting each response token of rb, on the teacher's device: the ones its rollout
+    kept (rb.teacher_logits), with forward(rows) -> [m, T, V] run only for the rows that have none (rows: a list of
+    row indices, or slice(None) for all when no row kept any). sparse: what turns [m, T, V] into the kept sparse
+    form (a losses.TopKLogits, a tuple) when the kept logits are in that form."""
+    kept, have = rb.teacher_logits, rb.teacher_logits_rows
+    if kept is None:
+        return forward(slice(None))
+    missing = (~have).nonzero().flatten()
+    if not len(missing):
+        return kept
+    logits = forward(missing.tolist())  # [m, T, V]
+    fields = kept if isinstance(kept, tuple) else (kept,)
+    if isinstance(kept, tuple):
+        logits = sparse(logits)
+    filled = logits if isinstance(logits, tuple) else (logits,)
+    index = missing.to(fields[0].device)
+    fields = [f.index_copy(0, index, g.to(f.dtype)) for f, g in zip(fields, filled)]
+    return type(kept)(*fields) if isinstance(kept, tuple) else fields[0]
 
 
 def rollout_sources(cfg) -> set[str]:

@@ -1,7 +1,7 @@
 """Teacher-forced scoring of responses: the logits that predict each response token, top-1 agreement, eval mode.
 
 Both the trainer (losses, validation, top-1 agreement) and evaluation (perplexity, top-1 agreement) score
-responses this way, so it lives below both of them: train.py imports evaluate/, and neither imports the other back.
+responses this way, so it lives below both of them: train/ imports evaluate/, and neither imports the other back.
 """
 
 from __future__ import annotations

@@ -14,12 +14,12 @@ from .checks import (check_devices, check_models, check_output_file, check_promp
 
 def cmd_train(args) -> int:
     from ..config import load_config
-    from ..train import TrainingDiverged, run_training
+    from ..train import TrainingDiverged, train_student
 
     cfg = load_config(args.config, args.overrides)
     check_run_config(cfg, args.config)
     try:
-        metrics = run_training(cfg, sft=args.command == "sft")
+        metrics = train_student(cfg, sft=args.command == "sft")
     except TrainingDiverged as exc:
         print(f"specdistill {args.command}: error: {exc}", file=sys.stderr)
         return 3

@@ -81,7 +81,7 @@ class GenerationStats:
         return math.sqrt(max(self.gamma_sq_sum / self.blocks - self.gamma_mean**2, 0.0))
 
     @property
-    def top_k_mean(self) -> float:
+    def skd_top_k_mean(self) -> float:
         return _ratio(self.top_k_sum, self.top_k_count)
 
     @property
@@ -145,7 +145,7 @@ class GenerationStats:
                 }
             )
         if self.top_k_count:
-            out["rollout/top_k_mean"] = self.top_k_mean
+            out["rollout/skd_top_k_mean"] = self.skd_top_k_mean
         return out
 
 

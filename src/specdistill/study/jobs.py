@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..config import load_config
-from ..train import run_training
+from ..train import train_student
 
 JOB_FIXED = ["train.save_every=0", "train.progress=false", "train.threads=1", "train.eval_every=0",
              "train.eval_samples=32", "train.overwrite=true"]  # a study again into its folder replaces its runs
@@ -20,7 +20,7 @@ def train_job(config: str, out: Path, overrides: list[str], sft: bool) -> float:
     """Train the config with the overrides into `out` (quietly, one thread, no checkpoints); its seconds."""
     cfg = load_config(config, list(overrides) + [f"train.output_dir={out}"] + JOB_FIXED)
     start = time.perf_counter()
-    run_training(cfg, sft=sft)
+    train_student(cfg, sft=sft)
     return time.perf_counter() - start
 
 
