@@ -257,14 +257,14 @@ def fkl(student_logits, teacher_logits, mask, *, temperature=1.0, sparse_top_k=N
 
     sparse_top_k: compare the two distributions over the teacher's top-k tokens plus one bucket holding the rest
     of each distribution's mass (sparse KD); with sparse_top_k = V this is the dense loss."""
-    return _masked_chunked_sum(_fkl_rows, student_logits, teacher_logits, mask, temperature=temperature, sparse_top_k=sparse_top_k,
-                chunk_size=chunk_size)
+    return _masked_chunked_sum(_fkl_rows, student_logits, teacher_logits, mask, temperature=temperature,
+                               sparse_top_k=sparse_top_k, chunk_size=chunk_size)
 
 
 def rkl(student_logits, teacher_logits, mask, *, temperature=1.0, sparse_top_k=None, chunk_size=DEFAULT_CHUNK_SIZE):
     """Reverse KL(p_S || p_T) = sum_v p_S,v (log p_S,v - log p_T,v). Options as in `fkl`."""
-    return _masked_chunked_sum(_rkl_rows, student_logits, teacher_logits, mask, temperature=temperature, sparse_top_k=sparse_top_k,
-                chunk_size=chunk_size)
+    return _masked_chunked_sum(_rkl_rows, student_logits, teacher_logits, mask, temperature=temperature,
+                               sparse_top_k=sparse_top_k, chunk_size=chunk_size)
 
 
 def jsd(student_logits, teacher_logits, mask, *, beta=0.5, temperature=1.0, sparse_top_k=None,
@@ -275,14 +275,14 @@ def jsd(student_logits, teacher_logits, mask, *, beta=0.5, temperature=1.0, spar
         JSD_beta = beta KL(p_T || m) + (1 - beta) KL(p_S || m)   (log m by logaddexp, in log space).
     Options as in `fkl`."""
     _check("beta", beta, 0 <= beta <= 1, "a number in [0, 1]")
-    return _masked_chunked_sum(_jsd_rows, student_logits, teacher_logits, mask, temperature=temperature, sparse_top_k=sparse_top_k,
-                chunk_size=chunk_size, beta=beta)
+    return _masked_chunked_sum(_jsd_rows, student_logits, teacher_logits, mask, temperature=temperature,
+                               sparse_top_k=sparse_top_k, chunk_size=chunk_size, beta=beta)
 
 
 def tvd(student_logits, teacher_logits, mask, *, temperature=1.0, sparse_top_k=None, chunk_size=DEFAULT_CHUNK_SIZE):
     """Total variation distance 0.5 * sum_v |p_T,v - p_S,v|, in [0, 1] per position. Options as in `fkl`."""
-    return _masked_chunked_sum(_tvd_rows, student_logits, teacher_logits, mask, temperature=temperature, sparse_top_k=sparse_top_k,
-                chunk_size=chunk_size)
+    return _masked_chunked_sum(_tvd_rows, student_logits, teacher_logits, mask, temperature=temperature,
+                               sparse_top_k=sparse_top_k, chunk_size=chunk_size)
 
 
 def skew_fkl(student_logits, teacher_logits, mask, *, alpha=0.1, temperature=1.0, sparse_top_k=None,
@@ -292,7 +292,7 @@ def skew_fkl(student_logits, teacher_logits, mask, *, alpha=0.1, temperature=1.0
     alpha = 0 is the forward KL. Options as in `fkl`."""
     _check("alpha", alpha, 0 <= alpha < 1, "a number in [0, 1)")
     return _masked_chunked_sum(_skew_fkl_rows, student_logits, teacher_logits, mask, temperature=temperature,
-                sparse_top_k=sparse_top_k, chunk_size=chunk_size, alpha=alpha)
+                               sparse_top_k=sparse_top_k, chunk_size=chunk_size, alpha=alpha)
 
 
 def skew_rkl(student_logits, teacher_logits, mask, *, alpha=0.1, temperature=1.0, sparse_top_k=None,
@@ -302,14 +302,15 @@ def skew_rkl(student_logits, teacher_logits, mask, *, alpha=0.1, temperature=1.0
     alpha = 0 is the reverse KL. Options as in `fkl`."""
     _check("alpha", alpha, 0 <= alpha < 1, "a number in [0, 1)")
     return _masked_chunked_sum(_skew_rkl_rows, student_logits, teacher_logits, mask, temperature=temperature,
-                sparse_top_k=sparse_top_k, chunk_size=chunk_size, alpha=alpha)
+                               sparse_top_k=sparse_top_k, chunk_size=chunk_size, alpha=alpha)
 
 
 def ce(student_logits, teacher_logits, mask, labels, *, temperature=1.0, chunk_size=DEFAULT_CHUNK_SIZE):
     """Cross-entropy with hard labels: -log softmax(s / T)[y]. teacher_logits is unused (may be None).
 
     labels [B, L]: the token each logit position predicts, valid ids inside mask."""
-    return _masked_chunked_sum(_ce_rows, student_logits, None, mask, labels, temperature=temperature, chunk_size=chunk_size)
+    return _masked_chunked_sum(_ce_rows, student_logits, None, mask, labels, temperature=temperature,
+                               chunk_size=chunk_size)
 
 
 def hybrid(student_logits, teacher_logits, mask, labels, *, ce_weight=0.5, temperature=1.0, sparse_top_k=None,
@@ -319,7 +320,7 @@ def hybrid(student_logits, teacher_logits, mask, labels, *, ce_weight=0.5, tempe
     ce_weight in [0, 1]; labels as in `ce`; sparse_top_k applies to the KL term as in `fkl`."""
     _check("ce_weight", ce_weight, 0 <= ce_weight <= 1, "a number in [0, 1]")
     return _masked_chunked_sum(_hybrid_rows, student_logits, teacher_logits, mask, labels, temperature=temperature,
-                sparse_top_k=sparse_top_k, chunk_size=chunk_size, ce_weight=ce_weight)
+                               sparse_top_k=sparse_top_k, chunk_size=chunk_size, ce_weight=ce_weight)
 
 
 def rank(student_logits, teacher_logits, mask, *, rank_top_k=8, margin=0.0, temperature=1.0,
@@ -334,7 +335,7 @@ def rank(student_logits, teacher_logits, mask, *, rank_top_k=8, margin=0.0, temp
     _check("rank_top_k", rank_top_k, isinstance(rank_top_k, int) and 2 <= rank_top_k <= V, f"an int in [2, {V}]")
     _check("margin", margin, margin >= 0, "a number >= 0")
     return _masked_chunked_sum(_rank_rows, student_logits, teacher_logits, mask, temperature=temperature,
-                chunk_size=chunk_size, rank_top_k=rank_top_k, margin=margin)
+                               chunk_size=chunk_size, rank_top_k=rank_top_k, margin=margin)
 
 
 LOSSES = {f.__name__: f for f in (fkl, rkl, jsd, tvd, skew_fkl, skew_rkl, ce, hybrid, rank)}

@@ -97,37 +97,38 @@ def _top_k_verdict(block: Block, warped: torch.Tensor, target: Sampling, k: torc
     return Verdict(accept=accept, correction=teacher[:, : accept.shape[1]], bonus=teacher, skd_top_k=k)
 
 
-@dataclass(frozen=True)
-class GreedyPolicy:
-    """Accept x if it is the teacher's argmax; lossless at temperature 0."""
-
-    bonus_token: bool = True
-    name: ClassVar[str] = "greedy"
-    needs_draft_logits: ClassVar[bool] = False
+class Stateless:
+    """A policy that carries nothing from one block to the next: no state, nothing to update."""
 
     def init_state(self, batch_size: int, device) -> None:
         return None
-
-    def judge(self, block: Block, state=None) -> Verdict:
-        g = block.draft_tokens.shape[1]
-        best = block.target_logits.argmax(-1)  # [B, g+1]
-        return Verdict(accept=block.draft_tokens == best[:, :g], correction=best[:, :g], bonus=best)
 
     def update(self, state, verdict, n, gamma_rows, active):
         return state
 
 
 @dataclass(frozen=True)
-class SpeculativePolicy:
+class GreedyPolicy(Stateless):
+    """Accept x if it is the teacher's argmax; lossless at temperature 0."""
+
+    bonus_token: bool = True
+    name: ClassVar[str] = "greedy"
+    needs_draft_logits: ClassVar[bool] = False
+
+    def judge(self, block: Block, state=None) -> Verdict:
+        g = block.draft_tokens.shape[1]
+        best = block.target_logits.argmax(-1)  # [B, g+1]
+        return Verdict(accept=block.draft_tokens == best[:, :g], correction=best[:, :g], bonus=best)
+
+
+@dataclass(frozen=True)
+class SpeculativePolicy(Stateless):
     """Leviathan et al. speculative sampling: output tokens follow the teacher's warped distribution exactly."""
 
     target: Sampling = GREEDY
     bonus_token: bool = True
     name: ClassVar[str] = "speculative"
     needs_draft_logits: ClassVar[bool] = True
-
-    def init_state(self, batch_size: int, device) -> None:
-        return None
 
     def judge(self, block: Block, state=None) -> Verdict:
         g = block.draft_tokens.shape[1]
@@ -148,12 +149,9 @@ class SpeculativePolicy:
             bonus = sample_from_weights(p, block.u_target)
         return Verdict(accept=accept, correction=correction, bonus=bonus)
 
-    def update(self, state, verdict, n, gamma_rows, active):
-        return state
-
 
 @dataclass(frozen=True)
-class TopKPolicy:
+class TopKPolicy(Stateless):
     """SKD: accept x if it is in the teacher's top-K and has teacher probability >= min_prob; else the teacher
     samples the token. `target` warps the teacher (temperature, top-p) before the test and before sampling."""
 
@@ -170,16 +168,10 @@ class TopKPolicy:
         if self.min_prob < 0:
             raise ValueError(f"top_k policy: min_prob must be >= 0 (0 = off), got {self.min_prob}")
 
-    def init_state(self, batch_size: int, device) -> None:
-        return None
-
     def judge(self, block: Block, state=None) -> Verdict:
         warped = warp_logits(block.target_logits, self.target)  # [B, g+1, V]
         k = torch.full(warped.shape[:2], self.k, dtype=torch.long, device=warped.device)  # [B, g+1]
         return _top_k_verdict(block, warped, self.target, k, self.min_prob)
-
-    def update(self, state, verdict, n, gamma_rows, active):
-        return state
 
 
 @dataclass

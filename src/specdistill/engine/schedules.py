@@ -36,33 +36,33 @@ class ConstantGamma:
         return gamma
 
 
+class _Capped:
+    """A schedule that moves gamma within [1, max_gamma]: both are checked when it is built."""
+
+    def __post_init__(self):
+        if not 1 <= self.gamma <= self.max_gamma:
+            raise ValueError(f"{self.name} schedule: need 1 <= gamma <= max_gamma, got {self.gamma}, {self.max_gamma}")
+
+
 @dataclass(frozen=True)
-class LupiGamma:
+class LupiGamma(_Capped):
     """LUPI-SKD's rule: grow by 2 on a full accept, else restart just past the accepted prefix."""
 
     gamma: int = 4
     max_gamma: int = 16
     name: ClassVar[str] = "lupi"
 
-    def __post_init__(self):
-        if not 1 <= self.gamma <= self.max_gamma:
-            raise ValueError(f"lupi schedule: need 1 <= gamma <= max_gamma, got {self.gamma}, {self.max_gamma}")
-
     def update(self, gamma: torch.Tensor, n: torch.Tensor, full: torch.Tensor) -> torch.Tensor:
         return torch.where(full, (gamma + 2).clamp_max(self.max_gamma), (n + 1).clamp_min(1))
 
 
 @dataclass(frozen=True)
-class HeuristicGamma:
+class HeuristicGamma(_Capped):
     """Hugging Face assisted generation's rule: +2 on a full accept, -1 otherwise, floor 1 (cap max_gamma)."""
 
     gamma: int = 4
     max_gamma: int = 32
     name: ClassVar[str] = "heuristic"
-
-    def __post_init__(self):
-        if not 1 <= self.gamma <= self.max_gamma:
-            raise ValueError(f"heuristic schedule: need 1 <= gamma <= max_gamma, got {self.gamma}, {self.max_gamma}")
 
     def update(self, gamma: torch.Tensor, n: torch.Tensor, full: torch.Tensor) -> torch.Tensor:
         return torch.where(full, (gamma + 2).clamp_max(self.max_gamma), (gamma - 1).clamp_min(1))

@@ -57,22 +57,14 @@ def run_speculative(target, draft, prompts, tokenizer, *, gamma=4, schedule="con
                         draft_sampling=Sampling(temperature, top_p), max_new_tokens=max_new_tokens,
                         eos_token_id=end_token_ids(tokenizer, target), pad_token_id=tokenizer.pad_token_id,
                         verify=verify, compile=compile, vocab_size=len(tokenizer))
-    outputs, stats, seconds = [], GenerationStats(), 0.0
-    progress = bar(len(prompts), "speculative")
-    for i, chunk in _batches(prompts, batch_size):
+
+    def decode(i, chunk):
         t_ids, t_mask = left_pad(chunk, tokenizer.pad_token_id)
         d_ids, d_mask = left_pad(draft_prompts[i : i + batch_size], tokenizer.pad_token_id)
-        _sync(tdev)
-        start = time.perf_counter()
-        gen = generate(draft, d_ids.to(ddev), d_mask.to(ddev), target, t_ids.to(tdev), t_mask.to(tdev),
-                       dataclasses.replace(decoding, seed=row_seeds(seed, len(chunk), first_row=i)))
-        _sync(tdev)
-        seconds += time.perf_counter() - start
-        outputs += gen.rows()
-        stats = stats.combine(gen.stats)
-        progress.update(len(chunk))
-    progress.close()
-    return outputs, stats, seconds
+        return lambda: generate(draft, d_ids.to(ddev), d_mask.to(ddev), target, t_ids.to(tdev), t_mask.to(tdev),
+                                dataclasses.replace(decoding, seed=row_seeds(seed, len(chunk), first_row=i)))
+
+    return _timed_batches(prompts, batch_size, "speculative", tdev, decode)
 
 
 def run_target_alone(target, prompts, tokenizer, *, temperature=0.0, top_p=1.0, max_new_tokens=64, batch_size=1, seed=0,
@@ -83,15 +75,27 @@ def run_target_alone(target, prompts, tokenizer, *, temperature=0.0, top_p=1.0, 
     decoding = Decoding(draft_sampling=Sampling(temperature, top_p), max_new_tokens=max_new_tokens,
                         eos_token_id=end_token_ids(tokenizer, target), pad_token_id=tokenizer.pad_token_id,
                         compile=compile, vocab_size=len(tokenizer))
-    outputs, stats, seconds = [], GenerationStats(), 0.0
-    progress = bar(len(prompts), "target alone")
-    for i, chunk in _batches(prompts, batch_size):
+
+    def decode(i, chunk):
         ids, mask = left_pad(chunk, tokenizer.pad_token_id)
-        _sync(dev)
+        return lambda: sample(target, ids.to(dev), mask.to(dev), decoding, chunk=1,
+                              seed=row_seeds(seed, len(chunk), first_row=i))
+
+    return _timed_batches(prompts, batch_size, "target alone", dev, decode)
+
+
+def _timed_batches(prompts, batch_size, label, device, decode):
+    """decode(i, chunk) for each batch of prompts, from row i: the (untimed) inputs on their devices and a call
+    that decodes them; only that call is timed, synchronised on `device`. Returns (token-id lists, merged
+    GenerationStats, seconds)."""
+    outputs, stats, seconds = [], GenerationStats(), 0.0
+    progress = bar(len(prompts), label)
+    for i, chunk in _batches(prompts, batch_size):
+        run = decode(i, chunk)
+        _sync(device)
         start = time.perf_counter()
-        gen = sample(target, ids.to(dev), mask.to(dev), decoding, chunk=1,
-                     seed=row_seeds(seed, len(chunk), first_row=i))
-        _sync(dev)
+        gen = run()
+        _sync(device)
         seconds += time.perf_counter() - start
         outputs += gen.rows()
         stats = stats.combine(gen.stats)
