@@ -139,7 +139,7 @@ def test_the_plan_end_to_end_on_a_tiny_pair_and_its_resume(tmp_path):
     # a changed budget is a new job: its folder is new, the old one stays
     real_study.run_real(str(models), str(out), None, plan={**TINY, "steps": 2, "methods": ["SFT on gold"],
                                                            "seeds": 1}, data=str(data))
-    assert len(list(out.glob("jobs/sft_on_gold-1l-s0-*"))) == 2
+    assert len(list(out.glob("jobs/sft_on_gold_1l_s0-*"))) == 2
 
 
 def test_a_missing_data_folder_is_one_line(tmp_path, capsys):

@@ -70,6 +70,7 @@ def cut_drafts(teacher: str, depths: list[int], root: Path) -> dict[int, str]:
     for depth in depths:
         folder = root / "drafts" / f"cut-{depth}"
         if not (folder / "config.json").is_file():
+            folder.parent.mkdir(parents=True, exist_ok=True)
             init_draft(teacher, str(depth), str(folder))
         out[depth] = str(folder)
     return out
