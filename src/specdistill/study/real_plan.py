@@ -52,8 +52,8 @@ METHODS = [
 # timing_prompts: test prompts per timed B=1 run; gammas / llamacpp_gammas: draft lengths timed in each engine
 # (the best kept); methods: the labels run (None = all); peers: run the peer comparisons.
 PLANS = {
-    "full": {"depths": [2, 6], "seeds": 3, "train_limit": 1000, "test_limit": 64, "warm_steps": 60, "steps": 12,
-             "batch_size": 8, "lr": 3.0e-4, "max_new_tokens": 64, "quality_new_tokens": 256, "bench_prompts": 24,
+    "full": {"depths": [2, 6], "seeds": 3, "train_limit": 1000, "test_limit": 64, "warm_steps": 48, "steps": 8,
+             "batch_size": 8, "lr": 3.0e-4, "max_new_tokens": 64, "quality_new_tokens": 128, "bench_prompts": 8,
              "timing_prompts": 8, "gammas": [2, 4], "llamacpp_gammas": [2, 4], "methods": None, "peers": True,
              "llamacpp": True, "peer_steps": 3},
     "quick": {"depths": [6], "seeds": 2, "train_limit": 64, "test_limit": 32, "warm_steps": 8, "steps": 3,
@@ -134,7 +134,7 @@ def plan_jobs(plan: dict, data: dict, root: Path, teacher: str, warm: dict[int, 
 # the teacher decodes ~90 tokens/s at batch size 1 and about 4x that at batch size 8; llama.cpp about twice as fast
 # as the engine at batch size 1; a draft of d layers costs about d/30 of the teacher per token plus its head.
 UNIT = {"teacher_tok_b1": 1 / 90, "teacher_tok_b8": 1 / 360, "llamacpp_tok": 1 / 180, "server_start": 3.0,
-        "load": 4.0, "export": 6.0, "peers_per_depth": 150.0, "peer_step": 20.0}
+        "measure_quick": 100.0, "export": 6.0, "peers_per_depth": 150.0, "peer_step": 20.0}
 
 
 def depth_factor(depth: int) -> float:
@@ -151,8 +151,10 @@ def estimate(plan: dict, workers: int) -> dict:
         u["teacher_tok_b8"]
     warm = sum(plan["warm_steps"] * 6.5 * depth_factor(d) for d in depths) / min(workers, len(depths))
     train = sum(m.step_s * depth_factor(d) * plan["steps"] for d in depths for m in chosen(plan)) * seeds
-    measure_one = (2 * 3 * plan["bench_prompts"] * n * u["teacher_tok_b8"] + u["load"]
-                   + plan["test_limit"] * plan["quality_new_tokens"] * u["teacher_tok_b8"] * 0.5)
+    # one draft's measurement (GSM8K answers, then greedy and T=1 runs, each with the target alone and the
+    # teacher-forced sum min(p, q)): ~100 s of one core at the quick plan's sizes, measured, scaled by its tokens
+    measure_one = u["measure_quick"] * (plan["test_limit"] * plan["quality_new_tokens"] + 6 * plan["bench_prompts"]
+                                        * n) / (32 * 160 + 6 * 8 * 48)
     timing = drafts * (1 + len(plan["gammas"])) * plan["timing_prompts"] * n * u["teacher_tok_b1"]
     llama = drafts * (u["export"] + len(plan["llamacpp_gammas"]) * (u["server_start"] + plan["timing_prompts"] * n
                                                                     * u["llamacpp_tok"])) if plan["llamacpp"] else 0
