@@ -37,8 +37,8 @@ from .measure import GAMMA, pair_costs
 from .real_measure import (cached, gsm8k_quality, llamacpp_speedup, measure_draft, teacher_answers, test_prompts,
                            timed_b1)
 from .real_peers import REPO, hf_assisted, skd_rollout, trl_gkd
-from .real_plan import (PLANS, TEACHER, TEACHER_GGUF, chosen, estimate, job_folder, plan_jobs, resume_key,
-                        warm_settings)
+from .real_plan import (PLANS, TEACHER, TEACHER_GGUF, UNDISTILLED, chosen, estimate, job_folder, plan_jobs,
+                        resume_key, warm_settings)
 
 REAL_METRICS = METRICS + ("measured_speedup", "llamacpp_speedup", "llamacpp_acceptance_rate",
                           "llamacpp_mean_acceptance_length", "answers_with_final_line")
@@ -153,11 +153,11 @@ def time_drafts(runs: list[dict], plan: dict, data: dict, teacher: str, target_g
 
 
 def best_drafts(rows: list[dict]) -> dict[str, dict]:
-    """Per depth, the row with the highest mean measured B=1 speedup (the undistilled cut draft included)."""
+    """Per depth, the distilled row (trained or the warm start) with the highest mean measured B=1 speedup."""
     best = {}
     for row in rows:
-        if "measured_speedup" in row and row["measured_speedup"] > best.get(row["world"], {}).get(
-                "measured_speedup", -1):
+        if row["method"] != UNDISTILLED and "measured_speedup" in row and row["measured_speedup"] > best.get(
+                row["world"], {}).get("measured_speedup", -1):
             best[row["world"]] = row
     return best
 
