@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # would pull a multi-GB CUDA build). GPU users install their own torch; pyproject keeps the range open.
 TORCH ?= torch==2.13.0
 
-.PHONY: install demo demo-quick results test teacher real-models clean
+.PHONY: install demo demo-quick results test teacher real-models real real-quick clean
 
 install: $(VENV)/.installed
 
@@ -51,6 +51,14 @@ teacher: install
 MODELS ?= models
 real-models: install
 	$(BIN)/python -m specdistill.real_models --out $(MODELS) $(REAL_MODELS_FLAGS)
+
+# docs/real.md and its figures: the real-model study on the models of `make real-models` (about 2 hours on 2 CPU
+# cores; it resumes where it stopped: runs/real keeps every finished job). real-quick: a first look, <= 20 minutes.
+real: install
+	$(BIN)/python -m specdistill.study.real --models $(MODELS) --out runs/real --results docs/real.md
+
+real-quick: install
+	$(BIN)/python -m specdistill.study.real --models $(MODELS) --out runs/real-quick --results docs/real.md --quick
 
 clean:
 	rm -rf $(VENV) runs build dist src/*.egg-info

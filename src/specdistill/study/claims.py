@@ -26,6 +26,7 @@ class Claim:
     a: str  # the method the claim says is lower (or, with threshold, the method measured)
     b: str | None = None  # the method the claim says is higher
     threshold: float | None = None  # threshold claim: the metric of `a` is below this value
+    above: bool = False  # a threshold claim that the metric of `a` is above the threshold instead
 
 
 ARITH, FACTS = "arith_styles", "facts"
@@ -96,7 +97,10 @@ def judge(claim: Claim, rows: list[dict]) -> dict | None:
         return None
     if claim.threshold is not None:
         ci = mean_ci(a[claim.metric + "_values"])
-        word = HOLDS if ci.high < claim.threshold else REVERSED if ci.low > claim.threshold else UNDECIDED
+        below, over = ci.high < claim.threshold, ci.low > claim.threshold  # False when the interval is undefined
+        if claim.above:
+            below, over = over, below
+        word = HOLDS if below else REVERSED if over else UNDECIDED
         return {"claim": claim, "verdict": word, "interval": ci}
     b = by.get((claim.world, claim.b))
     if b is None:

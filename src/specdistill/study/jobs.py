@@ -51,6 +51,7 @@ def run_all(jobs: list[dict], worker: Callable[[dict], list[dict]]) -> list[dict
             results[futures[future]] = future.result()
             for r in results[futures[future]]:
                 extra = f", acceptance {r['acceptance_rate']:.3f} greedy" if "acceptance_rate" in r else ""
-                print(f"[{n}/{len(jobs)}] {r['world']} / {r['method']} (seed {r['seed']}): quality "
-                      f"{r['quality']:.3f}{extra}", flush=True)
+                quality = f"quality {r['quality']:.3f}" if "quality" in r else "trained"
+                print(f"[{n}/{len(jobs)}] {r['world']} / {r['method']} (seed {r['seed']}): {quality}{extra}",
+                      flush=True)
     return [r for rs in results for r in rs]

@@ -20,6 +20,7 @@ METRIC_NAMES = {
     "sampled_acceptance_rate": "T=1 acceptance", "sampled_expected_acceptance": "sum min(p,q)",
     "sampled_predicted_speedup": "predicted T=1 speedup", "predicted_speedup": "predicted greedy speedup",
     "mean_accepted_length": "greedy mean accepted length", "sampled_mean_accepted_length": "T=1 mean accepted length",
+    "measured_speedup": "measured B=1 speedup (specdistill)", "llamacpp_speedup": "measured speedup (llama.cpp)",
 }
 FIGURE_NAMES = ("quality_vs_acceptance", "acceptance_per_position", "training_curves")
 FIGURES = ("\n## Figures\n\n![test quality against greedy acceptance, mean and 95% interval over seeds]"
@@ -59,7 +60,8 @@ def claims_table(claims: list[Claim], rows: list[dict]) -> list[str]:
         judged = judge(claim, rows)
         if judged is None:
             continue
-        compared = f"{claim.a} < {claim.threshold:g}" if claim.threshold is not None else f"{claim.b} vs {claim.a}"
+        sign = ">" if claim.above else "<"
+        compared = f"{claim.a} {sign} {claim.threshold:g}" if claim.threshold is not None else f"{claim.b} vs {claim.a}"
         lines.append(f"| {claim.paper} | {claim.text} | {METRIC_NAMES.get(claim.metric, claim.metric)} | {compared} | "
                      f"{format_interval(judged['interval'])} | **{judged['verdict']}** |")
     return lines

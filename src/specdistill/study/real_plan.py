@@ -1,0 +1,165 @@
+"""The real-model study's plan (docs/real.md): its settings, its methods, its jobs, their resume keys, and the
+estimate of its wall time.
+
+The setting: a real teacher (SmolLM2-135M-Instruct), drafts cut from it at two depths (`init-draft`: its first
+N-1 layers and its last), GSM8K training questions and gold answers, GSM8K test questions, the model's own chat
+template. Every trained method starts from one shared warm start per depth: SeqKD on the teacher's own T=1
+answers to the training questions, generated once and cached, then a short SeqKD (cross-entropy) run from the cut
+draft; every method then runs the same number of steps at the same batch size and learning rate, for each seed.
+
+A job's folder is named by a hash of the settings that decide its result (resume_key), so a stopped study
+resumes where it stopped: a finished job's result file is read back, an unfinished job is rerun, and a changed
+setting gives a new folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+UNDISTILLED = "undistilled cut draft"
+WARM_LABEL = "warm start (cached SeqKD)"
+
+
+@dataclass(frozen=True)
+class RealMethod:
+    label: str
+    config: str  # example config in configs/ (its loss and rollout); the study's data replaces its data
+    overrides: tuple[str, ...] = ()
+    step_s: float = 6.5  # one step's seconds on one thread with a 2-layer draft (batch 8, 64 new tokens): the estimate
+
+
+# The eight methods of issue 23. Dataset methods read the gold GSM8K answers; GKD and ImitKD mix student samples
+# and gold answers (lambda 0.5); SeqKD samples the teacher each step; SKD and DistillSpec learn on the draft's own
+# samples. step_s: measured on this machine (docs/real.md states them).
+METHODS = [
+    RealMethod("SFT on gold", "sft"),
+    RealMethod("supervised KD", "supervised_kd"),
+    RealMethod("SeqKD", "seqkd", step_s=8.0),
+    RealMethod("on-policy KD (GKD)", "gkd", step_s=8.0),
+    RealMethod("ImitKD", "imitkd", step_s=8.0),
+    RealMethod("SKD", "skd", step_s=23.0),
+    RealMethod("DistillSpec (on-policy TVD)", "distillspec", step_s=8.0),
+]
+
+# depths: draft layers cut from the teacher; seeds; train_limit: GSM8K training questions (several epochs where
+# the budget allows); test_limit: GSM8K test questions scored; warm_steps: the shared SeqKD warm start; steps,
+# batch_size, lr: each method's budget; max_new_tokens: rollouts, teacher answers and draft benchmarks;
+# quality_new_tokens: GSM8K answers; bench_prompts: test prompts per acceptance run (greedy and T=1);
+# timing_prompts: test prompts per timed B=1 run; gammas / llamacpp_gammas: draft lengths timed in each engine
+# (the best kept); methods: the labels run (None = all); peers: run the peer comparisons.
+PLANS = {
+    "full": {"depths": [2, 6], "seeds": 3, "train_limit": 1000, "test_limit": 64, "warm_steps": 48, "steps": 8,
+             "batch_size": 8, "lr": 3.0e-4, "max_new_tokens": 64, "quality_new_tokens": 128, "bench_prompts": 8,
+             "timing_prompts": 8, "gammas": [2, 4], "llamacpp_gammas": [2, 4], "methods": None, "peers": True,
+             "llamacpp": True, "peer_steps": 3},
+    "quick": {"depths": [6], "seeds": 2, "train_limit": 64, "test_limit": 32, "warm_steps": 8, "steps": 3,
+              "batch_size": 8, "lr": 3.0e-4, "max_new_tokens": 48, "quality_new_tokens": 160, "bench_prompts": 8,
+              "timing_prompts": 4, "gammas": [4], "llamacpp_gammas": [4], "methods": ["SFT on gold", "SKD"],
+              "peers": True, "llamacpp": True, "peer_steps": 1},
+}
+TEACHER = "smollm2-135m-instruct"  # under the models folder (make real-models)
+TEACHER_GGUF = "gguf/SmolLM2-135M-Instruct.Q4_1.gguf"
+HUB = "hub: openai/gsm8k"  # what a user loads where the hub is reachable
+
+
+def chosen(plan: dict) -> list[RealMethod]:
+    return [m for m in METHODS if plan["methods"] is None or m.label in plan["methods"]]
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
+
+
+def resume_key(settings: dict) -> str:
+    """12 hex digits of the SHA-256 of the settings as sorted JSON: equal settings, equal key."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def job_folder(root: Path, name: str, settings: dict) -> Path:
+    """The folder of a job: its readable name, then its settings' key."""
+    return root / "jobs" / f"{slug(name)}-{resume_key(settings)}"
+
+
+def warm_settings(plan: dict, depth: int, data: dict) -> dict:
+    """What decides a depth's warm start (and so every method's start)."""
+    keep = ("train_limit", "warm_steps", "batch_size", "lr", "max_new_tokens")
+    return {"stage": "warm", "depth": depth, "data": data, **{k: plan[k] for k in keep}}
+
+
+def method_settings(plan: dict, method: RealMethod, depth: int, seed: int, warm: dict) -> dict:
+    """What decides a trained draft: its method, seed, budget and warm start (whose settings nest here)."""
+    keep = ("steps", "batch_size", "lr", "max_new_tokens", "train_limit")
+    return {"stage": "method", "label": method.label, "config": method.config, "overrides": list(method.overrides),
+            "depth": depth, "seed": seed, "warm": warm, **{k: plan[k] for k in keep}}
+
+
+def method_overrides(plan: dict, data: dict, student: str, teacher: str | None, seed: int) -> list[str]:
+    """A method's training run: the GSM8K training questions, the plan's budget (the same for every method);
+    teacher None: SFT, which reads no teacher."""
+    return [f"data.train=[{{path: {data['train']}, limit: {plan['train_limit']}}}]", "data.validation=null",
+            f"model.student={student}", f"model.teacher={teacher or 'null'}",
+            f"rollout.max_new_tokens={plan['max_new_tokens']}",
+            f"train.max_steps={plan['steps']}", f"train.batch_size={plan['batch_size']}", f"train.lr={plan['lr']}",
+            f"train.seed={seed}", "train.warmup_steps=0"]
+
+
+def plan_jobs(plan: dict, data: dict, root: Path, teacher: str, warm: dict[int, tuple[str, dict]],
+              cut: dict[int, str]) -> list[dict]:
+    """Every worker job: per depth, the undistilled cut draft and the warm start measured per seed (T=1 figures
+    vary with the seed), then each method and seed trained from the warm start. warm[depth]: (its folder, its
+    settings); cut[depth]: the cut draft's folder. A job is a plain dict (it crosses into a spawned worker)."""
+    jobs = []
+    for depth in plan["depths"]:
+        path, settings = warm[depth]
+        for seed in range(plan["seeds"]):
+            for label, student in ((UNDISTILLED, cut[depth]), (WARM_LABEL, path)):
+                jobs.append({"label": label, "depth": depth, "seed": seed, "student": student, "config": None,
+                             "settings": {"stage": "measured", "label": label, "depth": depth, "seed": seed,
+                                          "warm": settings}})
+            for m in chosen(plan):
+                s = method_settings(plan, m, depth, seed, settings)
+                jobs.append({"label": m.label, "depth": depth, "seed": seed, "config": m.config, "settings": s,
+                             "overrides": [*m.overrides, *method_overrides(plan, data, path, None if m.config == "sft" else teacher, seed)]})
+    for job in jobs:
+        job.update(plan=plan, data=data, teacher=teacher,
+                   out=str(job_folder(root, f"{job['label']}-{job['depth']}l-s{job['seed']}", job["settings"])))
+    return jobs
+
+
+# Seconds per unit on this machine (one thread; docs/real.md prints the estimate and the measured wall time):
+# the teacher decodes ~90 tokens/s at batch size 1 and about 4x that at batch size 8; llama.cpp about twice as fast
+# as the engine at batch size 1; a draft of d layers costs about d/30 of the teacher per token plus its head.
+UNIT = {"teacher_tok_b1": 1 / 90, "teacher_tok_b8": 1 / 360, "llamacpp_tok": 1 / 180, "server_start": 3.0,
+        "measure_quick": 100.0, "export": 6.0, "peers_per_depth": 150.0, "peer_step": 20.0}
+
+
+def depth_factor(depth: int) -> float:
+    """A step's cost relative to a 2-layer draft's: the teacher's share stays, the draft's grows with its layers."""
+    return 1 + 0.06 * (depth - 2)
+
+
+def estimate(plan: dict, workers: int) -> dict:
+    """The plan's wall time in seconds by stage: training and acceptance in `workers` parallel workers; timing,
+    llama.cpp and peers one at a time."""
+    u, n, seeds, depths = UNIT, plan["max_new_tokens"], plan["seeds"], plan["depths"]
+    drafts = len(depths) * seeds * (len(chosen(plan)) + 2)  # + the undistilled cut draft and the warm start
+    teacher = plan["train_limit"] * n * u["teacher_tok_b8"] + plan["test_limit"] * plan["quality_new_tokens"] * \
+        u["teacher_tok_b8"]
+    warm = sum(plan["warm_steps"] * 6.5 * depth_factor(d) for d in depths) / min(workers, len(depths))
+    train = sum(m.step_s * depth_factor(d) * plan["steps"] for d in depths for m in chosen(plan)) * seeds
+    # one draft's measurement (GSM8K answers, then greedy and T=1 runs, each with the target alone and the
+    # teacher-forced sum min(p, q)): ~100 s of one core at the quick plan's sizes, measured, scaled by its tokens
+    measure_one = u["measure_quick"] * (plan["test_limit"] * plan["quality_new_tokens"] + 6 * plan["bench_prompts"]
+                                        * n) / (32 * 160 + 6 * 8 * 48)
+    timing = drafts * (1 + len(plan["gammas"])) * plan["timing_prompts"] * n * u["teacher_tok_b1"]
+    llama = drafts * (u["export"] + len(plan["llamacpp_gammas"]) * (u["server_start"] + plan["timing_prompts"] * n
+                                                                    * u["llamacpp_tok"])) if plan["llamacpp"] else 0
+    peers = len(depths) * u["peers_per_depth"] + 4 * plan["peer_steps"] * u["peer_step"] if plan["peers"] else 0
+    stages = {"teacher answers and quality": teacher, "warm starts": warm,
+              "training and acceptance (parallel)": (train + drafts * measure_one) / workers,
+              "timed B=1 runs (alone)": timing, "llama.cpp (alone)": llama, "peers (alone)": peers}
+    return {**{k: round(v) for k, v in stages.items()}, "total": round(sum(stages.values()))}
