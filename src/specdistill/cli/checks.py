@@ -79,17 +79,8 @@ def load_pair(main: str, other: str | None, args, other_device: str | None = Non
 
 
 def check_run_config(cfg, path: str) -> None:
-    """What config.validate leaves to the layers that know the values, checked before a run claims its folder:
-    the devices (models.check_device) and the built-in task names (data.tasks). path: the --config file; the
-    errors name it as load_config's do."""
-    from ..config import ConfigError, resolve_config_path
-    from ..data.tasks import check_config_tasks
-    from ..models import check_device
+    """train.check_settings before a run claims its folder, its errors naming the --config file as load_config's do."""
+    from ..config import resolve_config_path
+    from ..train import check_settings
 
-    source = resolve_config_path(path)
-    try:
-        check_device(cfg.model.student_device, "model.student_device")
-        check_device(cfg.model.teacher_device, "model.teacher_device")
-    except UserError as exc:
-        raise ConfigError(f"{source}: {exc}") from None
-    check_config_tasks(cfg.data, source)
+    check_settings(cfg, resolve_config_path(path))

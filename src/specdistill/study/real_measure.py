@@ -14,7 +14,7 @@ import torch
 
 from ..config import DatasetConfig, ViewConfig
 from ..data.records import load_records
-from ..data.views import encode_example
+from ..data.prompt_views import encode_example
 from ..evaluate.prediction import ForwardCosts
 from ..evaluate.quality import evaluate_records, generate_ids
 from ..evaluate.speculative import count_tokens, run_speculative, run_target_alone

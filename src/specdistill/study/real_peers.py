@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from ..data.templates import end_token_ids
-from ..data.views import left_pad
+from ..data.prompt_views import left_pad
 from ..engine import Sampling, TopKPolicy, generate, make_schedule
 from ..evaluate.speculative import bench_pair
 

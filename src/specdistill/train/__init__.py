@@ -11,7 +11,7 @@
 
 from .distributed import gathered_for_generation, optimizer_sharded, params_sharded, student_device, teacher_device
 from .logs import SAMPLES_LOGGED
-from .recipe import (build_optimizer, cleanup, needs_teacher, resolved_config, save, setup, train, train_student,
+from .recipe import (build_optimizer, check_settings, cleanup, needs_teacher, resolved_config, save, setup, train, train_student,
                      validate, warmup_cosine)
 from .state import TEACHER_LOSSES, TrainingDiverged, TrainState
 from .step import (encode, kept_logits_form, loss_params, micro_loss, plan_step, rollout_step, teacher_in_own_dtype,
@@ -24,6 +24,7 @@ __all__ = [
     "TrainState",
     "TrainingDiverged",
     "build_optimizer",
+    "check_settings",
     "cleanup",
     "encode",
     "gathered_for_generation",

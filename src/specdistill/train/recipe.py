@@ -29,12 +29,13 @@ from .. import checkpoint
 from ..config import Config, ConfigError, rollout_stages
 from ..data.mixture import MixtureStream
 from ..data.records import load_records
-from ..data.tasks import get_task
+from ..data.tasks import check_config_tasks, get_task
 from ..data.prompt_views import check_encodable, collate, record_texts
 from ..engine.compiling import compiled_model
 from ..engine.sampling import float_dtype
 from ..evaluate.quality import evaluate_records
-from ..models import check_model_spec, check_same_tokenizer, check_vocab, load_model, load_tokenizer
+from ..errors import UserError
+from ..models import check_device, check_model_spec, check_same_tokenizer, check_vocab, load_model, load_tokenizer
 from ..rollout import dataset_rollout, rollout_sources, rollout_tokens
 from ..scoring import eval_mode
 from .distributed import (check_launch, configure_deepspeed, forget_accelerate_settings, gathered_for_generation,
@@ -52,6 +53,7 @@ def setup(cfg: Config, sft: bool = False) -> TrainState:
     sft (`specdistill sft`) is resolved here, once: no teacher, the trained view (run.view), the dataset rollout."""
     teacher_needed = needs_teacher(cfg, sft)
     check_trackers(cfg.train.trackers)
+    check_settings(cfg)
     _check_models(cfg, teacher_needed)
     acc = Accelerator(
         gradient_accumulation_steps=1,  # micro-batches are accumulated by train_step, normalised by token count
@@ -116,6 +118,17 @@ def _load_data(cfg: Config, tokenizer) -> tuple[list, list, MixtureStream]:
     stream = MixtureStream(datasets, [d.weight for d in cfg.data.train], cfg.data.schedule, cfg.train.max_steps,
                            cfg.train.seed)
     return records, validation, stream
+
+
+def check_settings(cfg: Config, source="config") -> None:
+    """What config.validate leaves to the layers that know the values: the devices (models.check_device) and the
+    built-in task names (data.tasks). source: the config file, named first as load_config's errors are."""
+    try:
+        check_device(cfg.model.student_device, "model.student_device")
+        check_device(cfg.model.teacher_device, "model.teacher_device")
+    except UserError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    check_config_tasks(cfg.data, source)
 
 
 def _check_models(cfg: Config, teacher_needed: bool) -> None:
