@@ -79,7 +79,7 @@ def int_list(low: int):
 
 POSITIVE, NON_NEGATIVE = int_at_least(1), int_at_least(0)
 TEMPERATURE, TOP_P = finite_float(0.0), finite_float(0.0, 1.0, low_open=True)
-DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")  # models.DTYPE_CHOICES (torch is not imported here)
+DTYPE_CHOICES = ("auto", "float32", "bfloat16", "float16")  # models.DTYPE_CHOICES; [1:]: the written ones
 GAMMA_SCHEDULES = ("constant", "lupi", "heuristic")
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .args import (GAMMA_SCHEDULES, NON_NEGATIVE, POSITIVE, TEMPERATURE, TOP_P, _Parser, add_config_args, add_debug,
+from .args import (DTYPE_CHOICES, GAMMA_SCHEDULES, NON_NEGATIVE, POSITIVE, TEMPERATURE, TOP_P, _Parser, add_config_args, add_debug,
                    add_inference_flags, add_prompt_config, int_list)
 
 
@@ -126,14 +126,14 @@ def add_model_files(sub) -> None:
     p.add_argument("--layers", required=True, help="a count N (keeps the first N-1 layers and the last) or 0-based "
                    "layer indices in increasing order, comma-separated (0,1,2,29)")
     p.add_argument("--out", required=True, help="a new folder for the draft (written atomically)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+    p.add_argument("--dtype", default="float32", choices=DTYPE_CHOICES[1:],
                    help="the dtype the source loads in and the draft is saved in")
 
     p = sub.add_parser("convert", help="a GGUF checkpoint as a plain Hugging Face folder (dequantized once, so later "
                        "runs load it in seconds)")
     p.add_argument("gguf", metavar="IN.gguf", help="the GGUF file (llama.cpp's format)")
     p.add_argument("out_dir", metavar="OUT_DIR", help="a new (or empty) folder; a folder with a model is refused")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+    p.add_argument("--dtype", default="float32", choices=DTYPE_CHOICES[1:],
                    help="the weights' dtype in the folder (default float32)")
 
     p = sub.add_parser("export", help="a model folder as one GGUF file for llama.cpp and Ollama (llama, mistral, "
