@@ -52,8 +52,9 @@ MODELS ?= models
 real-models: install
 	$(BIN)/python -m specdistill.real_models --out $(MODELS) $(REAL_MODELS_FLAGS)
 
-# docs/real.md and its figures: the real-model study on the models of `make real-models` (about 2 hours on 2 CPU
-# cores; it resumes where it stopped: runs/real keeps every finished job). real-quick: a first look, <= 20 minutes.
+# docs/real.md and its figures: the real-model study on the models of `make real-models`; it resumes where it
+# stopped (runs/real keeps every finished job). real-quick: a first look. Their wall times on 2 CPU cores are not
+# yet within the targets (2.5 h, 20 min): docs/benchmarks.md has the measured stage costs.
 real: install
 	$(BIN)/python -m specdistill.study.real --models $(MODELS) --out runs/real --results docs/real.md
 
