@@ -105,9 +105,10 @@ def tiny_gsm8k(folder: Path) -> Path:
     return folder
 
 
-TINY = {"depths": [1], "seeds": 2, "train_limit": 8, "test_limit": 4, "warm_steps": 2, "steps": 1, "batch_size": 4,
-        "max_new_tokens": 8, "quality_new_tokens": 8, "bench_prompts": 2, "timing_prompts": 2, "gammas": [2],
-        "methods": ["SFT on gold", "supervised KD"], "peers": False, "llamacpp": False}
+TINY = {"depths": [1], "seeds": 2, "train_limit": 8, "answer_limit": 6, "test_limit": 4, "warm_steps": 2, "steps": 1,
+        "batch_size": 4, "max_new_tokens": 8, "quality_new_tokens": 8, "bench_prompts": 2, "timing_prompts": 2,
+        "timing_new_tokens": 6, "gammas": [1, 2], "cost_repeats": 1, "methods": ["SFT on gold", "supervised KD"],
+        "peers": False, "llamacpp": False}
 
 
 def test_the_plan_end_to_end_on_a_tiny_pair_and_its_resume(tmp_path):
@@ -145,3 +146,62 @@ def test_the_plan_end_to_end_on_a_tiny_pair_and_its_resume(tmp_path):
 def test_a_missing_data_folder_is_one_line(tmp_path, capsys):
     code = real_study.main(["--models", str(tmp_path), "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path)])
     assert code == 2 and "no GSM8K copy" in capsys.readouterr().err
+
+
+class FakeTimer:
+    """A stand-in for real.Timer with hand-made speeds (gamma 2 best in both engines); it logs every call."""
+
+    log: list = []
+    speeds = {1: 0.8, 2: 1.2, 3: 1.1}
+
+    def __init__(self, engine, plan, teacher, target_gguf):
+        self.engine = engine
+
+    def alone(self, prompts):
+        self.log.append((self.engine, "alone", prompts))
+        return {"tokens_per_s": 10.0, "index": len(self.log) - 1}
+
+    def draft(self, run, prompts, gamma, alone):
+        self.log.append((self.engine, run["method"], run["seed"], gamma, alone["index"], prompts))
+        return {real_study.SPEEDUP[self.engine]: self.speeds[gamma]}
+
+
+def test_timing_picks_each_engines_gamma_on_training_prompts_and_times_the_target_once_per_group(tmp_path,
+                                                                                                 monkeypatch):
+    from families import get_family
+    from specdistill.study.real_measure import test_prompts
+
+    teacher, data = str(get_family("llama3").teacher), tiny_gsm8k(tmp_path / "gsm8k")
+    (data / "test.jsonl").write_text("".join(json.dumps({"question": f"What is {i}*2?", "answer": f"#### {2 * i}"})
+                                             + "\n" for i in range(6)))
+    paths = {"train": str(data / "train.jsonl"), "test": str(data / "test.jsonl"), "folder": str(data)}
+    plan = {**PLANS["full"], **TINY, "gammas": [1, 2, 3], "llamacpp_gammas": [1, 3, 2], "llamacpp": True}
+
+    def runs():
+        return [{"world": "1-layer", "depth": 1, "seed": s, "method": m, "student": "x",
+                 "out": str(tmp_path / f"{m}-{s}")} for s in (0, 1) for m in (UNDISTILLED, WARM_LABEL, "SKD")]
+
+    monkeypatch.setattr(real_study, "Timer", FakeTimer)
+    timed = runs()
+    picked = real_study.time_drafts(timed, plan, paths, teacher, "target.gguf", tmp_path)
+    train = [list(p) for p in test_prompts(paths["train"], plan["timing_prompts"], teacher)]
+    test = [list(p) for p in test_prompts(paths["test"], plan["test_limit"], teacher)[: plan["timing_prompts"]]]
+    assert train != test
+    for engine in ("specdistill", "llamacpp"):
+        assert picked[engine]["1"]["gamma"] == 2 and picked[engine]["1"]["by_gamma"] == {"1": 0.8, "2": 1.2,
+                                                                                          "3": 1.1}
+        calls = [c for c in FakeTimer.log if c[0] == engine]
+        pick, rest = calls[:4], calls[4:]  # the target alone, then the warm start at each gamma, on training prompts
+        assert [c[-1] for c in pick] == [train] * 4 and {c[1] for c in pick[1:]} == {WARM_LABEL}
+        alones = [i for i, c in enumerate(FakeTimer.log) if c[0] == engine and c[1] == "alone"]
+        assert len(alones) == 1 + 2  # the pick, then one per seed
+        drafts = [c for c in rest if c[1] != "alone"]
+        assert len(drafts) == 6 and {c[3] for c in drafts} == {2} and all(c[-1] == test for c in drafts)
+        for c in drafts:  # each draft against the target alone timed just before its own seed's group
+            assert c[4] == max(i for i in alones if i < FakeTimer.log.index(c))
+            assert FakeTimer.log[c[4]][0] == engine
+    assert {(r["measured_speedup"], r["llamacpp_speedup"]) for r in timed} == {(1.2, 1.2)}
+    FakeTimer.log.clear()
+    again = runs()
+    real_study.time_drafts(again, plan, paths, teacher, "target.gguf", tmp_path)
+    assert FakeTimer.log == [] and again == timed  # resumed: every figure read back, nothing timed again

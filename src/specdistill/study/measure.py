@@ -63,12 +63,13 @@ def measure_student(student_path: str, teacher_path: str, world: World, plan: di
             **draft_figures(teacher, student, t_prompts, s_prompts, tok, world.max_new_tokens, seed, costs)}
 
 
-def pair_costs(teacher_path: str, student_path: str, prompt: list[int]) -> ForwardCosts:
-    """The pair's forward costs at batch size 1 and one thread, timed while nothing else runs."""
+def pair_costs(teacher_path: str, student_path: str, prompt: list[int], repeats: int = 20) -> ForwardCosts:
+    """The pair's forward costs at batch size 1 and one thread, timed while nothing else runs (`repeats` rounds,
+    each call's fastest kept)."""
     torch.set_num_threads(1)
     tok = load_tokenizer(teacher_path)
     teacher, student = (load_model(p, tokenizer=tok).eval() for p in (teacher_path, student_path))
-    return measure_forward_costs(teacher, student, prompt, batch_size=1, repeats=20)
+    return measure_forward_costs(teacher, student, prompt, batch_size=1, repeats=repeats)
 
 
 def draft_figures(teacher, student, t_prompts, s_prompts, tok, max_new: int, seed: int, costs: ForwardCosts) -> dict:

@@ -34,11 +34,11 @@ from ..models import load_model, load_tokenizer
 from .claims import METRICS, aggregate
 from .jobs import loss_curve, quiet, run_all, train_job, workers
 from .measure import GAMMA, pair_costs
-from .real_measure import (cached, gsm8k_quality, llamacpp_speedup, measure_draft, teacher_answers, test_prompts,
-                           timed_b1)
+from .real_measure import (cached, gsm8k_quality, llamacpp_speedup, measure_draft, target_reference, teacher_answers,
+                           test_prompts, timed_alone, timed_b1, write_records)
 from .real_peers import REPO, hf_assisted, skd_rollout, trl_gkd
-from .real_plan import (PLANS, TEACHER, TEACHER_GGUF, UNDISTILLED, chosen, estimate, job_folder, plan_jobs,
-                        resume_key, warm_settings)
+from .real_plan import (PLANS, TEACHER, TEACHER_GGUF, UNDISTILLED, WARM_LABEL, chosen, estimate, job_folder,
+                        plan_jobs, resume_key, warm_settings)
 
 REAL_METRICS = METRICS + ("measured_speedup", "llamacpp_speedup", "llamacpp_acceptance_rate",
                           "llamacpp_mean_acceptance_length", "answers_with_final_line")
@@ -76,6 +76,24 @@ def cut_drafts(teacher: str, depths: list[int], root: Path) -> dict[int, str]:
     return out
 
 
+def run_teacher(job: dict) -> list[dict]:
+    """A worker job of the first stage, with the teacher: a slice of its answers to the training questions, its
+    GSM8K score, or its reference outputs on the bench prompts (target_reference)."""
+    torch.set_num_threads(1)
+    quiet()
+    plan, data, teacher = job["plan"], job["data"], job["teacher"]
+    if job["kind"] == "answers":
+        value = teacher_answers(teacher, data["train"], tuple(job["rows"]), plan["max_new_tokens"], job["seed"])
+    elif job["kind"] == "quality":
+        tok = load_tokenizer(teacher)
+        value = gsm8k_quality(load_model(teacher, tokenizer=tok).eval(), tok, data["test"], plan["test_limit"],
+                              plan["quality_new_tokens"])
+    else:
+        prompts = [list(p) for p in test_prompts(data["test"], plan["bench_prompts"], teacher)]
+        value = target_reference(teacher, prompts, plan["max_new_tokens"], plan["seeds"])
+    return [{"world": "teacher", "method": job["kind"], "seed": job.get("seed", 0), "value": value}]
+
+
 def run_warm(job: dict) -> list[dict]:
     """A worker job: a depth's warm start, SeqKD on the teacher's cached answers (pre-tokenized), from the cut
     draft; its loss curve kept."""
@@ -96,7 +114,7 @@ def run_warm(job: dict) -> list[dict]:
 
 
 def measure_settings(plan: dict, data: dict) -> dict:
-    keep = ("test_limit", "bench_prompts", "quality_new_tokens", "max_new_tokens")
+    keep = ("test_limit", "bench_prompts", "quality_new_tokens", "max_new_tokens", "seeds")
     return {"test": data["test"], **{k: plan[k] for k in keep}}
 
 
@@ -116,40 +134,91 @@ def run_job(job: dict) -> list[dict]:
         trained, student = cached(out / "trained.json", train), str(out / "train" / "final")
     key = resume_key(measure_settings(plan, job["data"]))
     measured = cached(out / f"measured-{key}.json", lambda: measure_draft(
-        student, job["teacher"], plan, job["data"], job["seed"], ForwardCosts(**job["costs"])))
+        student, job["teacher"], plan, job["data"], job["seed"], ForwardCosts(**job["costs"]), job["reference"]))
     return [{"world": f"{job['depth']}-layer", "depth": job["depth"], "method": job["label"], "seed": job["seed"],
              "student": student, "out": str(out), **trained, **measured}]
 
 
-def timing_settings(plan: dict, data: dict, engine: str) -> dict:
-    gammas = plan["gammas"] if engine == "specdistill" else plan["llamacpp_gammas"]
-    return {"engine": engine, "test": data["test"], "prompts": plan["timing_prompts"], "gammas": gammas,
-            "max_new_tokens": plan["max_new_tokens"], "threads": plan.get("threads", 1)}
+def timing_settings(plan: dict, data: dict, engine: str, gamma: int | None = None) -> dict:
+    return {"engine": engine, "test": data["test"], "prompts": plan["timing_prompts"], "gamma": gamma,
+            "max_new_tokens": plan["timing_new_tokens"], "threads": plan.get("threads", 1)}
 
 
-def time_drafts(runs: list[dict], plan: dict, data: dict, teacher: str, target_gguf: str) -> None:
-    """Each draft's measured speedups, one at a time (the workers have finished): specdistill's engine at batch
-    size 1, then llama.cpp after export; results added to each run and kept in its folder."""
+class Timer:
+    """The timed runs of one engine, one at a time: the target alone (reference) and each draft against it."""
+
+    def __init__(self, engine: str, plan: dict, teacher: str, target_gguf: str):
+        self.engine, self.plan, self.gguf, self.threads = engine, plan, target_gguf, plan.get("threads", 1)
+        if engine == "specdistill":
+            self.tok = load_tokenizer(teacher)
+            self.target = load_model(teacher, tokenizer=self.tok).eval()
+
+    def alone(self, prompts: list[list[int]]) -> dict:
+        from ..evaluate.llamacpp import serve_prompts
+
+        n = self.plan["timing_new_tokens"]
+        if self.engine == "llamacpp":
+            return serve_prompts(self.gguf, prompts, n, threads=self.threads)
+        with torch.no_grad():
+            return timed_alone(self.target, self.tok, prompts, n)
+
+    def draft(self, run: dict, prompts: list[list[int]], gamma: int, alone: dict) -> dict:
+        n = self.plan["timing_new_tokens"]
+        if self.engine == "llamacpp":
+            return llamacpp_speedup(self.gguf, run["student"], Path(run["out"]) / "draft-q8_0.gguf", prompts, gamma,
+                                    n, self.threads, alone)
+        with torch.no_grad():
+            return timed_b1(self.target, load_model(run["student"], tokenizer=self.tok).eval(), self.tok, prompts,
+                            gamma, n, alone)
+
+
+SPEEDUP = {"specdistill": "measured_speedup", "llamacpp": "llamacpp_speedup"}
+
+
+def pick_gamma(timer: Timer, warm: dict, prompts: list[list[int]], gammas: list[int]) -> dict:
+    """The gamma an engine does best with for a depth: its warm start timed at each gamma on training prompts
+    (not the test split) against the target alone just before; {gamma, by_gamma: {gamma: speedup}}."""
+    if len(gammas) == 1:
+        return {"gamma": gammas[0], "by_gamma": {}}
+    alone = timer.alone(prompts)
+    by_gamma = {str(g): timer.draft(warm, prompts, g, alone)[SPEEDUP[timer.engine]] for g in gammas}
+    return {"gamma": int(max(by_gamma, key=by_gamma.get)), "by_gamma": by_gamma}
+
+
+def time_drafts(runs: list[dict], plan: dict, data: dict, teacher: str, target_gguf: str, root: Path) -> dict:
+    """Each draft's measured speedup, one at a time (the workers have finished), in specdistill's engine at batch
+    size 1, then in llama.cpp after export: per depth the engine's gamma picked on the warm start, then per seed
+    the target alone timed once and every draft of that depth and seed against it (a paired ratio: the machine's
+    load moves both alike within a few minutes). Results added to each run and kept in its folder; returns the
+    picked gammas per engine and depth."""
     torch.set_num_threads(plan.get("threads", 1))
-    tok = load_tokenizer(teacher)
-    target = load_model(teacher, tokenizer=tok).eval()
-    prompts = [list(p) for p in test_prompts(data["test"], plan["test_limit"], teacher)[: plan["timing_prompts"]]]
-    for i, run in enumerate(runs, 1):
-        print(f"[timing {i}/{len(runs)}] {run['world']} / {run['method']} (seed {run['seed']})", flush=True)
-        out = Path(run["out"])
-        key = resume_key(timing_settings(plan, data, "specdistill"))
+    test = [list(p) for p in test_prompts(data["test"], plan["test_limit"], teacher)[: plan["timing_prompts"]]]
+    train = [list(p) for p in test_prompts(data["train"], plan["timing_prompts"], teacher)]
+    picked: dict = {}
+    for engine in ("specdistill", "llamacpp") if plan["llamacpp"] else ("specdistill",):
+        timer, gammas = Timer(engine, plan, teacher, target_gguf), plan["gammas" if engine == "specdistill" else
+                                                                          "llamacpp_gammas"]
+        for depth in plan["depths"]:
+            warm = next(r for r in runs if r["depth"] == depth and r["method"] == WARM_LABEL)
+            key = resume_key({**timing_settings(plan, data, engine), "gammas": gammas, "warm": warm["out"]})
+            print(f"[timing] {engine}: picking gamma among {gammas} for {depth} layers on its warm start", flush=True)
+            pick = picked.setdefault(engine, {})[str(depth)] = cached(
+                root / f"gamma-{engine}-{depth}l-{key}.json", lambda: pick_gamma(timer, warm, train, gammas))
+            settings = timing_settings(plan, data, engine, pick["gamma"])
+            for seed in range(plan["seeds"]):
+                group = [r for r in runs if (r["depth"], r["seed"]) == (depth, seed)]
+                alone = None
+                for run in group:
+                    print(f"[timing] {engine}: {run['world']} / {run['method']} (seed {seed}), gamma {pick['gamma']}",
+                          flush=True)
 
-        def engine() -> dict:
-            draft = load_model(run["student"], tokenizer=tok).eval()
-            with torch.no_grad():
-                return timed_b1(target, draft, tok, prompts, plan["gammas"], plan["max_new_tokens"])
+                    def measure() -> dict:
+                        nonlocal alone
+                        alone = alone or timer.alone(test)  # once per group, just before its first draft
+                        return timer.draft(run, test, pick["gamma"], alone)
 
-        run.update(cached(out / f"timed-{key}.json", engine))
-        if plan["llamacpp"]:
-            key = resume_key(timing_settings(plan, data, "llamacpp"))
-            run.update(cached(out / f"llamacpp-{key}.json", lambda: llamacpp_speedup(
-                target_gguf, run["student"], out / "draft-q8_0.gguf", prompts, plan["llamacpp_gammas"],
-                plan["max_new_tokens"], plan.get("threads", 1))))
+                    run.update(cached(Path(run["out"]) / f"{engine}-{resume_key(settings)}.json", measure))
+    return picked
 
 
 def best_drafts(rows: list[dict]) -> dict[str, dict]:
@@ -177,11 +246,11 @@ def run_peers(runs: list[dict], rows: list[dict], plan: dict, data: dict, teache
         print(f"[peers] transformers' assisted generation with {world} / {row['method']}", flush=True)
         gamma = run.get("best_gamma", GAMMA)
         out["assisted"][world] = {"method": row["method"], **hf_assisted(
-            target, draft, tok, prompts[: plan["timing_prompts"]], gamma, plan["max_new_tokens"])}
+            target, draft, tok, prompts[: plan["timing_prompts"]], gamma, plan["timing_new_tokens"])}
     warm = next(r for r in runs if r["method"].startswith("warm start"))
     draft = load_model(warm["student"], tokenizer=tok).eval()
     print("[peers] SKD rollout at batch size 16 and 1, compile on and off", flush=True)
-    out["skd_rollout"] = {"draft": warm["world"], **skd_rollout(target, draft, tok, prompts[:16],
+    out["skd_rollout"] = {"draft": warm["world"], **skd_rollout(target, draft, tok, prompts[: plan["rollout_prompts"]],
                                                                 plan["max_new_tokens"], plan.get("compile", True))}
     print("[peers] TRL's GKDTrainer against specdistill's GKD step (benchmarks/train_step.py)", flush=True)
     out["trl_gkd"] = {"draft": warm["world"], **trl_gkd(teacher, warm["student"], plan["peer_steps"],
@@ -190,27 +259,39 @@ def run_peers(runs: list[dict], rows: list[dict], plan: dict, data: dict, teache
 
 
 def prepare(plan: dict, data: dict, models: Path, root: Path) -> dict:
-    """Stages 1-2: the cut drafts, the teacher's cached answers and GSM8K score, the warm starts (in parallel)."""
+    """Stages 1-2 (each kept): the cut drafts; in parallel workers the teacher's T=1 answers to the first
+    answer_limit training questions (two slices), its GSM8K score and its reference outputs on the bench prompts;
+    then the warm starts, one per depth, in parallel."""
     teacher = str(models / TEACHER)
     cut = cut_drafts(teacher, plan["depths"], root)
-    answers_key = resume_key({"train": data["train"], "limit": plan["train_limit"], "n": plan["max_new_tokens"]})
-    print(f"real: the teacher's T=1 answers to {plan['train_limit']} training questions (once)", flush=True)
-    answers = teacher_answers(teacher, data["train"], plan["train_limit"], plan["max_new_tokens"],
-                              root / f"teacher-answers-{answers_key}.jsonl")
-
-    def teacher_score() -> dict:
-        tok = load_tokenizer(teacher)
-        return gsm8k_quality(load_model(teacher, tokenizer=tok).eval(), tok, data["test"], plan["test_limit"],
-                             plan["quality_new_tokens"])
-
-    quality_key = resume_key({"test": data["test"], "n": plan["test_limit"], "new": plan["quality_new_tokens"]})
-    score = cached(root / f"teacher-quality-{quality_key}.json", teacher_score)
+    n, half = plan["answer_limit"], plan["answer_limit"] // 2
+    keys = {"answers": {"train": data["train"], "limit": n, "n": plan["max_new_tokens"]},
+            "quality": {"test": data["test"], "n": plan["test_limit"], "new": plan["quality_new_tokens"]},
+            "reference": {"test": data["test"], "prompts": plan["bench_prompts"], "n": plan["max_new_tokens"],
+                          "seeds": plan["seeds"]}}
+    files = {kind: root / f"teacher-{kind}-{resume_key(k)}.{'jsonl' if kind == 'answers' else 'json'}"
+             for kind, k in keys.items()}
+    base = {"plan": plan, "data": data, "teacher": teacher}
+    jobs = ([{**base, "kind": "answers", "rows": rows, "seed": i} for i, rows in enumerate(((0, half), (half, n)))]
+            if not files["answers"].is_file() else [])
+    jobs += [{**base, "kind": kind} for kind in ("quality", "reference") if not files[kind].is_file()]
+    if jobs:
+        print(f"real: the teacher's T=1 answers to {n} training questions, its GSM8K score and its reference "
+              f"outputs (once)", flush=True)
+        done = run_all(jobs, run_teacher)
+        if any(j["kind"] == "answers" for j in jobs):
+            write_records([a for r in done if r["method"] == "answers" for a in r["value"]], files["answers"])
+        for r in done:
+            if r["method"] != "answers":
+                cached(files[r["method"]], lambda: r["value"])
+    score, reference = (json.loads(files[k].read_text()) for k in ("quality", "reference"))
     warm = {d: warm_settings(plan, d, data) for d in plan["depths"]}
-    warm_jobs = [{"depth": d, "plan": plan, "answers": answers, "student": cut[d],
+    warm_jobs = [{"depth": d, "plan": plan, "answers": str(files["answers"]), "student": cut[d],
                   "out": str(job_folder(root, f"warm-{d}l", warm[d]))} for d in plan["depths"]]
     print(f"real: the warm starts ({plan['warm_steps']} SeqKD steps on the cached answers per depth)", flush=True)
     warm_runs = run_all(warm_jobs, run_warm)
-    return {"teacher": teacher, "cut": cut, "answers": answers, "teacher_quality": score, "warm_runs": warm_runs,
+    return {"teacher": teacher, "cut": cut, "answers": str(files["answers"]), "teacher_quality": score,
+            "reference": reference, "warm_runs": warm_runs,
             "warm": {d: (str(Path(j["out"]) / "train" / "final"), warm[d]) for d, j in zip(plan["depths"], warm_jobs)}}
 
 
@@ -232,23 +313,37 @@ def run_real(models: str = "models", out: str = "runs/real", results: str | None
     guess = estimate(plan, n_workers)
     print(f"real ({plan_name} plan): estimated {guess['total'] / 60:.0f} min on {n_workers} workers: "
           + ", ".join(f"{k} {v / 60:.1f}" for k, v in guess.items() if k != "total"), flush=True)
+    stages, clock = {}, time.perf_counter()
+
+    def stage(name: str) -> None:  # the wall time of the stage just ended, beside the estimate
+        nonlocal clock
+        stages[name], clock = time.perf_counter() - clock, time.perf_counter()
+
     ready = prepare(plan, data_paths, models_dir, root)
+    stage("teacher and warm starts")
     teacher = ready["teacher"]
     prompt = list(test_prompts(data_paths["test"], plan["test_limit"], teacher)[0])
-    costs = {d: pair_costs(teacher, ready["cut"][d], prompt) for d in plan["depths"]}  # timed alone
+    costs = {d: cached(root / f"costs-{d}l-{resume_key({'prompt': prompt, 'repeats': plan['cost_repeats']})}.json",
+                       lambda: asdict(pair_costs(teacher, ready["cut"][d], prompt, plan["cost_repeats"])))
+             for d in plan["depths"]}  # timed alone
+    stage("pair costs (alone)")
     torch.set_num_threads(1)
     jobs = plan_jobs(plan, data_paths, root, teacher, ready["warm"], ready["cut"])
     for job in jobs:
-        job["costs"] = asdict(costs[job["depth"]])
+        job.update(costs=costs[job["depth"]], reference=ready["reference"])
     runs = run_all(jobs, run_job)
+    stage("training and acceptance (parallel)")
     target_gguf = str(models_dir / TEACHER_GGUF)
-    time_drafts(runs, plan, data_paths, teacher, target_gguf)
+    gammas = time_drafts(runs, plan, data_paths, teacher, target_gguf, root)
+    stage("timed runs, both engines (alone)")
     rows = aggregate(runs, REAL_METRICS)
     peers = cached(root / f"peers-{resume_key({'plan': plan, 'data': data_paths})}.json",
                    lambda: run_peers(runs, rows, plan, data_paths, teacher, root)) if plan["peers"] else {}
+    stage("peers (alone)")
     report = {"plan_name": plan_name, "plan": plan, "data": data_paths, "seeds": list(range(plan["seeds"])),
               "gamma": GAMMA, "teacher": {"path": teacher, "gguf": target_gguf, **ready["teacher_quality"]},
-              "costs": {str(d): asdict(c) for d, c in costs.items()}, "workers": n_workers, "estimate": guess,
+              "costs": {str(d): c for d, c in costs.items()}, "workers": n_workers, "estimate": guess,
+              "stages_s": stages, "gammas": gammas,
               "warm_runs": ready["warm_runs"], "rows": rows, "runs": runs, "peers": peers,
               "machine": machine(), "wall_s": time.perf_counter() - start}
     (root / "report.json").write_text(json.dumps(report, indent=1, default=str))

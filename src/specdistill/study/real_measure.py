@@ -15,11 +15,12 @@ import torch
 from ..config import DatasetConfig, ViewConfig
 from ..data.records import load_records
 from ..data.prompt_views import encode_example
-from ..evaluate.prediction import ForwardCosts
+from ..engine import Sampling
+from ..evaluate.prediction import ForwardCosts, expected_acceptance, prediction_figures
 from ..evaluate.quality import evaluate_records, generate_ids
 from ..evaluate.speculative import count_tokens, run_speculative, run_target_alone
 from ..models import load_model, load_tokenizer
-from .measure import draft_figures
+from .measure import GAMMA
 
 VIEWS = ViewConfig()  # training's views: the model's own chat template, no system prompt of ours
 
@@ -50,22 +51,34 @@ def test_prompts(path: str, limit: int, tokenizer: str) -> tuple[tuple[int, ...]
     return tuple(tuple(encode_example(r, tok, VIEWS).student_prompt) for r in records(path, limit))
 
 
-def teacher_answers(teacher: str, train: str, limit: int, max_new_tokens: int, out: Path) -> str:
-    """The teacher's T=1 answers to the first `limit` training questions, generated once (batch 8, seed 0) and
-    written as pre-tokenized records {id, prompt_ids, response_ids}: a response cut at max_new_tokens keeps no
-    end id, so SeqKD on it does not teach the draft to stop mid-answer. Returns the file."""
-    if out.is_file():
-        return str(out)
+def teacher_answers(teacher: str, train: str, rows: tuple[int, int], max_new_tokens: int, seed: int) -> list[dict]:
+    """The teacher's T=1 answers to training questions rows[0]..rows[1]-1 (batch 8; a worker job generates one
+    slice, noise from `seed`), as pre-tokenized records {id, prompt_ids, response_ids}: a response cut at
+    max_new_tokens keeps no end id, so SeqKD on it does not teach the draft to stop mid-answer."""
     tok = load_tokenizer(teacher)
     model = load_model(teacher, tokenizer=tok).eval()
-    prompts = [encode_example(r, tok, VIEWS).student_prompt for r in records(train, limit)]
-    answers = generate_ids(model, tok, prompts, max_new_tokens, batch_size=8, temperature=1.0, seed=0)
-    lines = [json.dumps({"id": str(i), "prompt_ids": p, "response_ids": a})
-             for i, (p, a) in enumerate(zip(prompts, answers)) if a]
+    prompts = [encode_example(r, tok, VIEWS).student_prompt for r in records(train, rows[1])[rows[0]:]]
+    answers = generate_ids(model, tok, prompts, max_new_tokens, batch_size=8, temperature=1.0, seed=seed)
+    return [{"id": str(rows[0] + i), "prompt_ids": p, "response_ids": a}
+            for i, (p, a) in enumerate(zip(prompts, answers)) if a]
+
+
+def write_records(lines: list[dict], out: Path) -> str:
+    """Records as JSONL, written atomically; returns the file."""
     tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text("\n".join(lines) + "\n")
+    tmp.write_text("".join(json.dumps(line) + "\n" for line in lines))
     tmp.replace(out)
     return str(out)
+
+
+def target_reference(teacher: str, prompts: list[list[int]], max_new_tokens: int, seeds: int) -> dict:
+    """The target's own outputs on the bench prompts, computed once for every draft (batch 8): greedy, and at
+    T=1 for each seed. Greedy speculative decoding must reproduce the first; sum(min(p, q)) is averaged over
+    both (the teacher's own outputs, teacher-forced)."""
+    tok = load_tokenizer(teacher)
+    model = load_model(teacher, tokenizer=tok).eval()
+    run = functools.partial(generate_ids, model, tok, prompts, max_new_tokens, batch_size=8)
+    return {"greedy": run(), "sampled": {str(s): run(temperature=1.0, seed=s) for s in range(seeds)}}
 
 
 def gsm8k_quality(model, tok, test: str, limit: int, max_new_tokens: int) -> dict:
@@ -76,60 +89,67 @@ def gsm8k_quality(model, tok, test: str, limit: int, max_new_tokens: int) -> dic
     return {"quality": scored["exact_match"], "answers_with_final_line": reached}
 
 
-def measure_draft(student: str, teacher: str, plan: dict, data: dict, seed: int, costs: ForwardCosts) -> dict:
-    """A draft's quality (GSM8K exact match) and its figures as the teacher's draft on the plan's bench prompts,
-    greedy and at T=1 (acceptance, mean accepted length, per-position acceptance, sum(min(p, q)) over the
-    teacher's own T=1 outputs, predicted speedup from `costs`)."""
+def measure_draft(student: str, teacher: str, plan: dict, data: dict, seed: int, costs: ForwardCosts,
+                  reference: dict) -> dict:
+    """A draft's quality (GSM8K exact match) and its figures as the teacher's draft on the plan's bench prompts
+    (batch 8, gamma GAMMA), greedy and at T=1 (`seed`): acceptance, mean accepted length, per-position
+    acceptance, sum(min(p, q)) over the target's own outputs (`reference`, target_reference), the speedup
+    predicted from the acceptance and `costs` (timed alone, so parallel workers cannot skew it)."""
     torch.manual_seed(seed)
     tok = load_tokenizer(teacher)
     target = load_model(teacher, tokenizer=tok).eval()
     draft = load_model(student, tokenizer=tok).eval()
-    quality = gsm8k_quality(draft, tok, data["test"], plan["test_limit"], plan["quality_new_tokens"])
-    prompts = [list(p) for p in test_prompts(data["test"], plan["test_limit"], teacher)[: plan["bench_prompts"]]]
-    figures = draft_figures(target, draft, prompts, prompts, tok, plan["max_new_tokens"], seed, costs)
-    return {**quality, **figures}
+    out = gsm8k_quality(draft, tok, data["test"], plan["test_limit"], plan["quality_new_tokens"])
+    prompts = [list(p) for p in test_prompts(data["test"], plan["bench_prompts"], teacher)]
+    for prefix, temperature, own in (("", 0.0, reference["greedy"]), ("sampled_", 1.0, reference["sampled"][str(seed)])):
+        with torch.no_grad():
+            spec, stats, _ = run_speculative(target, draft, prompts, tok, gamma=GAMMA, temperature=temperature,
+                                             max_new_tokens=plan["max_new_tokens"], batch_size=8, seed=seed)
+            alpha = expected_acceptance(target, draft, prompts, prompts, own, Sampling(temperature), tok.pad_token_id,
+                                        len(tok))
+        figures = prediction_figures(stats, costs)
+        out.update({prefix + "acceptance_rate": stats.acceptance_rate, prefix + "expected_acceptance": alpha,
+                    prefix + "mean_accepted_length": stats.mean_accepted_length,
+                    prefix + "per_position_acceptance": stats.per_position_acceptance,
+                    prefix + "token_acceptance": figures["token_acceptance"],
+                    prefix + "predicted_speedup": figures["predicted_speedup"]})
+        if temperature == 0:
+            out["matches_target_greedy"] = spec == own
+    return out
 
 
-def timed_b1(target, draft, tok, prompts: list[list[int]], gammas: list[int], max_new_tokens: int) -> dict:
-    """Measured speedup at batch size 1, greedy: the target alone and speculative decoding at each gamma on the
-    same prompts, one right after the other (a paired ratio: the machine's load moves both alike); the best
-    gamma kept. Outputs must equal the target's own (greedy speculative decoding is lossless)."""
-    run_target_alone(target, prompts[:1], tok, max_new_tokens=8)  # warm-up: first-call allocations
-    alone, _, alone_s = run_target_alone(target, prompts, tok, max_new_tokens=max_new_tokens)
-    per_gamma = {}
-    for gamma in gammas:
-        out, stats, seconds = run_speculative(target, draft, prompts, tok, gamma=gamma, max_new_tokens=max_new_tokens)
-        per_gamma[gamma] = {"speedup": (count_tokens(out) / seconds) / (count_tokens(alone) / alone_s),
-                            "tokens_per_s": count_tokens(out) / seconds, "lossless": out == alone,
-                            "acceptance_rate": stats.acceptance_rate}
-    best = max(per_gamma, key=lambda g: per_gamma[g]["speedup"])
-    return {"measured_speedup": per_gamma[best]["speedup"], "best_gamma": best, "lossless": all(
-        v["lossless"] for v in per_gamma.values()), "target_tokens_per_s": count_tokens(alone) / alone_s,
-        "per_gamma": {str(g): v for g, v in per_gamma.items()}}
+def timed_alone(target, tok, prompts: list[list[int]], max_new_tokens: int) -> dict:
+    """The target alone at batch size 1, greedy, after an untimed warm-up: its outputs and seconds, the
+    reference that every draft's timed run in a group is divided by (timed_b1)."""
+    run_target_alone(target, prompts[:1], tok, max_new_tokens=8)  # first-call allocations
+    outputs, _, seconds = run_target_alone(target, prompts, tok, max_new_tokens=max_new_tokens)
+    return {"outputs": outputs, "seconds": seconds, "tokens_per_s": count_tokens(outputs) / seconds}
 
 
-def llamacpp_speedup(target_gguf: str, draft_folder: str, gguf: Path, prompts: list[list[int]], gammas: list[int],
-                     max_new_tokens: int, threads: int) -> dict:
-    """The draft exported (q8_0; the target file's own vocabulary) and served by llama.cpp beside the target GGUF:
-    the target alone, then with the draft at each gamma, greedy; llama.cpp's own counters and eval speed
-    (evaluate/llamacpp.py); the best gamma kept."""
+def timed_b1(target, draft, tok, prompts: list[list[int]], gamma: int, max_new_tokens: int, alone: dict) -> dict:
+    """Measured speedup at batch size 1, greedy, at `gamma`: speculative decoding against the target alone on the
+    same prompts (`alone`, timed_alone, timed just before this group of drafts on a machine running nothing else
+    of the study). Outputs must equal the target's own (greedy speculative decoding is lossless)."""
+    run_speculative(target, draft, prompts[:1], tok, gamma=gamma, max_new_tokens=8)  # first-call allocations
+    out, stats, seconds = run_speculative(target, draft, prompts, tok, gamma=gamma, max_new_tokens=max_new_tokens)
+    return {"measured_speedup": (count_tokens(out) / seconds) / alone["tokens_per_s"], "best_gamma": gamma,
+            "lossless": out == alone["outputs"], "tokens_per_s": count_tokens(out) / seconds,
+            "target_tokens_per_s": alone["tokens_per_s"], "timed_acceptance_rate": stats.acceptance_rate}
+
+
+def llamacpp_speedup(target_gguf: str, draft_folder: str, gguf: Path, prompts: list[list[int]], gamma: int,
+                     max_new_tokens: int, threads: int, alone: dict) -> dict:
+    """The draft exported (q8_0; the target file's own vocabulary) and served by llama.cpp beside the target GGUF
+    at `gamma`, greedy, against the target alone (`alone`: serve_prompts without a draft, run just before this
+    group of drafts): llama.cpp's own counters and eval speed (evaluate/llamacpp.py)."""
     from ..evaluate.llamacpp import serve_prompts
     from ..gguf_export import export_gguf
 
     if not gguf.is_file():
         export_gguf(draft_folder, str(gguf), "q8_0")
-    alone = serve_prompts(target_gguf, prompts, max_new_tokens, threads=threads)
-    per_gamma = {}
-    for gamma in gammas:
-        run = serve_prompts(target_gguf, prompts, max_new_tokens, draft=str(gguf), gamma=gamma, threads=threads)
-        per_gamma[gamma] = {"speedup": run["tokens_per_s"] / alone["tokens_per_s"],
-                            "tokens_per_s": run["tokens_per_s"], "lossless": run["outputs"] == alone["outputs"],
-                            **{k: run.get(k, math.nan) for k in ("drafted", "accepted", "acceptance_rate",
-                                                                  "mean_acceptance_length")}}
-    best = max(per_gamma, key=lambda g: per_gamma[g]["speedup"])
-    return {"llamacpp_speedup": per_gamma[best]["speedup"], "llamacpp_best_gamma": best,
-            "llamacpp_acceptance_rate": per_gamma[best]["acceptance_rate"],
-            "llamacpp_mean_acceptance_length": per_gamma[best]["mean_acceptance_length"],
-            "llamacpp_lossless": all(v["lossless"] for v in per_gamma.values()),
-            "llamacpp_target_tokens_per_s": alone["tokens_per_s"], "llamacpp_per_gamma": {str(g): v for g, v in
-                                                                                          per_gamma.items()}}
+    run = serve_prompts(target_gguf, prompts, max_new_tokens, draft=str(gguf), gamma=gamma, threads=threads)
+    return {"llamacpp_speedup": run["tokens_per_s"] / alone["tokens_per_s"], "llamacpp_best_gamma": gamma,
+            "llamacpp_tokens_per_s": run["tokens_per_s"], "llamacpp_lossless": run["outputs"] == alone["outputs"],
+            "llamacpp_target_tokens_per_s": alone["tokens_per_s"],
+            **{f"llamacpp_{k}": run.get(k, math.nan) for k in ("drafted", "accepted", "acceptance_rate",
+                                                                 "mean_acceptance_length")}}

@@ -1,7 +1,7 @@
 """The real-model study's peers, measured in the same run on the same pair and prompts, each as a ratio of two
 runs side by side: transformers' assisted generation (batch size 1, its only option) against specdistill's engine
 at batch sizes 1 and 8; TRL's GKDTrainer against specdistill's GKD step (benchmarks/train_step.py, where the
-repository's benchmarks/ is present); the SKD rollout at batch size 16 against one prompt at a time (how the
+repository's benchmarks/ is present); the SKD rollout with its prompts in one batch against one prompt at a time (how the
 seeds' SKD code runs), and with the engine's `compile` on and off."""
 
 from __future__ import annotations
@@ -56,15 +56,17 @@ def skd_rollout_seconds(target, draft, tok, prompts: list[list[int]], batch_size
 
 @torch.no_grad()
 def skd_rollout(target, draft, tok, prompts: list[list[int]], max_new_tokens: int, compile: bool) -> dict:
-    """SKD rollout tokens/s at batch size 16 against batch size 1 (eager), and batch 16 compiled against eager."""
-    rates = {}
-    for name, bs, comp in (("b16", 16, False), ("b1", 1, False), *((("b16_compiled", 16, True),) if compile else ())):
-        tokens, seconds = skd_rollout_seconds(target, draft, tok, prompts, bs, max_new_tokens, comp)
+    """SKD rollout tokens/s with every prompt in one batch against one prompt at a time (eager), and the batch
+    compiled against eager."""
+    rates, bs = {}, len(prompts)
+    for name, size, comp in (("batched", bs, False), ("b1", 1, False), *((("batched_compiled", bs, True),) if compile
+                                                                         else ())):
+        tokens, seconds = skd_rollout_seconds(target, draft, tok, prompts, size, max_new_tokens, comp)
         rates[name] = tokens / seconds
-    out = {"prompts": len(prompts), **{f"{k}_tokens_per_s": v for k, v in rates.items()},
-           "b16_over_b1": rates["b16"] / rates["b1"]}
+    out = {"prompts": bs, "batch_size": bs, **{f"{k}_tokens_per_s": v for k, v in rates.items()},
+           "batched_over_b1": rates["batched"] / rates["b1"]}
     if compile:
-        out["compiled_over_eager_b16"] = rates["b16_compiled"] / rates["b16"]
+        out["compiled_over_eager"] = rates["batched_compiled"] / rates["batched"]
     return out
 
 

@@ -45,21 +45,26 @@ METHODS = [
     RealMethod("DistillSpec (on-policy TVD)", "distillspec", step_s=8.0),
 ]
 
-# depths: draft layers cut from the teacher; seeds; train_limit: GSM8K training questions (several epochs where
-# the budget allows); test_limit: GSM8K test questions scored; warm_steps: the shared SeqKD warm start; steps,
-# batch_size, lr: each method's budget; max_new_tokens: rollouts, teacher answers and draft benchmarks;
-# quality_new_tokens: GSM8K answers; bench_prompts: test prompts per acceptance run (greedy and T=1);
-# timing_prompts: test prompts per timed B=1 run; gammas / llamacpp_gammas: draft lengths timed in each engine
-# (the best kept); methods: the labels run (None = all); peers: run the peer comparisons.
+# depths: draft layers cut from the teacher; seeds; train_limit: GSM8K training questions the methods draw their
+# batches from; answer_limit: the first of them whose teacher answers the warm start learns (several epochs);
+# test_limit: GSM8K test questions scored; warm_steps: the shared SeqKD warm start; steps, batch_size, lr: each
+# method's budget; max_new_tokens: rollouts, teacher answers and acceptance runs; quality_new_tokens: GSM8K answers;
+# bench_prompts: test prompts per acceptance run (greedy and T=1); timing_prompts x timing_new_tokens: each timed
+# B=1 run; gammas / llamacpp_gammas: the draft lengths tried per engine on each depth's warm start (training
+# prompts), the best then used for every draft of that depth; cost_repeats: pair_costs' timed rounds; methods: the
+# labels run (None = all); peers: run the peer comparisons (peer_steps: TRL's and specdistill's timed GKD steps;
+# rollout_prompts: the SKD rollout's prompts, batch sizes that many and 1).
 PLANS = {
-    "full": {"depths": [2, 6], "seeds": 3, "train_limit": 1000, "test_limit": 64, "warm_steps": 48, "steps": 8,
-             "batch_size": 8, "lr": 3.0e-4, "max_new_tokens": 64, "quality_new_tokens": 128, "bench_prompts": 8,
-             "timing_prompts": 8, "gammas": [2, 4], "llamacpp_gammas": [2, 4], "methods": None, "peers": True,
-             "llamacpp": True, "peer_steps": 3},
-    "quick": {"depths": [6], "seeds": 2, "train_limit": 64, "test_limit": 32, "warm_steps": 8, "steps": 3,
-              "batch_size": 8, "lr": 3.0e-4, "max_new_tokens": 48, "quality_new_tokens": 160, "bench_prompts": 8,
-              "timing_prompts": 4, "gammas": [4], "llamacpp_gammas": [4], "methods": ["SFT on gold", "SKD"],
-              "peers": True, "llamacpp": True, "peer_steps": 1},
+    "full": {"depths": [2, 6], "seeds": 3, "train_limit": 1000, "answer_limit": 256, "test_limit": 64,
+             "warm_steps": 64, "steps": 6, "batch_size": 8, "lr": 3.0e-4, "max_new_tokens": 64,
+             "quality_new_tokens": 128, "bench_prompts": 8, "timing_prompts": 4, "timing_new_tokens": 32,
+             "gammas": [1, 2, 3, 4], "llamacpp_gammas": [1, 2, 3, 4], "cost_repeats": 5, "methods": None,
+             "peers": True, "llamacpp": True, "peer_steps": 3, "rollout_prompts": 16},
+    "quick": {"depths": [6], "seeds": 2, "train_limit": 64, "answer_limit": 32, "test_limit": 32, "warm_steps": 8,
+              "steps": 3, "batch_size": 8, "lr": 3.0e-4, "max_new_tokens": 32, "quality_new_tokens": 128,
+              "bench_prompts": 8, "timing_prompts": 4, "timing_new_tokens": 32, "gammas": [2],
+              "llamacpp_gammas": [2], "cost_repeats": 3, "methods": ["SFT on gold", "SKD"], "peers": True,
+              "llamacpp": True, "peer_steps": 1, "rollout_prompts": 8},
 }
 TEACHER = "smollm2-135m-instruct"  # under the models folder (make real-models)
 TEACHER_GGUF = "gguf/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -86,7 +91,7 @@ def job_folder(root: Path, name: str, settings: dict) -> Path:
 
 def warm_settings(plan: dict, depth: int, data: dict) -> dict:
     """What decides a depth's warm start (and so every method's start)."""
-    keep = ("train_limit", "warm_steps", "batch_size", "lr", "max_new_tokens")
+    keep = ("answer_limit", "warm_steps", "batch_size", "lr", "max_new_tokens")
     return {"stage": "warm", "depth": depth, "data": data, **{k: plan[k] for k in keep}}
 
 
@@ -130,11 +135,15 @@ def plan_jobs(plan: dict, data: dict, root: Path, teacher: str, warm: dict[int, 
     return jobs
 
 
-# Seconds per unit on this machine (one thread; docs/real.md prints the estimate and the measured wall time):
-# the teacher decodes ~90 tokens/s at batch size 1 and about 4x that at batch size 8; llama.cpp about twice as fast
-# as the engine at batch size 1; a draft of d layers costs about d/30 of the teacher per token plus its head.
-UNIT = {"teacher_tok_b1": 1 / 90, "teacher_tok_b8": 1 / 360, "llamacpp_tok": 1 / 180, "server_start": 3.0,
-        "measure_quick": 100.0, "export": 6.0, "peers_per_depth": 150.0, "peer_step": 20.0}
+# Seconds per unit on this machine, one torch thread, fp32, measured on the real pair by
+# benchmarks/real_stage_costs.py (docs/benchmarks.md): the teacher decodes 26 tokens/s at batch size 8 and 8 at
+# batch size 1 (one token reads its 540 MB of weights); speculative decoding at batch size 8 about as fast as the
+# teacher alone there; a 2-layer draft answers GSM8K (batch 32) at 430 tokens/s, a 6-layer one at 260; llama.cpp
+# serves the Q4_1 teacher at 25 tokens/s inside a timed run (server start and warm-up apart); pair_costs' rounds
+# take 5 s each; the peers' figures are their own measured runs.
+UNIT = {"teacher_tok_b8": 1 / 26, "teacher_tok_b1": 1 / 8, "spec_tok_b8": 1 / 26, "draft_tok_b32": 1 / 430,
+        "teacher_forcing": 3.0, "llamacpp_tok": 1 / 25, "server_start": 6.0, "export": 10.0, "cost_round": 5.0,
+        "assisted_per_depth": 90.0, "skd_tok_b1": 1 / 6, "compile": 60.0, "peer_step": 20.0}
 
 
 def depth_factor(depth: int) -> float:
@@ -142,24 +151,41 @@ def depth_factor(depth: int) -> float:
     return 1 + 0.06 * (depth - 2)
 
 
+def draft_factor(depth: int) -> float:
+    """A draft's own decoding cost relative to a 2-layer draft's (measured: 6 layers take 1.68x as long)."""
+    return 1 + 0.17 * (depth - 2)
+
+
 def estimate(plan: dict, workers: int) -> dict:
-    """The plan's wall time in seconds by stage: training and acceptance in `workers` parallel workers; timing,
-    llama.cpp and peers one at a time."""
+    """The plan's wall time in seconds by stage, in run_real's order: the teacher's answers, GSM8K score and
+    reference outputs, then the warm starts, in `workers` parallel workers; pair_costs alone; training and
+    acceptance in parallel workers; timing, llama.cpp and peers one at a time."""
     u, n, seeds, depths = UNIT, plan["max_new_tokens"], plan["seeds"], plan["depths"]
-    drafts = len(depths) * seeds * (len(chosen(plan)) + 2)  # + the undistilled cut draft and the warm start
-    teacher = plan["train_limit"] * n * u["teacher_tok_b8"] + plan["test_limit"] * plan["quality_new_tokens"] * \
-        u["teacher_tok_b8"]
-    warm = sum(plan["warm_steps"] * 6.5 * depth_factor(d) for d in depths) / min(workers, len(depths))
+    per_depth = seeds * (len(chosen(plan)) + 2)  # + the undistilled cut draft and the warm start, per seed
+    teacher = (plan["answer_limit"] * n + plan["test_limit"] * plan["quality_new_tokens"]
+               + (1 + seeds) * plan["bench_prompts"] * n) * u["teacher_tok_b8"] / workers
+    warm = max(plan["warm_steps"] * 6.5 * depth_factor(d) for d in depths)
+    costs = len(depths) * (3 + plan["cost_repeats"]) * u["cost_round"]
     train = sum(m.step_s * depth_factor(d) * plan["steps"] for d in depths for m in chosen(plan)) * seeds
-    # one draft's measurement (GSM8K answers, then greedy and T=1 runs, each with the target alone and the
-    # teacher-forced sum min(p, q)): ~100 s of one core at the quick plan's sizes, measured, scaled by its tokens
-    measure_one = u["measure_quick"] * (plan["test_limit"] * plan["quality_new_tokens"] + 6 * plan["bench_prompts"]
-                                        * n) / (32 * 160 + 6 * 8 * 48)
-    timing = drafts * (1 + len(plan["gammas"])) * plan["timing_prompts"] * n * u["teacher_tok_b1"]
-    llama = drafts * (u["export"] + len(plan["llamacpp_gammas"]) * (u["server_start"] + plan["timing_prompts"] * n
-                                                                    * u["llamacpp_tok"])) if plan["llamacpp"] else 0
-    peers = len(depths) * u["peers_per_depth"] + 4 * plan["peer_steps"] * u["peer_step"] if plan["peers"] else 0
-    stages = {"teacher answers and quality": teacher, "warm starts": warm,
-              "training and acceptance (parallel)": (train + drafts * measure_one) / workers,
+    # one draft's measurement: its GSM8K answers, then greedy and T=1 speculative runs and sum min(p, q)
+    measure = sum(per_depth * (plan["test_limit"] * plan["quality_new_tokens"] * u["draft_tok_b32"] * draft_factor(d)
+                               + 2 * (plan["bench_prompts"] * n * u["spec_tok_b8"] + u["teacher_forcing"]))
+                  for d in depths)
+    tokens = plan["timing_prompts"] * plan["timing_new_tokens"]
+    # timed runs: per depth the gamma pick on the warm start (the target alone, then each gamma), then per seed
+    # the target alone and each draft at the chosen gamma (a draft's run costs about the target's: speedup ~1)
+    def pick(gammas: list[int]) -> int:  # the target alone and each gamma; one gamma: no pick
+        return 1 + len(gammas) if len(gammas) > 1 else 0
+
+    runs = len(depths) * (pick(plan["gammas"]) + seeds + per_depth)
+    timing = runs * (tokens * u["teacher_tok_b1"] + 2.0)
+    servers = len(depths) * (pick(plan["llamacpp_gammas"]) + seeds + per_depth)
+    llama = (len(depths) * per_depth * u["export"] + servers * (u["server_start"] + tokens * u["llamacpp_tok"])
+             if plan["llamacpp"] else 0)
+    rollout = plan["rollout_prompts"] * n * u["skd_tok_b1"] * 1.2 + u["compile"]  # B=1, then batched twice
+    peers = (len(depths) * u["assisted_per_depth"] + rollout + 2 * (plan["peer_steps"] + 1) * u["peer_step"]
+             if plan["peers"] else 0)
+    stages = {"teacher answers, score and reference outputs (parallel)": teacher, "warm starts (parallel)": warm,
+              "pair costs (alone)": costs, "training and acceptance (parallel)": (train + measure) / workers,
               "timed B=1 runs (alone)": timing, "llama.cpp (alone)": llama, "peers (alone)": peers}
     return {**{k: round(v) for k, v in stages.items()}, "total": round(sum(stages.values()))}

@@ -96,7 +96,7 @@ def settings(report: dict) -> list[str]:
     """The title, how the page was made, the setting and the budget as run."""
     plan, t, name = report["plan"], report["teacher"], report["plan_name"]
     epochs = plan["steps"] * plan["batch_size"] / plan["train_limit"]
-    warm_epochs = plan["warm_steps"] * plan["batch_size"] / plan["train_limit"]
+    warm_epochs = plan["warm_steps"] * plan["batch_size"] / plan["answer_limit"]
     costs = ", ".join(f"{d} layers: c = {c['c']:.3f}" for d, c in report["costs"].items())
     quick = (["**This page comes from the quick plan (`--quick`): one look at the pipeline with a tiny budget, not "
               "the study. `make real` runs the full plan and rewrites it.**", ""] if name == "quick" else [])
@@ -113,17 +113,22 @@ def settings(report: dict) -> list[str]:
             f"- Data: GSM8K, the copy in `{report['data']['folder']}` (users load `{HUB}`, config `main`): the first "
             f"{plan['train_limit']} training questions, the first {plan['test_limit']} test questions.",
             f"- Shared warm start, the same for every method at a depth: SeqKD, i.e. cross-entropy on the teacher's "
-            f"own T=1 answers ({plan['max_new_tokens']} new tokens) to the training questions, generated once and "
-            f"cached, {plan['warm_steps']} steps ({warm_epochs:.2f} epochs) from the cut draft.",
+            f"own T=1 answers ({plan['max_new_tokens']} new tokens) to the first {plan['answer_limit']} training "
+            f"questions, generated once and cached, {plan['warm_steps']} steps of batch {plan['batch_size']} "
+            f"({warm_epochs:.2f} epochs) from the cut draft.",
             f"- Each method then trains {plan['steps']} steps of batch {plan['batch_size']} at learning rate "
             f"{plan['lr']:g} ({epochs:.2f} epochs of the training questions), for each of {plan['seeds']} seeds. This "
             "budget is small: on 2 CPU cores a step costs 6.5 s (dataset methods) to 23 s (SKD), so the page shows "
-            "what a few steps do, not what each method reaches.",
+            "what a few steps do, not what each method reaches; the SKD paper's budget (about 1,000 questions, "
+            "several epochs, for each method) would take days here.",
             f"- Drafts judged as served: acceptance on {plan['bench_prompts']} test prompts, gamma {report['gamma']}, "
             f"greedy and T=1; sum min(p,q) over the teacher's own T=1 outputs; the predicted speedup from the measured "
-            f"acceptance and costs; measured speedups on {plan['timing_prompts']} test prompts at B=1, one draft at "
-            f"a time with no other study work running, at the best of gamma {plan['gammas']} (specdistill) and "
-            f"{plan['llamacpp_gammas']} (llama.cpp, the draft exported to q8_0 GGUF). Best gammas: "
+            f"acceptance and costs; measured speedups at B=1, greedy, on {plan['timing_prompts']} test prompts x "
+            f"{plan['timing_new_tokens']} new tokens, one draft at a time with no other study work running, each "
+            f"against the target alone timed just before its depth and seed's drafts, in specdistill's engine and in "
+            f"llama.cpp (the draft exported to q8_0 GGUF). Each engine's gamma per depth: the best of "
+            f"{plan['gammas']} (specdistill) and {plan['llamacpp_gammas']} (llama.cpp) for the warm start on "
+            f"{plan['timing_prompts']} training prompts, then used for every draft of that depth: "
             f"{gammas_line(report)}.",
             f"- Teacher: GSM8K exact match {t['quality']:.3f} zero-shot, greedy, {plan['quality_new_tokens']} new "
             f"tokens ({t['answers_with_final_line']:.0%} of its answers reach a `####` line). At 135M parameters "
@@ -145,12 +150,13 @@ def peers_section(peers: dict) -> list[str]:
                      f"{a['b8_over_hf']:.2f}x |")
     s = peers.get("skd_rollout")
     if s:
-        lines.append(f"| SKD rollout B=16 / B=1 (eager) | {s['draft']} warm start | {s['b16_tokens_per_s']:.1f} / "
-                     f"{s['b1_tokens_per_s']:.1f} tokens/s | {s['b16_over_b1']:.2f}x |")
-        if "compiled_over_eager_b16" in s:
-            lines.append(f"| SKD rollout B=16, compile on / off | {s['draft']} warm start | "
-                         f"{s['b16_compiled_tokens_per_s']:.1f} / {s['b16_tokens_per_s']:.1f} tokens/s | "
-                         f"{s['compiled_over_eager_b16']:.2f}x |")
+        b = s["batch_size"]
+        lines.append(f"| SKD rollout B={b} / B=1 (eager) | {s['draft']} warm start | {s['batched_tokens_per_s']:.1f} / "
+                     f"{s['b1_tokens_per_s']:.1f} tokens/s | {s['batched_over_b1']:.2f}x |")
+        if "compiled_over_eager" in s:
+            lines.append(f"| SKD rollout B={b}, compile on / off | {s['draft']} warm start | "
+                         f"{s['batched_compiled_tokens_per_s']:.1f} / {s['batched_tokens_per_s']:.1f} tokens/s | "
+                         f"{s['compiled_over_eager']:.2f}x |")
     g = peers.get("trl_gkd", {})
     if "speedup" in g:
         lines.append(f"| specdistill GKD step / TRL GKDTrainer step (lambda 1, beta 0.5, T=1, batch {g['batch_size']}, "
@@ -187,9 +193,20 @@ def plot_speedups(report: dict, path: Path) -> Path:
     return save_figure(fig, path)
 
 
+def time_table(report: dict) -> list[str]:
+    """Where the wall time went: each stage as run, beside real_plan.estimate's total (its stages differ in cut)."""
+    est = report["estimate"]
+    lines = ["## Wall time", "", "| stage (as run) | minutes |", "|---|---:|"]
+    lines += [f"| {name} | {s / 60:.1f} |" for name, s in report.get("stages_s", {}).items()]
+    lines += [f"| **total** (estimated {est['total'] / 60:.0f}) | **{report['wall_s'] / 60:.1f}** |", "",
+              "The estimate's stages (minutes): " + ", ".join(f"{k} {v / 60:.1f}" for k, v in est.items()
+                                                              if k != "total") + ".", ""]
+    return lines
+
+
 def render(report: dict) -> str:
     rows = report["rows"]
-    out = settings(report)
+    out = settings(report) + time_table(report)
     for world in dict.fromkeys(r["world"] for r in rows):
         out += [f"## {world} drafts", "", *depth_table(rows, world), ""]
     claims = speed_claims(rows) + paper_claims(rows)
