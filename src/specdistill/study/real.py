@@ -231,10 +231,10 @@ def best_drafts(rows: list[dict]) -> dict[str, dict]:
     return best
 
 
-def run_peers(runs: list[dict], rows: list[dict], plan: dict, data: dict, teacher: str, root: Path) -> dict:
+def run_peers(runs: list[dict], rows: list[dict], plan: dict, data: dict, teacher: str, costs: dict) -> dict:
     """The peers, one at a time: transformers' assisted generation with each depth's best draft (its first seed),
-    TRL's GKDTrainer against specdistill's GKD step on the first depth's warm start, and the SKD rollout at
-    batch sizes 16 and 1 (compile on and off)."""
+    TRL's GKDTrainer against specdistill's GKD step on the first depth's warm start, and the SKD rollout with its
+    prompts in one batch against one at a time (and compiled, where the plan compiles). costs: the pairs' by depth."""
     torch.set_num_threads(plan.get("threads", 1))
     tok = load_tokenizer(teacher)
     target = load_model(teacher, tokenizer=tok).eval()
@@ -246,12 +246,14 @@ def run_peers(runs: list[dict], rows: list[dict], plan: dict, data: dict, teache
         print(f"[peers] transformers' assisted generation with {world} / {row['method']}", flush=True)
         gamma = run.get("best_gamma", GAMMA)
         out["assisted"][world] = {"method": row["method"], **hf_assisted(
-            target, draft, tok, prompts[: plan["timing_prompts"]], gamma, plan["timing_new_tokens"])}
+            target, draft, tok, prompts[: plan["timing_prompts"]], gamma, plan["timing_new_tokens"],
+            ForwardCosts(**costs[str(run["depth"])]))}
     warm = next(r for r in runs if r["method"].startswith("warm start"))
     draft = load_model(warm["student"], tokenizer=tok).eval()
-    print("[peers] SKD rollout at batch size 16 and 1, compile on and off", flush=True)
+    print(f"[peers] SKD rollout at batch size {plan['rollout_prompts']} and 1{', compile on and off' * plan['compile']}",
+          flush=True)
     out["skd_rollout"] = {"draft": warm["world"], **skd_rollout(target, draft, tok, prompts[: plan["rollout_prompts"]],
-                                                                plan["max_new_tokens"], plan.get("compile", True))}
+                                                                plan["timing_new_tokens"], plan["compile"])}
     print("[peers] TRL's GKDTrainer against specdistill's GKD step (benchmarks/train_step.py)", flush=True)
     out["trl_gkd"] = {"draft": warm["world"], **trl_gkd(teacher, warm["student"], plan["peer_steps"],
                                                         plan["batch_size"], plan["max_new_tokens"])}
@@ -337,8 +339,9 @@ def run_real(models: str = "models", out: str = "runs/real", results: str | None
     gammas = time_drafts(runs, plan, data_paths, teacher, target_gguf, root)
     stage("timed runs, both engines (alone)")
     rows = aggregate(runs, REAL_METRICS)
-    peers = cached(root / f"peers-{resume_key({'plan': plan, 'data': data_paths})}.json",
-                   lambda: run_peers(runs, rows, plan, data_paths, teacher, root)) if plan["peers"] else {}
+    peers = (cached(root / f"peers-{resume_key({'plan': plan, 'data': data_paths})}.json",
+                   lambda: run_peers(runs, rows, plan, data_paths, teacher, {str(d): c for d, c in costs.items()}))
+             if plan["peers"] else {})
     stage("peers (alone)")
     report = {"plan_name": plan_name, "plan": plan, "data": data_paths, "seeds": list(range(plan["seeds"])),
               "gamma": GAMMA, "teacher": {"path": teacher, "gguf": target_gguf, **ready["teacher_quality"]},

@@ -17,16 +17,19 @@ import torch
 from ..data.templates import end_token_ids
 from ..data.prompt_views import left_pad
 from ..engine import Sampling, TopKPolicy, generate, make_schedule
+from ..evaluate.prediction import ForwardCosts
 from ..evaluate.speculative import bench_pair
 
 REPO = Path(__file__).resolve().parents[3]  # src/specdistill/study/ -> the repository (benchmarks/ beside src/)
 
 
-def hf_assisted(target, draft, tok, prompts: list[list[int]], gamma: int, max_new_tokens: int) -> dict:
+def hf_assisted(target, draft, tok, prompts: list[list[int]], gamma: int, max_new_tokens: int,
+                costs: ForwardCosts) -> dict:
     """bench_pair with transformers' assisted generation: specdistill at batch size 8 and at batch size 1 against
-    transformers one prompt at a time, greedy, the same gamma and end ids; whether the outputs are identical."""
+    transformers one prompt at a time, greedy, the same gamma and end ids; whether the outputs are identical.
+    costs: the pair's, measured before (bench_pair would time them again for its predicted figures)."""
     b = bench_pair(target, draft, prompts, tok, gamma=gamma, max_new_tokens=max_new_tokens, batch_size=8,
-                   compare_hf=True, warmup=1, repeats=1)
+                   compare_hf=True, warmup=1, repeats=1, costs=costs)
     return {"gamma": gamma, "prompts": len(prompts), "hf_assisted_tokens_per_s": b["hf_assisted_tokens_per_s"],
             "specdistill_b1_tokens_per_s": b["tokens_per_s_b1"], "specdistill_b8_tokens_per_s": b["tokens_per_s"],
             "b1_over_hf": b["speedup_vs_hf_assisted"],

@@ -53,18 +53,18 @@ METHODS = [
 # B=1 run; gammas / llamacpp_gammas: the draft lengths tried per engine on each depth's warm start (training
 # prompts), the best then used for every draft of that depth; cost_repeats: pair_costs' timed rounds; methods: the
 # labels run (None = all); peers: run the peer comparisons (peer_steps: TRL's and specdistill's timed GKD steps;
-# rollout_prompts: the SKD rollout's prompts, batch sizes that many and 1).
+# rollout_prompts: the SKD rollout's prompts, batch sizes that many and 1; compile: its batch compiled too).
 PLANS = {
-    "full": {"depths": [2, 6], "seeds": 3, "train_limit": 1000, "answer_limit": 256, "test_limit": 64,
-             "warm_steps": 64, "steps": 6, "batch_size": 8, "lr": 3.0e-4, "max_new_tokens": 64,
-             "quality_new_tokens": 128, "bench_prompts": 8, "timing_prompts": 4, "timing_new_tokens": 32,
+    "full": {"depths": [2, 6], "seeds": 3, "train_limit": 1000, "answer_limit": 192, "test_limit": 64,
+             "warm_steps": 48, "steps": 6, "batch_size": 8, "lr": 3.0e-4, "max_new_tokens": 64,
+             "quality_new_tokens": 128, "bench_prompts": 6, "timing_prompts": 4, "timing_new_tokens": 32,
              "gammas": [1, 2, 3, 4], "llamacpp_gammas": [1, 2, 3, 4], "cost_repeats": 5, "methods": None,
-             "peers": True, "llamacpp": True, "peer_steps": 3, "rollout_prompts": 16},
+             "peers": True, "llamacpp": True, "peer_steps": 3, "rollout_prompts": 16, "compile": True},
     "quick": {"depths": [6], "seeds": 2, "train_limit": 64, "answer_limit": 32, "test_limit": 32, "warm_steps": 8,
               "steps": 3, "batch_size": 8, "lr": 3.0e-4, "max_new_tokens": 32, "quality_new_tokens": 128,
-              "bench_prompts": 8, "timing_prompts": 4, "timing_new_tokens": 32, "gammas": [2],
+              "bench_prompts": 4, "timing_prompts": 3, "timing_new_tokens": 32, "gammas": [2],
               "llamacpp_gammas": [2], "cost_repeats": 3, "methods": ["SFT on gold", "SKD"], "peers": True,
-              "llamacpp": True, "peer_steps": 1, "rollout_prompts": 8},
+              "llamacpp": True, "peer_steps": 1, "rollout_prompts": 4, "compile": False},
 }
 TEACHER = "smollm2-135m-instruct"  # under the models folder (make real-models)
 TEACHER_GGUF = "gguf/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -137,13 +137,17 @@ def plan_jobs(plan: dict, data: dict, root: Path, teacher: str, warm: dict[int, 
 
 # Seconds per unit on this machine, one torch thread, fp32, measured on the real pair by
 # benchmarks/real_stage_costs.py (docs/benchmarks.md): the teacher decodes 26 tokens/s at batch size 8 and 8 at
-# batch size 1 (one token reads its 540 MB of weights); speculative decoding at batch size 8 about as fast as the
-# teacher alone there; a 2-layer draft answers GSM8K (batch 32) at 430 tokens/s, a 6-layer one at 260; llama.cpp
-# serves the Q4_1 teacher at 25 tokens/s inside a timed run (server start and warm-up apart); pair_costs' rounds
-# take 5 s each; the peers' figures are their own measured runs.
-UNIT = {"teacher_tok_b8": 1 / 26, "teacher_tok_b1": 1 / 8, "spec_tok_b8": 1 / 26, "draft_tok_b32": 1 / 430,
-        "teacher_forcing": 3.0, "llamacpp_tok": 1 / 25, "server_start": 6.0, "export": 10.0, "cost_round": 5.0,
-        "assisted_per_depth": 90.0, "skd_tok_b1": 1 / 6, "compile": 60.0, "peer_step": 20.0}
+# batch size 1 (10 inside a timed run: one token reads its 540 MB of weights); speculative decoding at batch size
+# 8 about as fast as the teacher alone there; a 2-layer draft answers GSM8K (batch 32) at 300 tokens/s, a 6-layer
+# one at 180; llama.cpp serves the Q4_1 teacher at 25 tokens/s inside a timed run with a draft, its server start
+# and the draft's q8_0 export take about 4 s each; pair_costs' rounds
+# take 5 s each; a worker job loads its models in about 10 s; the SKD rollout runs at 5 tokens/s at batch size 1
+# and its compiled batch first compiles for about 8 minutes (inductor, a cold cache, one thread); the quick plan's
+# run (docs/benchmarks.md) checks these.
+UNIT = {"teacher_tok_b8": 1 / 26, "teacher_tok_b1": 1 / 10, "spec_tok_b8": 1 / 26, "draft_tok_b32": 1 / 300,
+        "teacher_forcing": 5.0, "llamacpp_tok": 1 / 25, "server_start": 4.0, "export": 4.0, "cost_round": 5.0,
+        "load": 10.0, "assisted_per_depth": 120.0, "skd_tok_b1": 1 / 5, "compile": 480.0, "peer_step": 20.0,
+        "trl_gkd": 60.0}
 
 
 def depth_factor(depth: int) -> float:
@@ -166,9 +170,9 @@ def estimate(plan: dict, workers: int) -> dict:
                + (1 + seeds) * plan["bench_prompts"] * n) * u["teacher_tok_b8"] / workers
     warm = max(plan["warm_steps"] * 6.5 * depth_factor(d) for d in depths)
     costs = len(depths) * (3 + plan["cost_repeats"]) * u["cost_round"]
-    train = sum(m.step_s * depth_factor(d) * plan["steps"] for d in depths for m in chosen(plan)) * seeds
+    train = sum(m.step_s * depth_factor(d) * plan["steps"] + u["load"] for d in depths for m in chosen(plan)) * seeds
     # one draft's measurement: its GSM8K answers, then greedy and T=1 speculative runs and sum min(p, q)
-    measure = sum(per_depth * (plan["test_limit"] * plan["quality_new_tokens"] * u["draft_tok_b32"] * draft_factor(d)
+    measure = sum(per_depth * (u["load"] + plan["test_limit"] * plan["quality_new_tokens"] * u["draft_tok_b32"] * draft_factor(d)
                                + 2 * (plan["bench_prompts"] * n * u["spec_tok_b8"] + u["teacher_forcing"]))
                   for d in depths)
     tokens = plan["timing_prompts"] * plan["timing_new_tokens"]
@@ -182,9 +186,13 @@ def estimate(plan: dict, workers: int) -> dict:
     servers = len(depths) * (pick(plan["llamacpp_gammas"]) + seeds + per_depth)
     llama = (len(depths) * per_depth * u["export"] + servers * (u["server_start"] + tokens * u["llamacpp_tok"])
              if plan["llamacpp"] else 0)
-    rollout = plan["rollout_prompts"] * n * u["skd_tok_b1"] * 1.2 + u["compile"]  # B=1, then batched twice
+    # the SKD rollout: one prompt at a time, then the batch (eager; compiled too with `compile`), each after an
+    # untimed batch; TRL's and specdistill's GKD steps, each with a warm-up step, and TRL's set-up
+    batched = 2 * plan["rollout_prompts"] * plan["timing_new_tokens"] * u["spec_tok_b8"]
+    rollout = plan["rollout_prompts"] * plan["timing_new_tokens"] * u["skd_tok_b1"] + batched * (1 + plan["compile"]) \
+        + plan["compile"] * u["compile"]
     peers = (len(depths) * u["assisted_per_depth"] + rollout + 2 * (plan["peer_steps"] + 1) * u["peer_step"]
-             if plan["peers"] else 0)
+             + u["trl_gkd"] if plan["peers"] else 0)
     stages = {"teacher answers, score and reference outputs (parallel)": teacher, "warm starts (parallel)": warm,
               "pair costs (alone)": costs, "training and acceptance (parallel)": (train + measure) / workers,
               "timed B=1 runs (alone)": timing, "llama.cpp (alone)": llama, "peers (alone)": peers}
