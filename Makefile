@@ -53,8 +53,8 @@ real-models: install
 	$(BIN)/python -m specdistill.real_models --out $(MODELS) $(REAL_MODELS_FLAGS)
 
 # docs/real.md and its figures: the real-model study on the models of `make real-models`; it resumes where it
-# stopped (runs/real keeps every finished job). real-quick: a first look. Their wall times on 2 CPU cores are not
-# yet within the targets (2.5 h, 20 min): docs/benchmarks.md has the measured stage costs.
+# stopped (runs/real keeps every finished job). real-quick: a first look, 13:44 on 2 CPU cores (docs/benchmarks.md);
+# the full plan is estimated at 130 minutes there (real_plan.estimate, from the measured stage costs).
 real: install
 	$(BIN)/python -m specdistill.study.real --models $(MODELS) --out runs/real --results docs/real.md
 

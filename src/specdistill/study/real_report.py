@@ -92,6 +92,25 @@ def gammas_line(report: dict) -> str:
     return "; ".join(parts)
 
 
+def step_line(report: dict) -> str:
+    """How long a training step took per method in this run (its training seconds, model loading included, over
+    its steps; mean over depths and seeds)."""
+    steps, per = report["plan"]["steps"], {}
+    for r in report["runs"]:
+        if r.get("train_s"):
+            per.setdefault(r["method"], []).append(r["train_s"] / steps)
+    return "a step took " + ", ".join(f"{sum(v) / len(v):.1f} s ({m})" for m, v in per.items()) + \
+        " on one core of this machine" if per else "no method was trained"
+
+
+def paper_hours(report: dict) -> float:
+    """Hours this run's methods would train at the SKD paper's budget (375 steps per method, seed and depth) at
+    this run's step times, on its workers."""
+    steps = report["plan"]["steps"]
+    seconds = sum(375 * r["train_s"] / steps for r in report["runs"] if r.get("train_s"))
+    return seconds / report["workers"] / 3600
+
+
 def settings(report: dict) -> list[str]:
     """The title, how the page was made, the setting and the budget as run."""
     plan, t, name = report["plan"], report["teacher"], report["plan_name"]
@@ -118,9 +137,9 @@ def settings(report: dict) -> list[str]:
             f"({warm_epochs:.2f} epochs) from the cut draft.",
             f"- Each method then trains {plan['steps']} steps of batch {plan['batch_size']} at learning rate "
             f"{plan['lr']:g} ({epochs:.2f} epochs of the training questions), for each of {plan['seeds']} seeds. This "
-            "budget is small: on 2 CPU cores a step costs 6.5 s (dataset methods) to 23 s (SKD), so the page shows "
-            "what a few steps do, not what each method reaches; the SKD paper's budget (about 1,000 questions, "
-            "several epochs, for each method) would take days here.",
+            f"budget is small: {step_line(report)}, so the page shows what a few steps do, not what each method "
+            f"reaches; the SKD paper's budget (about 1,000 questions, 3 epochs: 375 steps of batch 8 per method and "
+            f"seed) would take about {paper_hours(report):.0f} hours here.",
             f"- Drafts judged as served: acceptance on {plan['bench_prompts']} test prompts, gamma {report['gamma']}, "
             f"greedy and T=1; sum min(p,q) over the teacher's own T=1 outputs; the predicted speedup from the measured "
             f"acceptance and costs; measured speedups at B=1, greedy, on {plan['timing_prompts']} test prompts x "
