@@ -11,9 +11,10 @@ from ..config import DatasetConfig, load_config
 from ..data.records import load_records
 from ..data.tasks import get_task, style_shares
 from ..data.prompt_views import encode_example
-from ..evaluate.prediction import ForwardCosts
-from ..evaluate.quality import evaluate_records
-from ..evaluate.speculative import bench_pair, measure_forward_costs
+from ..engine import Sampling
+from ..evaluate.prediction import ForwardCosts, expected_acceptance, prediction_figures
+from ..evaluate.quality import evaluate_records, generate_ids
+from ..evaluate.speculative import measure_forward_costs, run_speculative
 from ..models import load_model, load_tokenizer
 from .plan import World
 
@@ -72,19 +73,30 @@ def pair_costs(teacher_path: str, student_path: str, prompt: list[int], repeats:
     return measure_forward_costs(teacher, student, prompt, batch_size=1, repeats=repeats)
 
 
-def draft_figures(teacher, student, t_prompts, s_prompts, tok, max_new: int, seed: int, costs: ForwardCosts) -> dict:
-    """Greedy and T=1 speculative decoding (gamma GAMMA): acceptance, mean accepted length, per-position
+def draft_figures(teacher, student, t_prompts, s_prompts, tok, max_new: int, seed: int, costs: ForwardCosts,
+                  reference: dict | None = None) -> dict:
+    """Greedy and T=1 speculative decoding (gamma GAMMA, batch 8): acceptance, mean accepted length, per-position
     acceptance, sum(min(p, q)) over the teacher's own outputs, and the speedup predicted from the measured
-    acceptance and `costs` (timed alone, so parallel workers cannot skew it)."""
+    acceptance and `costs` (timed alone, so parallel workers cannot skew it). reference: the teacher's own
+    outputs on t_prompts, shared by many drafts ({"greedy": ..., "sampled": {str(seed): ...}}, as
+    real_measure.target_reference writes them); None: generated here."""
     out = {}
     for prefix, temperature in (("", 0.0), ("sampled_", 1.0)):
         with torch.no_grad():
-            b = bench_pair(teacher, student, t_prompts, tok, gamma=GAMMA, temperature=temperature,
-                           max_new_tokens=max_new, draft_prompts=s_prompts, batch_size=8, seed=seed, warmup=0,
-                           repeats=1, costs=costs)
-        for key in ("acceptance_rate", "mean_accepted_length", "per_position_acceptance", "expected_acceptance",
-                    "predicted_speedup", "token_acceptance"):
-            out[prefix + key] = b[key]
+            if reference is None:
+                own = generate_ids(teacher, tok, t_prompts, max_new, batch_size=8, temperature=temperature, seed=seed)
+            else:
+                own = reference["greedy"] if temperature == 0 else reference["sampled"][str(seed)]
+            spec, stats, _ = run_speculative(teacher, student, t_prompts, tok, gamma=GAMMA, temperature=temperature,
+                                             max_new_tokens=max_new, batch_size=8, seed=seed, draft_prompts=s_prompts)
+            alpha = expected_acceptance(teacher, student, t_prompts, s_prompts, own, Sampling(temperature),
+                                        tok.pad_token_id, len(tok))
+        figures = prediction_figures(stats, costs)
+        out.update({prefix + "acceptance_rate": stats.acceptance_rate, prefix + "expected_acceptance": alpha,
+                    prefix + "mean_accepted_length": stats.mean_accepted_length,
+                    prefix + "per_position_acceptance": stats.per_position_acceptance,
+                    prefix + "token_acceptance": figures["token_acceptance"],
+                    prefix + "predicted_speedup": figures["predicted_speedup"]})
         if temperature == 0:
-            out["matches_target_greedy"] = b["matches_target_greedy"]
+            out["matches_target_greedy"] = spec == own
     return out

@@ -15,12 +15,11 @@ import torch
 from ..config import DatasetConfig, ViewConfig
 from ..data.records import load_records
 from ..data.prompt_views import encode_example
-from ..engine import Sampling
-from ..evaluate.prediction import ForwardCosts, expected_acceptance, prediction_figures
+from ..evaluate.prediction import ForwardCosts
 from ..evaluate.quality import evaluate_records, generate_ids
 from ..evaluate.speculative import count_tokens, run_speculative, run_target_alone
 from ..models import load_model, load_tokenizer
-from .measure import GAMMA
+from .measure import draft_figures
 
 VIEWS = ViewConfig()  # training's views: the model's own chat template, no system prompt of ours
 
@@ -92,7 +91,7 @@ def gsm8k_quality(model, tok, test: str, limit: int, max_new_tokens: int) -> dic
 def measure_draft(student: str, teacher: str, plan: dict, data: dict, seed: int, costs: ForwardCosts,
                   reference: dict) -> dict:
     """A draft's quality (GSM8K exact match) and its figures as the teacher's draft on the plan's bench prompts
-    (batch 8, gamma GAMMA), greedy and at T=1 (`seed`): acceptance, mean accepted length, per-position
+    (measure.draft_figures: batch 8, gamma 4), greedy and at T=1 (`seed`): acceptance, mean accepted length, per-position
     acceptance, sum(min(p, q)) over the target's own outputs (`reference`, target_reference), the speedup
     predicted from the acceptance and `costs` (timed alone, so parallel workers cannot skew it)."""
     torch.manual_seed(seed)
@@ -101,21 +100,8 @@ def measure_draft(student: str, teacher: str, plan: dict, data: dict, seed: int,
     draft = load_model(student, tokenizer=tok).eval()
     out = gsm8k_quality(draft, tok, data["test"], plan["test_limit"], plan["quality_new_tokens"])
     prompts = [list(p) for p in test_prompts(data["test"], plan["bench_prompts"], teacher)]
-    for prefix, temperature, own in (("", 0.0, reference["greedy"]), ("sampled_", 1.0, reference["sampled"][str(seed)])):
-        with torch.no_grad():
-            spec, stats, _ = run_speculative(target, draft, prompts, tok, gamma=GAMMA, temperature=temperature,
-                                             max_new_tokens=plan["max_new_tokens"], batch_size=8, seed=seed)
-            alpha = expected_acceptance(target, draft, prompts, prompts, own, Sampling(temperature), tok.pad_token_id,
-                                        len(tok))
-        figures = prediction_figures(stats, costs)
-        out.update({prefix + "acceptance_rate": stats.acceptance_rate, prefix + "expected_acceptance": alpha,
-                    prefix + "mean_accepted_length": stats.mean_accepted_length,
-                    prefix + "per_position_acceptance": stats.per_position_acceptance,
-                    prefix + "token_acceptance": figures["token_acceptance"],
-                    prefix + "predicted_speedup": figures["predicted_speedup"]})
-        if temperature == 0:
-            out["matches_target_greedy"] = spec == own
-    return out
+    return {**out, **draft_figures(target, draft, prompts, prompts, tok, plan["max_new_tokens"], seed, costs,
+                                   reference)}
 
 
 def timed_alone(target, tok, prompts: list[list[int]], max_new_tokens: int) -> dict:
