@@ -28,8 +28,8 @@ from specdistill.evaluate.quality import generate_ids
 from specdistill.models import load_model, load_tokenizer
 from specdistill.study.measure import pair_costs
 from specdistill.study.real import cut_drafts, find_data
-from specdistill.study.real_measure import (gsm8k_quality, llamacpp_speedup, measure_draft, target_reference,
-                                            test_prompts, timed_alone, timed_b1)
+from specdistill.study.real_measure import (gsm8k_quality, llamacpp_speedup, measure_draft, pace_probe,
+                                            target_reference, test_prompts, timed_alone, timed_b1)
 from specdistill.study.real_plan import PLANS, TEACHER, TEACHER_GGUF
 
 
@@ -40,13 +40,11 @@ def timed(fn):
 
 
 def teacher_rates(model, tok, prompts: list[list[int]], new_tokens: int) -> dict:
-    """Tokens/s of the teacher alone at batch size 1 (greedy) and 8 (T=1), after a short untimed call."""
-    generate_ids(model, tok, prompts[:1], 2, batch_size=1)
-    out = {}
-    for name, bs, temperature in (("b1", 1, 0.0), ("b8_t1", 8, 1.0)):
-        answers, seconds = timed(lambda: generate_ids(model, tok, prompts[: max(bs, 2)], new_tokens,
-                                                      batch_size=bs, temperature=temperature, seed=0))
-        out[f"teacher_{name}_tokens_per_s"] = sum(len(a) for a in answers) / seconds
+    """Tokens/s of the teacher alone at batch size 1 (greedy; the study's pace probe) and 8 (T=1)."""
+    out = {"teacher_b1_tokens_per_s": pace_probe(model, tok, prompts, new_tokens)}
+    answers, seconds = timed(lambda: generate_ids(model, tok, prompts[:8], new_tokens, batch_size=8,
+                                                  temperature=1.0, seed=0))
+    out["teacher_b8_t1_tokens_per_s"] = sum(len(a) for a in answers) / seconds
     return out
 
 

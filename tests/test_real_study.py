@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from specdistill.study import real as real_study
 from specdistill.study.claims import aggregate, judge
 from specdistill.study.real_plan import (METHODS, PLANS, UNDISTILLED, WARM_LABEL, estimate, job_folder,
@@ -51,6 +52,22 @@ def test_the_estimates_fit_their_budgets():
         sum(v for k, v in full.items() if k != "total"), abs=len(full))
     more = estimate({**PLANS["full"], "steps": 2 * PLANS["full"]["steps"]}, 2)
     assert more["training and acceptance (parallel)"] > full["training and acceptance (parallel)"]
+
+
+def test_the_pace_probe_times_only_its_timed_call_and_scales_against_the_reference(monkeypatch):
+    # a fake clock and model: the warm-up call (2 tokens) is not timed; the timed call writes 2 x 16 tokens in
+    # 4 s, so 8 tokens/s, half the reference 16: pace 2.0 (a slower machine: every stage about twice its estimate)
+    from specdistill.study import real_measure
+
+    calls, ticks = [], iter([10.0, 14.0])
+    monkeypatch.setattr(real_measure, "generate_ids", lambda model, tok, prompts, n, **kw: calls.append(
+        (len(prompts), n)) or [[1] * n for _ in prompts])
+    monkeypatch.setattr(real_measure.time, "perf_counter", lambda: next(ticks))
+    monkeypatch.setattr(real_measure, "load_tokenizer", lambda path: "tok")
+    monkeypatch.setattr(real_measure, "load_model", lambda path, tokenizer: torch.nn.Linear(1, 1))
+    pace = real_measure.machine_pace("teacher", [[1, 2], [3, 4], [5, 6]], reference_tokens_per_s=16.0)
+    assert calls == [(1, 2), (2, 16)]
+    assert pace == {"tokens_per_s": 8.0, "reference_tokens_per_s": 16.0, "pace": 2.0}
 
 
 def test_the_resume_key_follows_the_settings(tmp_path):
@@ -128,6 +145,7 @@ def test_the_plan_end_to_end_on_a_tiny_pair_and_its_resume(tmp_path):
     assert all(r["lossless"] and r["matches_target_greedy"] for r in report["runs"])
     text = page.read_text()
     assert "Distillation turns a cut draft" in text and "(img/real_speedup_per_method.png)" in text
+    assert report["pace"]["tokens_per_s"] > 0 and f"pace {report['pace']['pace']:.2f}" in text
     assert (tmp_path / "docs" / "img" / "real_quality_vs_acceptance.png").stat().st_size > 1000
     # a second run reuses every finished job (the workers are spawned, so the files tell): nothing retrained
     finished = {p: p.stat().st_mtime_ns for p in out.glob("jobs/*/*.json")}

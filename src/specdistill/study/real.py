@@ -34,11 +34,11 @@ from ..models import load_model, load_tokenizer
 from .claims import METRICS, aggregate
 from .jobs import loss_curve, quiet, run_all, train_job, workers
 from .measure import GAMMA, pair_costs
-from .real_measure import (cached, gsm8k_quality, llamacpp_speedup, measure_draft, target_reference, teacher_answers,
-                           test_prompts, timed_alone, timed_b1, write_records)
+from .real_measure import (cached, gsm8k_quality, llamacpp_speedup, machine_pace, measure_draft, target_reference,
+                           teacher_answers, test_prompts, timed_alone, timed_b1, write_records)
 from .real_peers import REPO, hf_assisted, skd_rollout, trl_gkd
-from .real_plan import (PLANS, TEACHER, TEACHER_GGUF, UNDISTILLED, WARM_LABEL, chosen, estimate, job_folder,
-                        plan_jobs, resume_key, warm_settings)
+from .real_plan import (PACE_TOKENS_S, PLANS, TEACHER, TEACHER_GGUF, UNDISTILLED, WARM_LABEL, chosen, estimate,
+                        job_folder, plan_jobs, resume_key, warm_settings)
 
 REAL_METRICS = METRICS + ("measured_speedup", "llamacpp_speedup", "llamacpp_acceptance_rate",
                           "llamacpp_mean_acceptance_length", "answers_with_final_line")
@@ -313,8 +313,13 @@ def run_real(models: str = "models", out: str = "runs/real", results: str | None
     root.mkdir(parents=True, exist_ok=True)
     n_workers = workers(len(plan["depths"]) * plan["seeds"] * (len(chosen(plan)) + 2))
     guess = estimate(plan, n_workers)
-    print(f"real ({plan_name} plan): estimated {guess['total'] / 60:.0f} min on {n_workers} workers: "
-          + ", ".join(f"{k} {v / 60:.1f}" for k, v in guess.items() if k != "total"), flush=True)
+    pace = machine_pace(str(models_dir / TEACHER), [list(p) for p in test_prompts(data_paths["test"], 2, str(
+        models_dir / TEACHER))], PACE_TOKENS_S)
+    print(f"real ({plan_name} plan): estimated {guess['total'] / 60:.0f} min on {n_workers} workers at the pace it "
+          "was measured at: " + ", ".join(f"{k} {v / 60:.1f}" for k, v in guess.items() if k != "total")
+          + f"; this machine decodes the teacher at {pace['tokens_per_s']:.1f} tokens/s now against "
+          f"{PACE_TOKENS_S}, so about {guess['total'] * pace['pace'] / 60:.0f} min (a resumed run: less)",
+          flush=True)
     stages, clock = {}, time.perf_counter()
 
     def stage(name: str) -> None:  # the wall time of the stage just ended, beside the estimate
@@ -346,7 +351,7 @@ def run_real(models: str = "models", out: str = "runs/real", results: str | None
     report = {"plan_name": plan_name, "plan": plan, "data": data_paths, "seeds": list(range(plan["seeds"])),
               "gamma": GAMMA, "teacher": {"path": teacher, "gguf": target_gguf, **ready["teacher_quality"]},
               "costs": {str(d): c for d, c in costs.items()}, "workers": n_workers, "estimate": guess,
-              "stages_s": stages, "gammas": gammas,
+              "pace": pace, "stages_s": stages, "gammas": gammas,
               "warm_runs": ready["warm_runs"], "rows": rows, "runs": runs, "peers": peers,
               "machine": machine(), "wall_s": time.perf_counter() - start}
     (root / "report.json").write_text(json.dumps(report, indent=1, default=str))

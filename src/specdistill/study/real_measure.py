@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import time
 from pathlib import Path
 
 import torch
@@ -48,6 +49,31 @@ def test_prompts(path: str, limit: int, tokenizer: str) -> tuple[tuple[int, ...]
     """The test questions' prompt ids as training renders them (the model's chat template); read-only."""
     tok = load_tokenizer(tokenizer)
     return tuple(tuple(encode_example(r, tok, VIEWS).student_prompt) for r in records(path, limit))
+
+
+def pace_probe(model, tok, prompts: list[list[int]], new_tokens: int = 16) -> float:
+    """Tokens/s of the teacher alone at batch size 1, greedy, on the first two prompts after a short untimed
+    call: the probe that real_plan.PACE_TOKENS_S was measured with (and benchmarks/real_stage_costs.py's b1)."""
+    generate_ids(model, tok, prompts[:1], 2, batch_size=1)
+    with torch.no_grad():
+        start = time.perf_counter()
+        answers = generate_ids(model, tok, prompts[:2], new_tokens, batch_size=1, temperature=0.0, seed=0)
+        return sum(len(a) for a in answers) / (time.perf_counter() - start)
+
+
+def machine_pace(teacher: str, prompts: list[list[int]], reference_tokens_per_s: float) -> dict:
+    """How this machine runs now against the pace the plan's estimate was measured at, on one torch thread
+    (the workers' setting): pace 1.7 means every stage takes about 1.7x its estimate, since decoding and training
+    this model on a CPU are both limited by memory bandwidth."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        tok = load_tokenizer(teacher)
+        rate = pace_probe(load_model(teacher, tokenizer=tok).eval(), tok, prompts)
+    finally:
+        torch.set_num_threads(threads)
+    return {"tokens_per_s": rate, "reference_tokens_per_s": reference_tokens_per_s,
+            "pace": reference_tokens_per_s / rate}
 
 
 def teacher_answers(teacher: str, train: str, rows: tuple[int, int], max_new_tokens: int, seed: int) -> list[dict]:

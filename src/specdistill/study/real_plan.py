@@ -148,6 +148,10 @@ UNIT = {"teacher_tok_b8": 1 / 26, "teacher_tok_b1": 1 / 10, "spec_tok_b8": 1 / 2
         "teacher_forcing": 5.0, "llamacpp_tok": 1 / 25, "server_start": 4.0, "export": 4.0, "cost_round": 5.0,
         "load": 10.0, "assisted_per_depth": 120.0, "skd_tok_b1": 1 / 5, "compile": 480.0, "peer_step": 20.0,
         "trl_gkd": 60.0}
+# The pace UNIT was measured at: real_measure.pace_probe (the teacher alone, B=1, greedy, 2 test prompts x 16
+# tokens, one thread) on the same quiet machine (docs/benchmarks.md). run_real probes the machine at each start and
+# scales the estimate by the ratio: a shared host runs some days 1.6x slower than that.
+PACE_TOKENS_S = 15.1
 
 
 def depth_factor(depth: int) -> float:

@@ -220,6 +220,12 @@ def time_table(report: dict) -> list[str]:
     lines += [f"| **total** (estimated {est['total'] / 60:.0f}) | **{report['wall_s'] / 60:.1f}** |", "",
               "The estimate's stages (minutes): " + ", ".join(f"{k} {v / 60:.1f}" for k, v in est.items()
                                                               if k != "total") + ".", ""]
+    if "pace" in report:  # the machine's speed at this sitting's start against the estimate's
+        p = report["pace"]
+        lines += [f"At this sitting's start the machine decoded the teacher alone at {p['tokens_per_s']:.1f} "
+                  f"tokens/s (batch size 1, one thread) against {p['reference_tokens_per_s']} when the estimate "
+                  f"was measured: pace {p['pace']:.2f}, so about {est['total'] * p['pace'] / 60:.0f} minutes "
+                  "expected. A resumed study's table holds its last sitting's stages only.", ""]
     return lines
 
 
