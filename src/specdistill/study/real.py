@@ -297,6 +297,18 @@ def prepare(plan: dict, data: dict, models: Path, root: Path) -> dict:
             "warm": {d: (str(Path(j["out"]) / "train" / "final"), warm[d]) for d, j in zip(plan["depths"], warm_jobs)}}
 
 
+def announce(plan_name: str, plan: dict, n_workers: int, teacher: str, test: str) -> tuple[dict, dict]:
+    """The plan's estimate at the pace it was measured at, and scaled by this machine's pace now (printed)."""
+    guess = estimate(plan, n_workers)
+    pace = machine_pace(teacher, [list(p) for p in test_prompts(test, 2, teacher)], PACE_TOKENS_S)
+    print(f"real ({plan_name} plan): estimated {guess['total'] / 60:.0f} min on {n_workers} workers at the pace it "
+          "was measured at: " + ", ".join(f"{k} {v / 60:.1f}" for k, v in guess.items() if k != "total")
+          + f"; this machine decodes the teacher at {pace['tokens_per_s']:.1f} tokens/s now against "
+          f"{PACE_TOKENS_S}, so about {guess['total'] * pace['pace'] / 60:.0f} min (a resumed run: less)",
+          flush=True)
+    return guess, pace
+
+
 def run_real(models: str = "models", out: str = "runs/real", results: str | None = None, quick: bool = False,
              plan: dict | None = None, data: str | None = None) -> dict:
     """The study on PLANS['quick' or 'full'] (`plan` overrides entries); returns the report, also written to
@@ -312,14 +324,7 @@ def run_real(models: str = "models", out: str = "runs/real", results: str | None
         raise UserError(f"real: no teacher at {models_dir / TEACHER}; run `make real-models` (or give --models)")
     root.mkdir(parents=True, exist_ok=True)
     n_workers = workers(len(plan["depths"]) * plan["seeds"] * (len(chosen(plan)) + 2))
-    guess = estimate(plan, n_workers)
-    pace = machine_pace(str(models_dir / TEACHER), [list(p) for p in test_prompts(data_paths["test"], 2, str(
-        models_dir / TEACHER))], PACE_TOKENS_S)
-    print(f"real ({plan_name} plan): estimated {guess['total'] / 60:.0f} min on {n_workers} workers at the pace it "
-          "was measured at: " + ", ".join(f"{k} {v / 60:.1f}" for k, v in guess.items() if k != "total")
-          + f"; this machine decodes the teacher at {pace['tokens_per_s']:.1f} tokens/s now against "
-          f"{PACE_TOKENS_S}, so about {guess['total'] * pace['pace'] / 60:.0f} min (a resumed run: less)",
-          flush=True)
+    guess, pace = announce(plan_name, plan, n_workers, str(models_dir / TEACHER), data_paths["test"])
     stages, clock = {}, time.perf_counter()
 
     def stage(name: str) -> None:  # the wall time of the stage just ended, beside the estimate
