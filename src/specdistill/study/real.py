@@ -301,10 +301,11 @@ def announce(plan_name: str, plan: dict, n_workers: int, teacher: str, test: str
     """The plan's estimate at the pace it was measured at, and scaled by this machine's pace now (printed)."""
     guess = estimate(plan, n_workers)
     pace = machine_pace(teacher, [list(p) for p in test_prompts(test, 2, teacher)], PACE_TOKENS_S)
+    pace["expected_s"] = guess["total"] * pace["pace"]
     print(f"real ({plan_name} plan): estimated {guess['total'] / 60:.0f} min on {n_workers} workers at the pace it "
           "was measured at: " + ", ".join(f"{k} {v / 60:.1f}" for k, v in guess.items() if k != "total")
           + f"; this machine decodes the teacher at {pace['tokens_per_s']:.1f} tokens/s now against "
-          f"{PACE_TOKENS_S}, so about {guess['total'] * pace['pace'] / 60:.0f} min (a resumed run: less)",
+          f"{PACE_TOKENS_S}, so about {pace['expected_s'] / 60:.0f} min (a resumed run: less)",
           flush=True)
     return guess, pace
 

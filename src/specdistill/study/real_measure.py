@@ -55,10 +55,9 @@ def pace_probe(model, tok, prompts: list[list[int]], new_tokens: int = 16) -> fl
     """Tokens/s of the teacher alone at batch size 1, greedy, on the first two prompts after a short untimed
     call: the probe that real_plan.PACE_TOKENS_S was measured with (and benchmarks/real_stage_costs.py's b1)."""
     generate_ids(model, tok, prompts[:1], 2, batch_size=1)
-    with torch.no_grad():
-        start = time.perf_counter()
-        answers = generate_ids(model, tok, prompts[:2], new_tokens, batch_size=1, temperature=0.0, seed=0)
-        return sum(len(a) for a in answers) / (time.perf_counter() - start)
+    start = time.perf_counter()
+    answers = generate_ids(model, tok, prompts[:2], new_tokens, batch_size=1, temperature=0.0, seed=0)
+    return sum(len(a) for a in answers) / (time.perf_counter() - start)
 
 
 def machine_pace(teacher: str, prompts: list[list[int]], reference_tokens_per_s: float) -> dict:

@@ -224,7 +224,7 @@ def time_table(report: dict) -> list[str]:
         p = report["pace"]
         lines += [f"At this sitting's start the machine decoded the teacher alone at {p['tokens_per_s']:.1f} "
                   f"tokens/s (batch size 1, one thread) against {p['reference_tokens_per_s']} when the estimate "
-                  f"was measured: pace {p['pace']:.2f}, so about {est['total'] * p['pace'] / 60:.0f} minutes "
+                  f"was measured: pace {p['pace']:.2f}, so about {p['expected_s'] / 60:.0f} minutes "
                   "expected. A resumed study's table holds its last sitting's stages only.", ""]
     return lines
 
