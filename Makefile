@@ -54,7 +54,8 @@ real-models: install
 
 # docs/real.md and its figures: the real-model study on the models of `make real-models`; it resumes where it
 # stopped (runs/real keeps every finished job). real-quick: a first look, 13:44 on 2 CPU cores (docs/benchmarks.md);
-# the full plan is estimated at 130 minutes there (real_plan.estimate, from the measured stage costs). Both print
+# the full plan is estimated at 130 minutes there (real_plan.estimate, from the measured stage costs) and took
+# about 123 at pace 1 (151 wall over two sittings at pace 1.14-1.6; docs/benchmarks.md). Both print
 # the estimate scaled by the machine's pace, measured at their start: a slow day's host runs 1.2-1.9x slower.
 real: install
 	$(BIN)/python -m specdistill.study.real --models $(MODELS) --out runs/real --results docs/real.md
